@@ -1,0 +1,179 @@
+"""Pydantic wire models shared by every part of rbee and by the test steps."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, TypeAdapter, field_validator
+
+ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+Identifier = Annotated[str, Field(pattern=ID_PATTERN, description="[A-Za-z0-9._-]{1,64}")]
+# Model refs: hf:org/repo[:file.gguf], file:///abs/path.gguf, https://.../x.gguf, or a plain name.
+ModelRef = Annotated[str, Field(min_length=1, max_length=1024, pattern=r"^[^\x00-\x1f\s]+$")]
+
+MAX_TOKENS_LIMIT = 32768
+_HTTP_URL = TypeAdapter(HttpUrl)
+
+
+def _http_url(value: str) -> str:
+    """Validate as an http(s) URL but keep the text as given (no added trailing slash)."""
+    _HTTP_URL.validate_python(value)
+    return value.rstrip("/")
+
+
+BaseUrl = Annotated[str, Field(max_length=2048), AfterValidator(_http_url)]
+
+
+class RequestModel(BaseModel):
+    """Requests we own: unknown fields are an error, so typos don't silently do nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class WireModel(BaseModel):
+    """Answers and events: tolerant, so newer peers can add fields."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class WorkerState(StrEnum):
+    LOADING = "loading"
+    IDLE = "idle"
+    BUSY = "busy"
+    DRAINING = "draining"
+    OFFLINE = "offline"
+
+
+# ---------------------------------------------------------------- queen: worker registry
+
+
+class WorkerRegistration(RequestModel):
+    worker_id: Identifier
+    url: BaseUrl
+    model_ref: ModelRef
+    backend: Annotated[str, Field(pattern=r"^[a-z0-9_-]{1,32}$")] = "cpu"
+    device: Annotated[int, Field(ge=0, le=1024)] = 0
+    node_name: Identifier = "local"
+    slots_total: Annotated[int, Field(ge=1, le=1024)] = 1
+    vram_bytes: Annotated[int, Field(ge=0)] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return self.url
+
+
+class WorkerInfo(WireModel):
+    worker_id: str
+    url: str
+    model_ref: str
+    backend: str
+    device: int
+    node_name: str
+    slots_total: int
+    slots_available: int
+    vram_bytes: int | None = None
+    state: WorkerState
+    registered_at: float
+    last_seen: float
+
+
+class WorkerList(WireModel):
+    workers: list[WorkerInfo]
+
+
+class RegisterResponse(WireModel):
+    success: bool
+    message: str
+    worker_id: str
+
+
+class WorkerPatch(RequestModel):
+    state: WorkerState
+
+
+class WorkerHeartbeat(RequestModel):
+    state: WorkerState | None = None
+    slots_available: Annotated[int, Field(ge=0, le=1024)] | None = None
+
+
+class WorkerShutdownRequest(RequestModel):
+    worker_id: Identifier
+
+
+# ---------------------------------------------------------------- inference
+
+
+class InferenceRequest(RequestModel):
+    prompt: Annotated[str, Field(min_length=1, max_length=256 * 1024)]
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT)] = 100
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.7
+    top_p: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+    top_k: Annotated[int, Field(ge=0, le=1000)] = 40
+    min_p: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
+    repeat_penalty: Annotated[float, Field(ge=0.0, le=10.0)] = 1.0
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] | None = None
+    stop: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(default_factory=list, max_length=8)
+    model: ModelRef | None = None
+    stream: bool = True
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop_string(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
+class TokenEvent(WireModel):
+    token: str
+    index: int
+
+
+class DoneEvent(WireModel):
+    done: Literal[True] = True
+    total_tokens: int
+    duration_ms: int
+    finish_reason: Literal["stop", "length", "cancelled", "error"]
+    prompt_tokens: int | None = None
+    max_tokens_clipped: int | None = None
+    worker_id: str | None = None
+
+
+class ReadyStatus(WireModel):
+    ready: bool
+    state: WorkerState
+    model_loaded: bool = False
+    progress_url: str | None = None
+    slots_total: int
+    slots_available: int
+
+
+# ---------------------------------------------------------------- hive
+
+
+class SpawnRequest(RequestModel):
+    model_ref: ModelRef | None = None
+    backend: Annotated[str, Field(pattern=r"^[a-z0-9_-]{1,32}$")] = "cpu"
+    device: Annotated[int, Field(ge=0, le=1024)] = 0
+    slots: Annotated[int, Field(ge=1, le=64)] = 1
+    ctx_size: Annotated[int, Field(ge=256, le=131072)] | None = None
+
+
+class WorkerReady(RequestModel):
+    worker_id: Identifier
+    url: BaseUrl
+    model_ref: ModelRef
+    backend: str = "cpu"
+    device: int = 0
+    slots_total: Annotated[int, Field(ge=1, le=1024)] = 1
+
+
+class HiveWorker(WireModel):
+    worker_id: str
+    url: str
+    model_ref: str
+    backend: str
+    device: int
+    pid: int
+    port: int
+    state: str
+    slots_total: int

@@ -1,0 +1,186 @@
+"""The queen's worker registry and slot leases. Pure domain logic: no aiohttp, no I/O.
+
+Everything runs on one event loop and no method awaits, so each call is atomic: two requests can
+never take the same slot.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from rbee.errors import ErrorCode, RbeeError
+from rbee.models import aliases
+from rbee.protocol import WorkerInfo, WorkerRegistration, WorkerState
+from rbee.queen.scheduler import pick_least_loaded
+
+ROUTABLE = {WorkerState.IDLE, WorkerState.BUSY}
+
+
+@dataclass
+class WorkerRecord:
+    reg: WorkerRegistration
+    state: WorkerState
+    registered_at: float
+    last_seen: float
+    leases: set[str] = field(default_factory=set)
+    model_names: set[str] = field(default_factory=set)
+
+    @property
+    def worker_id(self) -> str:
+        return self.reg.worker_id
+
+    @property
+    def slots_available(self) -> int:
+        return max(0, self.reg.slots_total - len(self.leases))
+
+    def serves(self, model: str | None) -> bool:
+        return model is None or model in self.model_names
+
+    def info(self) -> WorkerInfo:
+        return WorkerInfo(
+            **self.reg.model_dump(mode="json"),
+            slots_available=self.slots_available,
+            state=self.state,
+            registered_at=self.registered_at,
+            last_seen=self.last_seen,
+        )
+
+
+@dataclass(frozen=True)
+class Lease:
+    lease_id: str
+    worker_id: str
+    url: str
+
+
+class Registry:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._workers: dict[str, WorkerRecord] = {}
+        self._clock = clock
+        self._rotation = itertools.count()
+
+    # ------------------------------------------------------------ membership
+
+    def register(self, reg: WorkerRegistration) -> bool:
+        """Add or refresh a worker. Returns True when it is new.
+
+        Same id and url: idempotent update (leases kept). Same id, other url: 409, nothing changes.
+        """
+        now = self._clock()
+        existing = self._workers.get(reg.worker_id)
+        if existing is not None:
+            if existing.reg.base_url != reg.base_url:
+                raise RbeeError(
+                    ErrorCode.WORKER_ALREADY_REGISTERED,
+                    f"Worker '{reg.worker_id}' is already registered at {existing.reg.base_url}. "
+                    "Remove it first (DELETE /v2/workers/{id}) or register under another id.",
+                    {"worker_id": reg.worker_id, "registered_url": existing.reg.base_url},
+                )
+            existing.reg = reg
+            existing.last_seen = now
+            existing.model_names = aliases(reg.model_ref)
+            self._settle(existing)
+            return False
+        record = WorkerRecord(
+            reg=reg, state=WorkerState.IDLE, registered_at=now, last_seen=now, model_names=aliases(reg.model_ref)
+        )
+        self._workers[reg.worker_id] = record
+        return True
+
+    def remove(self, worker_id: str) -> WorkerRecord:
+        record = self.get(worker_id)
+        del self._workers[worker_id]
+        return record
+
+    def get(self, worker_id: str) -> WorkerRecord:
+        try:
+            return self._workers[worker_id]
+        except KeyError:
+            raise RbeeError(
+                ErrorCode.WORKER_NOT_FOUND,
+                f"No worker '{worker_id}' is registered. List workers with GET /v2/workers/list.",
+                {"worker_id": worker_id},
+            ) from None
+
+    def list(
+        self, model: str | None = None, state: str | None = None, backend: str | None = None
+    ) -> list[WorkerRecord]:
+        return [
+            w
+            for w in self._workers.values()
+            if (model is None or w.serves(model))
+            and (state is None or w.state == state)
+            and (backend is None or w.reg.backend == backend)
+        ]
+
+    def __len__(self) -> int:
+        return len(self._workers)
+
+    # ------------------------------------------------------------ state
+
+    def set_state(self, worker_id: str, state: WorkerState) -> WorkerRecord:
+        record = self.get(worker_id)
+        record.state = state
+        record.last_seen = self._clock()
+        return record
+
+    def heartbeat(self, worker_id: str, state: WorkerState | None, slots_available: int | None) -> WorkerRecord:
+        record = self.get(worker_id)
+        record.last_seen = self._clock()
+        if state is not None:
+            if state not in ROUTABLE:
+                record.state = state
+            else:
+                if record.state not in ROUTABLE:
+                    record.state = WorkerState.IDLE
+                self._settle(record)
+        return record
+
+    def _settle(self, record: WorkerRecord) -> None:
+        """idle ⇄ busy follows the leases; other states are set explicitly."""
+        if record.state in ROUTABLE:
+            record.state = WorkerState.IDLE if record.slots_available > 0 else WorkerState.BUSY
+
+    # ------------------------------------------------------------ leases
+
+    def acquire(self, model: str | None = None, exclude: frozenset[str] = frozenset()) -> Lease:
+        """Take one slot on the least-loaded idle worker serving ``model``, or raise the right 503/404."""
+        if not self._workers:
+            raise RbeeError(
+                ErrorCode.NO_WORKERS,
+                "No workers are registered. Start one (rbee-keeper up, or spawn one on a hive) and retry.",
+            )
+        serving = [w for w in self._workers.values() if w.serves(model)]
+        if not serving:
+            known = sorted({w.reg.model_ref for w in self._workers.values()})
+            raise RbeeError(
+                ErrorCode.MODEL_NOT_FOUND,
+                f"No worker serves model '{model}'. Available: {', '.join(known)}. "
+                "Pick one of those or spawn a worker for this model.",
+                {"model": model, "available": known},
+            )
+        candidates = [
+            w for w in serving if w.state == WorkerState.IDLE and w.slots_available > 0 and w.worker_id not in exclude
+        ]
+        if not candidates:
+            raise RbeeError(
+                ErrorCode.NO_IDLE_WORKERS,
+                f"All {len(serving)} worker(s) for this model are busy. Retry after the Retry-After delay.",
+                {"workers": len(serving)},
+            )
+        chosen = pick_least_loaded(candidates, next(self._rotation))
+        lease = Lease(lease_id=uuid.uuid4().hex, worker_id=chosen.worker_id, url=chosen.reg.base_url)
+        chosen.leases.add(lease.lease_id)
+        self._settle(chosen)
+        return lease
+
+    def release(self, lease: Lease) -> None:
+        """Return a slot. Safe to call twice, and after the worker was removed."""
+        record = self._workers.get(lease.worker_id)
+        if record is not None and lease.lease_id in record.leases:
+            record.leases.discard(lease.lease_id)
+            self._settle(record)

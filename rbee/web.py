@@ -1,0 +1,109 @@
+"""aiohttp glue shared by the three services: the error middleware, body parsing, running an app."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from rbee.errors import ErrorCode, RbeeError, envelope, validation_error
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
+MAX_BODY_BYTES = 1024 * 1024
+
+_HTTP_CODES = {
+    404: (ErrorCode.NOT_FOUND, "No such route: {method} {path}. Check the URL against the API docs."),
+    405: (ErrorCode.METHOD_NOT_ALLOWED, "{method} is not allowed on {path}. Use one of: {allowed}."),
+    413: (ErrorCode.PAYLOAD_TOO_LARGE, "Request body too large (limit {limit} bytes). Send a smaller body."),
+}
+
+
+def dumps(obj: Any) -> str:
+    """Compact JSON, the form every rbee answer takes."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(data, status=status, headers=headers, dumps=dumps)
+
+
+def error_response(err: RbeeError, request_id: str | None = None) -> web.Response:
+    headers = {}
+    if err.retry_after is not None:
+        headers["Retry-After"] = str(err.retry_after)
+    if request_id:
+        headers["X-Request-Id"] = request_id
+    return json_response(err.envelope(), status=err.status, headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """The one place errors become the envelope. Never lets a 500 leave as HTML."""
+    try:
+        return await handler(request)
+    except RbeeError as err:
+        return error_response(err)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code, template = _HTTP_CODES.get(
+            exc.status, (ErrorCode.INVALID_REQUEST, "{reason}. Check the request and try again.")
+        )
+        allowed = ", ".join(sorted(getattr(exc, "allowed_methods", ()) or ()))
+        message = template.format(
+            method=request.method, path=request.path, allowed=allowed, limit=MAX_BODY_BYTES, reason=exc.reason
+        )
+        err = RbeeError(code, message, {"status": exc.status})
+        resp = json_response(err.envelope(), status=exc.status)
+        if allowed:
+            resp.headers["Allow"] = allowed
+        return resp
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        body = envelope(ErrorCode.INTERNAL, "Internal error. Check this service's log, then retry.")
+        return json_response(body, status=500)
+
+
+async def read_model(request: web.Request, model: type[M]) -> M:
+    """Parse and validate a JSON body; every failure is a 400 (or 413) naming what broke."""
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise RbeeError(
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            f"Request body too large (limit {request.app._client_max_size} bytes). Send a smaller body.",
+        ) from None
+    if not raw.strip():
+        raise RbeeError(ErrorCode.INVALID_REQUEST, "Request body is empty. Send a JSON object.")
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        where = {"line": getattr(exc, "lineno", None), "column": getattr(exc, "colno", None)}
+        raise RbeeError(
+            ErrorCode.INVALID_REQUEST,
+            f"Malformed JSON ({getattr(exc, 'msg', exc)}) at line {where['line']} column {where['column']}. "
+            "Send a valid JSON object.",
+            where,
+        ) from None
+    if not isinstance(data, dict):
+        raise RbeeError(ErrorCode.INVALID_REQUEST, "Request body must be a JSON object.")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+def make_app(**kwargs: Any) -> web.Application:
+    return web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES, **kwargs)
+
+
+def json_model(obj: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return json_response(obj.model_dump(mode="json"), status=status, headers=headers)
+
+
+def run(app: web.Application, host: str, port: int) -> None:
+    web.run_app(app, host=host, port=port, print=None, shutdown_timeout=5.0, handle_signals=True)

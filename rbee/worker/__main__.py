@@ -1,0 +1,58 @@
+"""llm-worker-rbee: one GGUF model on llama.cpp, N slots, tokens streamed as SSE."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+
+from rbee import logs, models
+from rbee.errors import RbeeError
+from rbee.settings import add_flag
+from rbee.web import run
+from rbee.worker.app import WorkerSettings, create_app
+from rbee.worker.engine import EngineConfig
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="llm-worker-rbee", description="Serve one GGUF model with llama.cpp.")
+    add_flag(p, "--model", default=None, help="GGUF path, file:// ref, or omit for the default model")
+    add_flag(p, "--host", default="127.0.0.1", help="address to listen on")
+    add_flag(p, "--port", type=int, required=True, help="port to listen on")
+    add_flag(p, "--worker-id", default=None, help="id to register under (default: <host>-<port>)")
+    add_flag(p, "--backend", default="cpu", help="compute backend (cpu, cuda)")
+    add_flag(p, "--device", type=int, default=0, help="device index for the backend")
+    add_flag(p, "--slots", type=int, default=1, help="concurrent sequences decoded together")
+    add_flag(p, "--ctx-size", type=int, default=2048, help="context length per slot, in tokens")
+    add_flag(p, "--threads", type=int, default=0, help="CPU threads (0 = one per core)")
+    add_flag(p, "--n-gpu-layers", type=int, default=0, help="layers to offload to the GPU (-1 = all)")
+    add_flag(p, "--callback-url", default=None, help="hive URL to tell when ready")
+    add_flag(p, "--cluster-key", default=None, help="key sent to the hive with the callback")
+    add_flag(p, "--drain-timeout", type=float, default=30.0, help="seconds running requests get on shutdown")
+    add_flag(p, "--log-level", default="INFO", help="logging level")
+    a = p.parse_args(argv)
+    logs.setup("llm-worker-rbee", a.log_level)
+    if not 1 <= a.slots <= 64:
+        p.error("--slots must be between 1 and 64")
+    try:
+        path = models.local_path(a.model)
+    except RbeeError as err:
+        print(f"llm-worker-rbee: {err.message}", file=sys.stderr)
+        sys.exit(2)
+    if path is None or not path.is_file():
+        print(f"llm-worker-rbee: model file not found for '{a.model}'. Pass a local .gguf path or a "
+              "file:// ref (download hf: refs with `rbee-keeper models download`).", file=sys.stderr)
+        sys.exit(2)
+    model_ref = a.model or models.DEFAULT_MODEL_REF
+    worker_id = a.worker_id or f"{socket.gethostname().split('.')[0]}-{a.port}"
+    settings = WorkerSettings(
+        worker_id=worker_id, model_ref=model_ref, host=a.host, port=a.port, backend=a.backend,
+        device=a.device, callback_url=a.callback_url, cluster_key=a.cluster_key, drain_timeout=a.drain_timeout,
+    )
+    config = EngineConfig(model_path=path, slots=a.slots, ctx_size=a.ctx_size, threads=a.threads,
+                          n_gpu_layers=a.n_gpu_layers)
+    run(create_app(settings, config), a.host, a.port)
+
+
+if __name__ == "__main__":
+    main()
