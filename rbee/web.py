@@ -62,6 +62,8 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         if allowed:
             resp.headers["Allow"] = allowed
         return resp
+    except ConnectionResetError:
+        raise  # the client went away; nothing to answer
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         body = envelope(ErrorCode.INTERNAL, "Internal error. Check this service's log, then retry.")

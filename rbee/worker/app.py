@@ -183,6 +183,8 @@ async def inference(request: web.Request) -> web.StreamResponse:
             await sse.send(event)
         finished = True
         await sse.done()
+    except ConnectionResetError:
+        log.info("client disconnected; request cancelled")
     finally:
         if not finished:  # the client went away: stop generating and free the slot
             await asyncio.shield(pool.cancel(request_id))

@@ -101,8 +101,8 @@ _llama_log = logging.getLogger("llama.cpp")
 @lc.llama_log_callback
 def _forward_llama_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
     # llama.cpp is chatty at load time; keep its lines at debug, warnings and errors as such.
-    if level in (2, 3):  # GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR
-        _llama_log.log(logging.WARNING if level == 2 else logging.ERROR, text.decode("utf-8", "replace").rstrip())
+    if level in (3, 4):  # GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR
+        _llama_log.log(logging.WARNING if level == 3 else logging.ERROR, text.decode("utf-8", "replace").rstrip())
     elif _llama_log.isEnabledFor(logging.DEBUG):
         _llama_log.debug(text.decode("utf-8", "replace").rstrip())
 
