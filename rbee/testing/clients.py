@@ -49,7 +49,8 @@ class StreamResult:
 
 def iter_events(response: requests.Response) -> Iterator[str]:
     """Each event's data from a streamed ``requests`` response (sseclient-py does the parsing)."""
-    for event in sseclient.SSEClient(response).events():
+    # chunk_size=None yields each HTTP chunk as it arrives; a fixed size would wait to fill it.
+    for event in sseclient.SSEClient(response.iter_content(chunk_size=None)).events():
         yield event.data
 
 
@@ -155,3 +156,50 @@ def wait_until(predicate: Any, timeout: float, interval: float = 0.05, what: str
             raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}"
                                  + (f" (last error: {last_exc})" if last_exc else ""))
         time.sleep(interval)  # poll interval
+
+
+class BackgroundStream:
+    """A stream read on a thread, so a scenario can hold a slot busy and let go of it later."""
+
+    def __init__(self, client: _Client, path: str, body: dict[str, Any]) -> None:
+        import threading
+
+        self.response = client.open_stream(path, body)
+        self.first_event = threading.Event()
+        self.events: list[dict[str, Any]] = []
+        self._abandon = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    @property
+    def worker_id(self) -> str | None:
+        return self.response.headers.get("X-Rbee-Worker")
+
+    @property
+    def request_id(self) -> str | None:
+        return self.response.headers.get("X-Request-Id")
+
+    def _read(self) -> None:
+        try:
+            for data in iter_events(self.response):
+                if data == "[DONE]" or self._abandon.is_set():
+                    break
+                self.events.append(json.loads(data))
+                self.first_event.set()
+        except requests.RequestException:
+            pass
+        finally:
+            # Closing from the reading thread drops the TCP connection mid-stream.
+            self.response.close()
+            self.first_event.set()
+
+    def wait_first_event(self, timeout: float) -> None:
+        if not self.first_event.wait(timeout):
+            raise AssertionError(f"no event within {timeout}s")
+
+    def abandon(self) -> None:
+        """Drop the connection mid-stream, as a client that goes away does."""
+        self._abandon.set()
+        self._thread.join(10)
+        if self._thread.is_alive():
+            raise AssertionError("the stream did not yield another event within 10 s, so it could not be dropped")

@@ -1,0 +1,412 @@
+"""Benchmark llm-worker-rbee against llama.cpp's llama-server and llama-cpp-python's server.
+
+Same GGUF, same thread count, one server at a time, with matching parallelism for each stream
+count. Prints the environment and one table of TTFT and tokens/s with ours/peer ratios.
+
+    python bench/worker.py [--streams 1,2,4,8] [--tokens 128] [--skip-llama-server] [--skip-llama-cpp-python]
+
+See bench/README.md. This is a script, not a test: nothing under tests/ or features/ runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import math
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from common import (
+    CACHE_DIR,
+    BenchError,
+    Child,
+    environment,
+    exit_on_sigterm,
+    free_port,
+    median,
+    percentile,
+    print_table,
+    ratio,
+)
+
+OURS = "llm-worker-rbee"
+LLAMA_SERVER = "llama-server"
+LCP_SERVER = "llama-cpp-python server"
+THREADS = 2
+CTX_PER_SLOT = 2048
+
+
+# ---------------------------------------------------------------- llama-server, built on first use
+
+
+def llama_cpp_python_version() -> str:
+    import importlib.metadata
+
+    return importlib.metadata.version("llama-cpp-python")
+
+
+def llama_server_source(version: str) -> Path:
+    return CACHE_DIR / f"llama_cpp_python-{version}" / "vendor" / "llama.cpp"
+
+
+def ensure_llama_server(version: str) -> Path:
+    """The llama-server binary built from the llama.cpp inside the llama-cpp-python sdist of ``version``.
+
+    Built once into CACHE_DIR (about 9 minutes on 2 cores), exactly as shared/BENCHMARKS.md says.
+    """
+    src = llama_server_source(version)
+    binary = src / "build" / "bin" / "llama-server"
+    if binary.is_file():
+        return binary
+    for tool in ("cmake", "ninja"):
+        if shutil.which(tool) is None:
+            raise BenchError(f"{tool} is needed to build llama-server (apt-get install -y cmake ninja-build g++), "
+                             "or pass --skip-llama-server.")
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    log_path = CACHE_DIR / "build-llama-server.log"
+    started = time.monotonic()
+    print(f"building llama-server from the llama-cpp-python {version} sdist (first use, ~9 min on 2 cores); "
+          f"log: {log_path}", flush=True)
+    with open(log_path, "ab") as log:
+        def step(*argv: str | Path, cwd: Path | None = None) -> None:
+            rc = subprocess.call([str(a) for a in argv], cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL)
+            if rc != 0:
+                raise BenchError(f"`{' '.join(map(str, argv))}` failed (exit {rc}); see {log_path}")
+
+        if not (src / "CMakeLists.txt").is_file():
+            sdist_dir = CACHE_DIR / "sdist"
+            sdist = sdist_dir / f"llama_cpp_python-{version}.tar.gz"
+            if not sdist.is_file():
+                step(sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                     f"llama-cpp-python=={version}", "-d", sdist_dir)
+            with tarfile.open(sdist) as tar:
+                tar.extractall(CACHE_DIR, filter="data")
+        step("cmake", "-B", "build", "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF",
+             "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=ON",
+             "-DBUILD_SHARED_LIBS=ON", cwd=src)
+        step("cmake", "--build", "build", "-j2", "--target", "llama-server", cwd=src)
+    print(f"llama-server built in {time.monotonic() - started:.0f} s", flush=True)
+    return binary
+
+
+# ---------------------------------------------------------------- one stream, as each server speaks it
+
+
+@dataclass
+class StreamResult:
+    ttft: float | None  # seconds from sending the request to the first token's text
+    first: float | None  # perf_counter of the first token
+    end: float  # perf_counter when the stream ended
+    start: float
+    tokens: int
+    finish: str
+
+    @property
+    def wall(self) -> float:
+        return self.end - self.start
+
+
+async def _sse_data(resp: aiohttp.ClientResponse) -> AsyncIterator[str]:
+    async for raw in resp.content:
+        line = raw.rstrip(b"\r\n")
+        if line.startswith(b"data:"):
+            yield line[5:].strip().decode()
+
+
+@dataclass
+class Target:
+    name: str
+    argv: Callable[[int, int], list[str]]  # (port, parallel) -> command line
+    ready_path: str
+    ready_check: Callable[[Any], bool]
+    env: dict[str, str] = field(default_factory=dict)
+
+    async def stream(self, session: aiohttp.ClientSession, base: str, prompt: str, tokens: int,
+                     temperature: float) -> StreamResult:
+        start = time.perf_counter()
+        first: float | None = None
+        count = 0
+        finish = "?"
+        if self.name == OURS:
+            body = {"prompt": prompt, "max_tokens": tokens, "temperature": temperature, "stream": True}
+            url = f"{base}/v1/inference"
+        elif self.name == LLAMA_SERVER:
+            body = {"prompt": prompt, "n_predict": tokens, "ignore_eos": True, "temperature": temperature,
+                    "stream": True}
+            url = f"{base}/completion"
+        else:
+            body = {"prompt": prompt, "max_tokens": tokens, "temperature": temperature, "stream": True}
+            url = f"{base}/v1/completions"
+        async with session.post(url, json=body) as resp:
+            if resp.status != 200:
+                finish = f"HTTP {resp.status}"
+                await resp.read()
+            else:
+                async for data in _sse_data(resp):
+                    if data == "[DONE]":
+                        break
+                    event = json.loads(data)
+                    if self.name == OURS:
+                        if "token" in event:
+                            first = first or time.perf_counter()
+                        elif event.get("done"):
+                            count, finish = event["total_tokens"], event.get("finish_reason", "?")
+                        elif "error" in event:
+                            finish = event["error"]["code"]
+                    elif self.name == LLAMA_SERVER:
+                        if event.get("content"):
+                            first = first or time.perf_counter()
+                        if event.get("stop"):
+                            count = event.get("tokens_predicted") or event.get("timings", {}).get("predicted_n", 0)
+                            finish = event.get("stop_type", "stop")
+                            break
+                    else:
+                        choice = event["choices"][0]
+                        if choice.get("finish_reason") is None:
+                            count += 1
+                            if choice.get("text"):
+                                first = first or time.perf_counter()
+                        else:
+                            finish = choice["finish_reason"]
+        end = time.perf_counter()
+        return StreamResult(ttft=None if first is None else first - start, first=first, end=end, start=start,
+                            tokens=count, finish=finish)
+
+
+def make_targets(args: argparse.Namespace, model: Path, llama_server: Path | None) -> list[Target]:
+    bindir = Path(sys.executable).parent
+    worker_bin = bindir / "llm-worker-rbee"
+    targets = [
+        Target(
+            OURS,
+            lambda port, n: [str(worker_bin), "--port", str(port), "--slots", str(n), "--model", str(model),
+                             "--threads", str(THREADS), "--ctx-size", str(CTX_PER_SLOT)],
+            "/v1/ready",
+            lambda r: r.status_code == 200 and r.json().get("ready") is True,
+        )
+    ]
+    if llama_server is not None:
+        targets.append(Target(
+            LLAMA_SERVER,
+            lambda port, n: [str(llama_server), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
+                             "-t", str(THREADS), "-tb", str(THREADS), "--parallel", str(n),
+                             "-c", str(n * CTX_PER_SLOT)],
+            "/health",
+            lambda r: r.status_code == 200,
+        ))
+    if not args.skip_llama_cpp_python:
+        targets.append(Target(
+            LCP_SERVER,
+            lambda port, n: [sys.executable, "-m", "llama_cpp.server", "--model", str(model),
+                             "--n_threads", str(THREADS), "--host", "127.0.0.1", "--port", str(port)],
+            "/v1/models",
+            lambda r: r.status_code == 200,
+        ))
+    return targets
+
+
+# ---------------------------------------------------------------- the measurement
+
+
+_prompt_ids = itertools.count()
+
+
+def prompt() -> str:
+    # A list that greedy decoding continues far past 128 tokens, so no stream ends early on EOS. The
+    # number up front differs per request so llama-server's prompt cache cannot skip the prefill.
+    return (f"Sheet {next(_prompt_ids) * 7919 % 100000}. The whole numbers from 1 to 1000, separated "
+            "by commas: 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,")
+
+
+@dataclass
+class Measurements:
+    single: list[StreamResult] = field(default_factory=list)  # 1-stream runs
+    aggregate: dict[int, list[float]] = field(default_factory=dict)  # streams -> tokens/s per wave
+    short: dict[int, int] = field(default_factory=dict)  # streams -> streams that ended before --tokens
+    finishes: dict[int, dict[str, int]] = field(default_factory=dict)
+
+
+async def measure_once(target: Target, base: str, streams: int, args: argparse.Namespace,
+                       m: Measurements) -> None:
+    timeout = aiohttp.ClientTimeout(total=600)
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        # Warm-up: first-request costs (graph allocation, page faults) are not what we compare.
+        await target.stream(session, base, prompt(), 8, args.temperature)
+        waves = args.single_runs if streams == 1 else 1
+        for _ in range(waves):
+            t0 = time.perf_counter()
+            results = await asyncio.gather(
+                *(target.stream(session, base, prompt(), args.tokens, args.temperature) for _ in range(streams))
+            )
+            wall = max(r.end for r in results) - t0
+            total = sum(r.tokens for r in results)
+            m.aggregate.setdefault(streams, []).append(total / wall)
+            m.short[streams] = m.short.get(streams, 0) + sum(r.tokens < args.tokens for r in results)
+            counts = m.finishes.setdefault(streams, {})
+            for r in results:
+                counts[r.finish] = counts.get(r.finish, 0) + 1
+            if streams == 1:
+                m.single.extend(results)
+
+
+def run_target(target: Target, streams: int, args: argparse.Namespace, m: Measurements, logdir: Path) -> None:
+    port = free_port()
+    child = Child(target.name, target.argv(port, streams), logdir / f"{target.name.replace(' ', '-')}.log",
+                  env=target.env)
+    try:
+        child.start()
+        child.wait_ready(f"http://127.0.0.1:{port}{target.ready_path}", target.ready_check,
+                         timeout=args.ready_timeout)
+        asyncio.run(measure_once(target, f"http://127.0.0.1:{port}", streams, args, m))
+    finally:
+        child.stop()
+
+
+# ---------------------------------------------------------------- report
+
+
+def fmt(x: float, digits: int = 1) -> str:
+    return "—" if math.isnan(x) else f"{x:.{digits}f}"
+
+
+def summarise(m: Measurements, streams: list[int]) -> dict[str, float]:
+    ttfts = [r.ttft for r in m.single if r.ttft is not None]
+    decode = [(r.tokens - 1) / (r.end - r.first) for r in m.single if r.first is not None and r.tokens > 1
+              and r.end > r.first]
+    out = {"ttft_p50_ms": percentile(ttfts, 50) * 1000 if ttfts else float("nan"),
+           "decode_1": median(decode)}
+    for n in streams:
+        out[f"agg_{n}"] = median(m.aggregate.get(n, []))
+    return out
+
+
+def report(targets: list[Target], results: dict[str, Measurements], streams: list[int],
+           args: argparse.Namespace) -> None:
+    summary = {t.name: summarise(results[t.name], streams) for t in targets}
+    headers = ["system", "TTFT p50, 1 stream (ms)", "decode tok/s, 1 stream"] + \
+              [f"{n} stream{'s' if n > 1 else ''} tok/s" for n in streams]
+    rows = []
+    for t in targets:
+        s = summary[t.name]
+        rows.append([t.name, fmt(s["ttft_p50_ms"]), fmt(s["decode_1"])] + [fmt(s[f"agg_{n}"]) for n in streams])
+    ours = summary[OURS]
+    for peer in (LLAMA_SERVER, LCP_SERVER):
+        if peer in summary:
+            p = summary[peer]
+            rows.append([f"ours / {peer}", ratio(ours["ttft_p50_ms"], p["ttft_p50_ms"]),
+                         ratio(ours["decode_1"], p["decode_1"])]
+                        + [ratio(ours[f"agg_{n}"], p[f"agg_{n}"]) for n in streams])
+    print()
+    print(f"tokens/s = tokens delivered / wall clock from sending the request(s) to the last event, TTFT "
+          f"included; median of {args.reps} rep(s); 1 stream: {args.single_runs} request(s) a rep, "
+          f"{args.tokens} tokens a stream, temperature {args.temperature}")
+    print_table(headers, rows)
+    print()
+    checks = []
+    if LLAMA_SERVER in summary:
+        ls = summary[LLAMA_SERVER]
+        if 1 in streams:
+            checks.append(("1 stream ≥ 0.95× llama-server", ours["agg_1"], 0.95 * ls["agg_1"]))
+        if 4 in streams:
+            checks.append(("4 streams ≥ 0.9× llama-server --parallel 4", ours["agg_4"], 0.9 * ls["agg_4"]))
+    if LCP_SERVER in summary and 4 in streams:
+        checks.append(("4 streams ≥ 2× llama-cpp-python server", ours["agg_4"], 2 * summary[LCP_SERVER]["agg_4"]))
+    for label, got, need in checks:
+        verdict = "met" if got >= need else "NOT met"
+        print(f"target {label}: ours {fmt(got)} tok/s, needs ≥ {fmt(need)} → {verdict}")
+    for t in targets:
+        m = results[t.name]
+        short = {n: c for n, c in m.short.items() if c}
+        if short:
+            print(f"note: {t.name} streams that ended before {args.tokens} tokens, by stream count: {short}; "
+                  f"finish reasons: {m.finishes}")
+
+
+def llama_server_version(binary: Path | None) -> str:
+    if binary is None:
+        return "skipped"
+    try:
+        out = subprocess.run([str(binary), "--version"], check=False, capture_output=True, text=True, timeout=30)
+        lines = (out.stdout + out.stderr).strip().splitlines()
+        return " ".join(ln for ln in lines if ln.startswith("version") or "built with" in ln) or lines[-1]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return "?"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--streams", default="1,2,4,8", help="concurrent stream counts, comma separated")
+    p.add_argument("--tokens", type=int, default=128, help="tokens per stream")
+    p.add_argument("--reps", type=int, default=2, help="repetitions of the whole interleaved sweep")
+    p.add_argument("--single-runs", type=int, default=3, help="sequential 1-stream requests per rep")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)")
+    p.add_argument("--model", type=Path, default=None, help="GGUF (default: the built-in SmolLM2-135M Q4_1)")
+    p.add_argument("--llama-server", type=Path, default=None, help="use this llama-server binary, build none")
+    p.add_argument("--skip-llama-server", action="store_true", help="do not build or run llama-server")
+    p.add_argument("--skip-llama-cpp-python", action="store_true", help="do not run llama_cpp.server")
+    p.add_argument("--ready-timeout", type=float, default=120.0, help="seconds a server gets to become ready")
+    args = p.parse_args(argv)
+    args.stream_counts = sorted({int(s) for s in args.streams.split(",") if s.strip()})
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    exit_on_sigterm()
+    from rbee import models
+
+    model = (args.model or models.default_model_path()).resolve()
+    version = llama_cpp_python_version()
+    llama_server: Path | None = None
+    if not args.skip_llama_server:
+        llama_server = args.llama_server or ensure_llama_server(version)
+    targets = make_targets(args, model, llama_server)
+    if not args.skip_llama_cpp_python:
+        try:
+            import fastapi  # noqa: F401
+            import sse_starlette  # noqa: F401
+            import uvicorn  # noqa: F401
+        except ImportError:
+            raise SystemExit("llama_cpp.server needs its extras: pip install fastapi uvicorn sse-starlette "
+                             "starlette-context pydantic-settings (or pass --skip-llama-cpp-python)") from None
+
+    print("environment")
+    print_table(["what", "value"], environment(
+        {"model": f"{model.name} ({model.stat().st_size / 2**20:.1f} MiB)", "threads": str(THREADS),
+         "llama-server": llama_server_version(llama_server)},
+        dists=("rbee", "llama-cpp-python", "aiohttp", "fastapi", "uvicorn"),
+    ))
+    results = {t.name: Measurements() for t in targets}
+    logdir = Path(tempfile.mkdtemp(prefix="rbee-bench-worker-"))
+    started = time.monotonic()
+    # Interleaved: each rep walks every stream count, and for each starts every server in turn, so a
+    # drift in the machine's speed lands on all of them alike.
+    for rep in range(args.reps):
+        for n in args.stream_counts:
+            for t in targets:
+                print(f"rep {rep + 1}/{args.reps}: {t.name}, {n} stream(s)", flush=True)
+                run_target(t, n, args, results[t.name], logdir)
+    print(f"\nmeasured in {time.monotonic() - started:.0f} s; server logs in {logdir}")
+    report(targets, results, args.stream_counts, args)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except BenchError as err:
+        raise SystemExit(f"bench failed: {err}") from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None

@@ -1,0 +1,129 @@
+"""behave hooks: real queen, hive and llama.cpp worker processes per scenario, always torn down.
+
+Fixtures are chosen by tag (``@fixture.queen``, ``@fixture.trio``). Cleanup is registered before
+anything starts, so a half-failed setup still stops what it started. Logs go to a per-feature
+folder under ``.logs/``, kept when the feature fails (or with ``-D keep_logs=1``). After the run,
+no process that the run started — directly or through a hive — may still be alive.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import parse
+from behave import fixture, register_type, use_fixture
+from behave.model import Feature
+
+from rbee.testing.cluster import Cluster
+from rbee.testing.process import pid_alive
+
+RUN_ID = uuid.uuid4().hex[:12]
+LOG_ROOT = Path(".logs") / time.strftime("%Y%m%d-%H%M%S")
+
+
+# ---------------------------------------------------------------- step types
+
+
+@parse.with_pattern(r'[^"]*')
+def _quoted_text(text: str) -> str:
+    return text
+
+
+register_type(Q=_quoted_text)  # "{name:Q}": text inside quotes, never spanning a closing quote
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+def _cluster(context) -> Cluster:
+    if getattr(context, "cluster", None) is None:
+        k = float(context.config.userdata.get("timeout_multiplier", "1"))
+        context.cluster = Cluster(context.log_dir, timeout_multiplier=k)
+        context.add_cleanup(_stop_cluster, context)  # registered before anything starts
+    return context.cluster
+
+
+def _stop_cluster(context) -> None:
+    cluster, context.cluster = context.cluster, None
+    cluster.stop_all()
+
+
+@fixture
+def queen(context):
+    _cluster(context).start_queen()
+    yield context.cluster
+
+
+@fixture
+def trio(context):
+    """queen + hive + one worker on the default model, spawned by the hive and registered."""
+    cluster = _cluster(context)
+    cluster.start_queen()
+    cluster.start_hive()
+    context.hive_worker_id = cluster.spawn_on_hive()
+    yield cluster
+
+
+FIXTURES = {"fixture.queen": queen, "fixture.trio": trio}
+
+
+# ---------------------------------------------------------------- hooks
+
+
+def before_all(context):
+    os.environ["RBEE_TEST_RUN"] = RUN_ID  # inherited by every process we start, and by theirs
+    context.config.setup_logging()
+
+
+def before_feature(context, feature: Feature):
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(feature.filename).stem)
+    context.log_dir = (LOG_ROOT / name).resolve()
+    context.log_dir.mkdir(parents=True, exist_ok=True)
+
+
+def before_scenario(context, scenario):
+    context.cluster = None
+    for tag in scenario.effective_tags:
+        if tag in FIXTURES:
+            use_fixture(FIXTURES[tag], context)
+
+
+def after_feature(context, feature: Feature):
+    keep = feature.status.name != "passed" or context.config.userdata.get("keep_logs")
+    if not keep:
+        shutil.rmtree(context.log_dir, ignore_errors=True)
+    else:
+        print(f"logs kept: {context.log_dir}")
+
+
+def after_all(context):
+    leftovers = _processes_of_this_run()
+    for pid in leftovers:  # don't leave them behind even though we fail
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+    if LOG_ROOT.exists() and not any(LOG_ROOT.iterdir()):
+        LOG_ROOT.rmdir()
+    assert not leftovers, f"processes outlived the run: {leftovers}"
+
+
+def _processes_of_this_run() -> list[int]:
+    """Every live process (other than us) whose environment carries this run's RBEE_TEST_RUN."""
+    marker = f"RBEE_TEST_RUN={RUN_ID}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            env = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in env.split(b"\0") and pid_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found

@@ -1,0 +1,86 @@
+"""``models list`` and ``models download REF``: a hive's model catalog, and a download followed live."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import requests
+
+from rbee.errors import ErrorCode
+from rbee.keeper.failures import EXIT_OK, KeeperError, envelope_of, from_envelope, from_response, unreachable
+from rbee.keeper.output import Output, human_bytes
+from rbee.testing.clients import HiveClient, iter_events
+
+START_A_HIVE = "start one with `rbee-keeper up`, or pass --hive-url (env RBEE_HIVE_URL)"
+
+
+def _call(client: HiveClient, method: str, path: str, **kw: Any) -> requests.Response:
+    try:
+        return getattr(client, method)(path, **kw)
+    except requests.RequestException as exc:
+        raise unreachable("hive", client.base_url, exc, START_A_HIVE) from None
+
+
+def models_list(client: HiveClient, out: Output, as_json: bool = False) -> int:
+    r = _call(client, "get", "/v1/models")
+    if r.status_code >= 300:
+        raise from_response(r)
+    data = r.json()
+    if as_json:
+        out.say(json.dumps(data))
+        return EXIT_OK
+    entries = data.get("models", [])
+    if not entries:
+        out.say("this hive has no models; fetch one with `rbee-keeper models download REF`")
+        return EXIT_OK
+    out.table(["model", "provider", "size", "path"],
+              [[m.get("model_ref"), m.get("provider"), _size(m.get("size_bytes")), m.get("local_path")]
+               for m in entries])
+    return EXIT_OK
+
+
+def _size(n: Any) -> str:
+    return human_bytes(n) if isinstance(n, int | float) else ""
+
+
+def download(client: HiveClient, ref: str, out: Output) -> int:
+    r = _call(client, "post", "/v1/models/download", json={"model_ref": ref})
+    if r.status_code == 404 and envelope_of(r)["code"] == ErrorCode.NOT_FOUND:  # the route, not the model
+        raise KeeperError(f"the hive at {client.base_url} cannot download models (no /v1/models/download)",
+                          "upgrade the hive, or give workers a local file: --model file:///path/model.gguf")
+    if r.status_code >= 300:
+        raise from_response(r)
+    stream = _call(client, "get", "/v1/models/download/progress", params={"model_ref": ref}, stream=True,
+                   timeout=(client.timeout, 120))
+    with stream:
+        if stream.status_code >= 300:
+            raise from_response(stream)
+        local_path = follow(stream, ref, out)
+    out.say(f"{ref} is ready: {local_path}")
+    return EXIT_OK
+
+
+def follow(stream: requests.Response, ref: str, out: Output) -> str:
+    """Show the progress events until ``complete`` (its local path) or an error (raised)."""
+    with out.download_progress(ref) as bar:
+        try:
+            for data in iter_events(stream):
+                if data == "[DONE]":
+                    break
+                event = json.loads(data)
+                stage = event.get("stage")
+                if stage == "downloading":
+                    bar.update(int(event.get("bytes_downloaded", 0)), event.get("bytes_total"),
+                               event.get("speed_mbps"))
+                elif stage == "complete":
+                    return str(event.get("local_path", ""))
+                elif stage == "error" or "error" in event:
+                    raise from_envelope(event.get("error") or {"message": str(event)},
+                                        "fix what the message says, then run the same download again "
+                                        "(it resumes where it stopped)")
+        except (requests.RequestException, ValueError) as exc:
+            raise KeeperError(f"lost the hive's progress stream for {ref} ({exc.__class__.__name__})",
+                              "run the same download again; it resumes where it stopped") from None
+    raise KeeperError(f"the hive's progress stream for {ref} ended before the download completed",
+                      "check `rbee-keeper logs rbee-hive`, then run the same download again")

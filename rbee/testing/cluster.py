@@ -1,0 +1,126 @@
+"""A local rbee fleet made of real processes on free loopback ports: queen, hives, workers.
+
+One ``Cluster`` per scenario (or feature). Everything it starts is stopped by :meth:`stop_all`,
+which the behave hooks register as a cleanup *before* starting anything.
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from rbee.testing.clients import HiveClient, QueenClient, WorkerClient, wait_until
+from rbee.testing.process import ServiceProcess
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RunningWorker:
+    worker_id: str
+    url: str
+    process: ServiceProcess
+    client: WorkerClient
+    model_ref: str
+    slots: int
+
+
+class Cluster:
+    def __init__(self, log_dir: Path, timeout_multiplier: float = 1.0) -> None:
+        self.log_dir = log_dir
+        self.k = timeout_multiplier
+        self.processes: list[ServiceProcess] = []
+        self.workers: dict[str, RunningWorker] = {}
+        self.queen: QueenClient | None = None
+        self.queen_process: ServiceProcess | None = None
+        self.hive: HiveClient | None = None
+        self.hive_process: ServiceProcess | None = None
+        self._ids = itertools.count(1)
+
+    # ------------------------------------------------------------ starting
+
+    def _start(self, name: str, module: str, args: list[str], ready_url: str, timeout: float,
+               ready_check=None, env: dict[str, str] | None = None) -> ServiceProcess:
+        proc = ServiceProcess(name, [sys.executable, "-m", module, *args], self.log_dir / f"{name}.log",
+                              ready_url, env=env, ready_check=ready_check)
+        self.processes.append(proc)  # tracked before start, so a half-failed start is still stopped
+        proc.start()
+        proc.wait_ready(timeout * self.k)
+        return proc
+
+    def start_queen(self, *extra: str) -> QueenClient:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        self.queen_process = self._start("queen", "rbee.queen", ["--port", str(port), *extra], f"{url}/health", 20)
+        self.queen = QueenClient(url)
+        return self.queen
+
+    @property
+    def queen_url(self) -> str:
+        assert self.queen is not None, "no queen started"
+        return self.queen.base_url
+
+    def start_worker(self, *, model: str | None = None, slots: int = 1, worker_id: str | None = None,
+                     ctx_size: int | None = None, extra: tuple[str, ...] = ()) -> RunningWorker:
+        """A real llm-worker-rbee on llama.cpp, started directly (not through a hive)."""
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        worker_id = worker_id or f"worker-{next(self._ids)}"
+        args = ["--port", str(port), "--worker-id", worker_id, "--slots", str(slots), *extra]
+        if model:
+            args += ["--model", model]
+        if ctx_size:
+            args += ["--ctx-size", str(ctx_size)]
+        proc = self._start(worker_id, "rbee.worker", args, f"{url}/v1/ready", 60,
+                           ready_check=lambda r: r.status_code == 200 and r.json().get("ready") is True)
+        worker = RunningWorker(worker_id, url, proc, WorkerClient(url), model or "smollm2-135m-instruct", slots)
+        self.workers[worker_id] = worker
+        return worker
+
+    def register(self, worker: RunningWorker) -> None:
+        assert self.queen is not None
+        r = self.queen.register({"worker_id": worker.worker_id, "url": worker.url, "model_ref": worker.model_ref,
+                                 "backend": "cpu", "device": 0, "node_name": "test-node",
+                                 "slots_total": worker.slots})
+        assert r.status_code == 200, r.text
+
+    def start_hive(self, *extra: str) -> HiveClient:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        args = ["--port", str(port), "--queen-url", self.queen_url, "--node-name", "test-hive",
+                "--models-dir", str(self.log_dir / "models"), "--log-dir", str(self.log_dir / "hive-workers"), *extra]
+        self.hive_process = self._start("hive", "rbee.hive", args, f"{url}/v1/health", 20)
+        self.hive = HiveClient(url)
+        return self.hive
+
+    def spawn_on_hive(self, timeout: float = 60, **body) -> str:
+        """Ask the hive for a worker and wait until the queen lists it as idle. Returns its id."""
+        assert self.hive is not None and self.queen is not None
+        r = self.hive.spawn(**body)
+        assert r.status_code == 202, r.text
+        worker_id = r.json()["worker_id"]
+        wait_until(lambda: (w := self.queen.worker(worker_id)) is not None and w.state == "idle",
+                   timeout * self.k, what=f"worker {worker_id} registered and idle at the queen")
+        return worker_id
+
+    # ------------------------------------------------------------ stopping
+
+    def stop_all(self) -> None:
+        """Stop in reverse order of start: workers and hive before the queen."""
+        errors = []
+        for proc in reversed(self.processes):
+            try:
+                proc.stop(grace=15 * self.k)
+            except Exception as exc:  # keep stopping the rest
+                errors.append(f"{proc.name}: {exc}")
+        self.processes.clear()
+        self.workers.clear()
+        if errors:
+            raise RuntimeError("could not stop: " + "; ".join(errors))
