@@ -286,6 +286,17 @@ def test_concurrent_requests_share_one_download(tmp_path: Path, tiny: bytes) -> 
     assert len(hub.body_gets()) == 2  # one download: its first try and its resume, nothing more
 
 
+def test_two_refs_for_one_file_download_it_once(tmp_path: Path, tiny: bytes) -> None:
+    async def scenario(hub: Hub, prov: Provisioner) -> None:
+        by_repo, by_file = await asyncio.gather(prov.ensure_local("hf:org/repo"), prov.ensure_local(REF))
+        assert by_repo.local_path == by_file.local_path and by_file.local_path.read_bytes() == tiny
+        assert by_repo.sha256 == by_file.sha256 == hashlib.sha256(tiny).hexdigest()
+        assert {e.reference for e in prov.catalog.list(provider="hf")} == {"hf:org/repo", REF}
+
+    hub = with_hub(tmp_path, {REPO_FILE: Served(tiny, faults=["drop"])}, scenario)
+    assert len(hub.body_gets()) == 2  # one download (first try + resume); the other ref found the file
+
+
 def test_hf_ref_without_a_file_picks_the_single_gguf(tmp_path: Path, tiny: bytes) -> None:
     async def scenario(hub: Hub, prov: Provisioner) -> None:
         entry = await prov.ensure_local("hf:org/repo")
@@ -367,4 +378,39 @@ def test_models_routes_download_progress_and_list(tmp_path: Path, tiny: bytes) -
                 async with http.get(f"{url}/v1/models/download/progress?model_ref=hf:a/b:c.gguf") as r:
                     assert r.status == 404 and (await r.json())["error"]["code"] == "MODEL_NOT_FOUND"
             assert len(hub.body_gets()) == 2  # the first try and its resume
+    run(main())
+
+
+def test_shutdown_ends_open_progress_streams(tmp_path: Path, tiny: bytes) -> None:
+    async def main() -> None:
+        hub = Hub()
+        hub.files[REPO_FILE] = Served(tiny, faults=["stall"])
+        async with serving(hub.app) as hub_url:
+            hive = make_app()
+            setup_models(hive, tmp_path / "models", hub_url, stall_timeout=20.0, hf_token="")
+            runner = web.AppRunner(hive, shutdown_timeout=10.0)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            url = "http://{}:{}".format(*runner.addresses[0][:2])
+            try:
+                async with aiohttp.ClientSession() as http:
+                    async with http.post(f"{url}/v1/models/download", json={"model_ref": REF}) as r:
+                        progress = url + (await r.json())["progress_url"]
+                    async with http.get(progress) as r:
+                        events = sse.aiter_data(r.content)
+                        first = sse.parse(await anext(events))
+                        assert first is not None and first["stage"] == "downloading"  # stalled at 40%
+                        loop = asyncio.get_running_loop()
+                        began = loop.time()
+                        stopping = asyncio.ensure_future(runner.cleanup())
+                        rest = [sse.parse(d) async for d in events]
+                        await stopping
+                        assert loop.time() - began < 5.0  # not the 10 s shutdown timeout
+            finally:
+                hub.release.set()
+                await runner.cleanup()
+        assert rest[-1] is None and rest[-2] is not None
+        assert rest[-2]["stage"] == "error" and "cancelled" in rest[-2]["error"]["message"]
+        assert partials(tmp_path)  # kept, so the next start resumes
     run(main())

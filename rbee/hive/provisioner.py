@@ -20,7 +20,7 @@ import re
 import shutil
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -52,7 +52,7 @@ class ModelSource:
     """Where a ref's bytes come from and where its file lives once local."""
 
     ref: str
-    provider: str  # a catalog Provider
+    provider: Provider
     dest: Path | None = None  # None: builtin, or an hf repo whose file is not known yet
     url: str | None = None
     repo: str | None = None  # hf "org/repo"
@@ -77,7 +77,9 @@ def parse_ref(ref: str, hf_base_url: str, models_dir: Path) -> ModelSource:
         folder = f"{url.hostname}_{url.port}" if url.port else url.hostname
         digest = hashlib.sha256(ref.encode()).hexdigest()[:12]  # same file name under two URLs never collides
         return ModelSource(ref, "https", dest=models_dir / "https" / folder / digest / name, url=ref)
-    path = models.local_path(ref) if ref.startswith(("file://", "/")) else None
+    url = urlparse(ref)
+    path = Path(unquote(url.path)) if url.scheme == "file" and url.netloc in ("", "localhost") else None
+    path = Path(ref) if ref.startswith("/") else path
     if path is None or not path.is_absolute() or not path.name.endswith(".gguf"):
         raise _bad_ref(ref, "use file:///absolute/path/model.gguf, hf:org/repo:file.gguf, https://.../model.gguf "
                        f"or '{models.DEFAULT_MODEL_REF}'")
@@ -172,6 +174,8 @@ class Provisioner:
         self._session: aiohttp.ClientSession | None = None
         self._inflight: dict[str, Download] = {}
         self._outcomes: OrderedDict[str, dict[str, Any]] = OrderedDict()  # last final event per ref
+        # Two refs can name one file (hf:org/repo and hf:org/repo:x.gguf): one writer per destination.
+        self._dest_locks: defaultdict[Path, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -268,21 +272,23 @@ class Provisioner:
             return builtin
         if source.provider == "hf" and source.dest is None:
             source = await self._resolve_hf_file(source)
-        assert source.dest is not None
-        if source.provider == "file" or source.dest.is_file():  # a local file, or a finished download, no row
-            sha = None if source.provider == "file" else await asyncio.to_thread(_sha256_file, source.dest)
-            return await self._record(source, source.dest, sha)
-        assert source.url is not None
-        sha = await self._fetch(source, source.url, source.dest, progress)
-        return await self._record(source, source.dest, sha)
+        dest = source.dest
+        assert dest is not None
+        if source.provider == "file":
+            return await self._record(source, dest, None)
+        async with self._dest_locks[dest]:
+            if dest.is_file():  # finished earlier (under another ref, or before the catalog was lost)
+                return await self._record(source, dest, await asyncio.to_thread(_sha256_file, dest))
+            assert source.url is not None
+            sha = await self._fetch(source, source.url, dest, progress)
+            return await self._record(source, dest, sha)
 
     async def _record(self, source: ModelSource, path: Path, sha: str | None) -> CatalogEntry:
         if not path.is_file():
             raise RbeeError(ErrorCode.MODEL_NOT_FOUND, f"No file at {path} for '{source.ref}'. Check the path.",
                             {"model_ref": source.ref})
-        provider: Provider = source.provider  # type: ignore[assignment]
         try:
-            entry = await asyncio.to_thread(entry_for_file, path, source.ref, provider, sha)
+            entry = await asyncio.to_thread(entry_for_file, path, source.ref, source.provider, sha)
         except GGUFError as exc:
             if source.provider != "file":
                 path.unlink(missing_ok=True)

@@ -19,8 +19,11 @@ def parse_args(argv: list[str] | None = None) -> QueenSettings:
     add_flag(p, "--api-key", action="append", default=[], help="client bearer key (repeatable)")
     add_flag(p, "--api-key-file", default=None, help="file with one API key per line")
     add_flag(p, "--cluster-key", default=None, help="key hives and workers use on /v2 routes")
+    add_flag(p, "--queue-size", type=int, default=64, help="requests that may wait for a slot at once")
     add_flag(p, "--queue-timeout", type=float, default=0.0, help="seconds to wait for a free slot (0 = 503 at once)")
     add_flag(p, "--heartbeat-timeout", type=float, default=5.0, help="seconds of silence before a worker leaves routing")
+    add_flag(p, "--remove-after", type=float, default=60.0, help="seconds of silence before a worker is removed")
+    add_flag(p, "--stall-timeout", type=float, default=30.0, help="seconds without a token before a stream fails")
     add_flag(p, "--log-level", default="INFO", help="logging level")
     a = p.parse_args(argv)
     keys = list(a.api_key)
@@ -29,7 +32,8 @@ def parse_args(argv: list[str] | None = None) -> QueenSettings:
     logs.setup("queen-rbee", a.log_level)
     return QueenSettings(
         host=a.host, port=a.port, api_keys=keys, cluster_key=a.cluster_key,
-        queue_timeout=a.queue_timeout, heartbeat_timeout=a.heartbeat_timeout,
+        queue_size=a.queue_size, queue_timeout=a.queue_timeout, heartbeat_timeout=a.heartbeat_timeout,
+        remove_after=a.remove_after, stall_timeout=a.stall_timeout,
     )
 
 

@@ -28,6 +28,7 @@ class WorkerRecord:
     last_seen: float
     leases: set[str] = field(default_factory=set)
     model_names: set[str] = field(default_factory=set)
+    failures: int = 0  # consecutive failed probes
 
     @property
     def worker_id(self) -> str:
@@ -130,7 +131,7 @@ class Registry:
 
     def heartbeat(self, worker_id: str, state: WorkerState | None, slots_available: int | None) -> WorkerRecord:
         record = self.get(worker_id)
-        record.last_seen = self._clock()
+        self.seen(worker_id)
         if state is not None:
             if state not in ROUTABLE:
                 record.state = state
@@ -149,14 +150,15 @@ class Registry:
 
     def acquire(self, model: str | None = None, exclude: frozenset[str] = frozenset()) -> Lease:
         """Take one slot on the least-loaded idle worker serving ``model``, or raise the right 503/404."""
-        if not self._workers:
+        live = [w for w in self._workers.values() if w.state != WorkerState.OFFLINE]
+        if not live:
             raise RbeeError(
                 ErrorCode.NO_WORKERS,
-                "No workers are registered. Start one (rbee-keeper up, or spawn one on a hive) and retry.",
+                "No live workers are registered. Start one (rbee-keeper up, or spawn one on a hive) and retry.",
             )
-        serving = [w for w in self._workers.values() if w.serves(model)]
+        serving = [w for w in live if w.serves(model)]
         if not serving:
-            known = sorted({w.reg.model_ref for w in self._workers.values()})
+            known = sorted({w.reg.model_ref for w in live})
             raise RbeeError(
                 ErrorCode.MODEL_NOT_FOUND,
                 f"No worker serves model '{model}'. Available: {', '.join(known)}. "
@@ -177,6 +179,49 @@ class Registry:
         chosen.leases.add(lease.lease_id)
         self._settle(chosen)
         return lease
+
+    def has_room(self, model: str | None = None) -> bool:
+        return any(w.state == WorkerState.IDLE and w.slots_available > 0 and w.serves(model)
+                   for w in self._workers.values())
+
+    def knows_model(self, model: str | None) -> bool:
+        return any(w.serves(model) for w in self._workers.values() if w.state != WorkerState.OFFLINE)
+
+    # ------------------------------------------------------------ liveness
+
+    def seen(self, worker_id: str) -> None:
+        """A sign of life (probe answered, hive heartbeat): back into routing if it had dropped out."""
+        record = self._workers.get(worker_id)
+        if record is None:
+            return
+        record.last_seen = self._clock()
+        record.failures = 0
+        if record.state == WorkerState.OFFLINE:
+            record.state = WorkerState.IDLE
+            self._settle(record)
+
+    def unreachable(self, worker_id: str) -> None:
+        """A refused connection on dispatch: out of routing at once, until it answers again."""
+        record = self._workers.get(worker_id)
+        if record is not None:
+            record.failures += 1
+            record.state = WorkerState.OFFLINE
+
+    def expire(self, heartbeat_timeout: float, remove_after: float) -> tuple[list[str], list[WorkerRecord]]:
+        """Silent workers leave routing after ``heartbeat_timeout`` and the registry after ``remove_after``.
+
+        Returns (ids that just went offline, records removed). A removed worker's leases die with it.
+        """
+        now = self._clock()
+        offline, removed = [], []
+        for record in list(self._workers.values()):
+            silent = now - record.last_seen
+            if silent > remove_after:
+                removed.append(self._workers.pop(record.worker_id))
+            elif silent > heartbeat_timeout and record.state != WorkerState.OFFLINE:
+                record.state = WorkerState.OFFLINE
+                offline.append(record.worker_id)
+        return offline, removed
 
     def release(self, lease: Lease) -> None:
         """Return a slot. Safe to call twice, and after the worker was removed."""

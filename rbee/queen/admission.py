@@ -1,0 +1,163 @@
+"""Admission: take a slot now, or wait in a bounded queue that is FIFO per key and fair across keys.
+
+Pure asyncio over the registry, no aiohttp. A waiter is woken with a lease already taken for it,
+so a slot that frees can never be grabbed by a newcomer ahead of someone who was waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from rbee.errors import ErrorCode, RbeeError
+from rbee.queen.registry import Lease, Registry
+
+OnQueued = Callable[[int], Awaitable[None]]
+
+
+@dataclass
+class _Waiter:
+    key: str
+    model: str | None
+    exclude: frozenset[str]
+    future: asyncio.Future[Lease]
+    since: float = field(default_factory=time.monotonic)
+
+
+class AdmissionQueue:
+    def __init__(self, registry: Registry, max_size: int, timeout: float) -> None:
+        self.registry = registry
+        self.max_size = max_size
+        self.timeout = timeout
+        self._by_key: OrderedDict[str, deque[_Waiter]] = OrderedDict()  # rotation order = dict order
+        self._freed: deque[float] = deque(maxlen=64)  # when slots came back, for Retry-After
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._by_key.values())
+
+    def position(self, waiter: _Waiter) -> int:
+        """1-based place in line, counting everyone who will be served first."""
+        ahead = 0
+        for q in self._by_key.values():
+            ahead += sum(1 for w in q if w.since < waiter.since)
+        return ahead + 1
+
+    def retry_after(self) -> int:
+        """Seconds until the queue would likely drain, from how fast slots have been freeing."""
+        now = time.monotonic()
+        recent = [t for t in self._freed if now - t < 60]
+        if len(recent) < 2:
+            return 2
+        rate = len(recent) / max(now - recent[0], 1e-3)
+        return max(1, min(60, math.ceil((len(self) + 1) / rate)))
+
+    async def admit(self, model: str | None, key: str = "", exclude: frozenset[str] = frozenset(),
+                    on_queued: OnQueued | None = None) -> tuple[Lease, float]:
+        """A lease, and how many seconds we waited for it. Raises the right 503/404 when it can't."""
+        if not self._by_key:
+            try:
+                return self.registry.acquire(model, exclude), 0.0
+            except RbeeError as err:
+                if err.code != ErrorCode.NO_IDLE_WORKERS or self.timeout <= 0:
+                    raise
+        elif not self.registry.knows_model(model):
+            self.registry.acquire(model, exclude)  # raises NO_WORKERS / MODEL_NOT_FOUND
+        if self.timeout <= 0:
+            raise self._busy()
+        if len(self) >= self.max_size:
+            raise self._busy(full=True)
+        waiter = _Waiter(key, model, exclude, asyncio.get_running_loop().create_future())
+        self._by_key.setdefault(key, deque()).append(waiter)
+        self.pump()
+        try:
+            lease = await self._wait(waiter, on_queued)
+        except BaseException:
+            # Timed out or the client left: a lease handed over in the meantime goes back at once.
+            if waiter.future.done() and not waiter.future.cancelled():
+                self.registry.release(waiter.future.result())
+                self.pump()
+            raise
+        finally:
+            self._forget(waiter)
+        return lease, time.monotonic() - waiter.since
+
+    async def _wait(self, waiter: _Waiter, on_queued: OnQueued | None) -> Lease:
+        deadline = waiter.since + self.timeout
+        last_told = None
+        while not waiter.future.done():
+            if on_queued is not None:
+                pos = self.position(waiter)
+                if pos != last_told:
+                    await on_queued(pos)
+                    last_told = pos
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                # Wake at least each second to tell a streaming client its place in line.
+                await asyncio.wait_for(asyncio.shield(waiter.future), min(remaining, 1.0))
+            except TimeoutError:
+                continue
+        if waiter.future.done():
+            return waiter.future.result()
+        raise RbeeError(
+            ErrorCode.QUEUE_TIMEOUT,
+            f"No worker freed up within {self.timeout:g}s. Retry later, or add workers for this model.",
+            {"queue_timeout_s": self.timeout},
+            retry_after=self.retry_after(),
+        )
+
+    def _forget(self, waiter: _Waiter) -> None:
+        q = self._by_key.get(waiter.key)
+        if q is not None and waiter in q:
+            q.remove(waiter)
+            if not q:
+                del self._by_key[waiter.key]
+        if not waiter.future.done():
+            waiter.future.cancel()
+
+    def pump(self) -> None:
+        """Hand free slots to waiters: keys take turns, each key's own requests in arrival order."""
+        progress = True
+        while progress and self._by_key:
+            progress = False
+            for key in list(self._by_key):
+                q = self._by_key.get(key)
+                if not q:
+                    self._by_key.pop(key, None)
+                    continue
+                head = q[0]
+                if head.future.done():
+                    q.popleft()
+                    progress = True
+                    continue
+                if not self.registry.has_room(head.model):
+                    continue
+                try:
+                    lease = self.registry.acquire(head.model, head.exclude)
+                except RbeeError:
+                    continue
+                q.popleft()
+                head.future.set_result(lease)
+                self._by_key.move_to_end(key)  # served: to the back of the rotation
+                if not q:
+                    self._by_key.pop(key, None)
+                progress = True
+                break
+
+    def slot_freed(self) -> None:
+        self._freed.append(time.monotonic())
+        self.pump()
+
+    def _busy(self, full: bool = False) -> RbeeError:
+        what = f"the queue is full ({self.max_size} waiting)" if full else "every worker is busy"
+        return RbeeError(
+            ErrorCode.NO_IDLE_WORKERS,
+            f"No worker can take this request now: {what}. Retry after the Retry-After delay.",
+            {"queued": len(self)},
+            retry_after=self.retry_after(),
+        )

@@ -1,0 +1,42 @@
+"""Liveness: the queen probes every registered worker about once a second.
+
+A worker that stops answering leaves routing after ``heartbeat_timeout`` and the registry after
+``remove_after``; hive heartbeats count as signs of life too. Leases of a removed worker die with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+
+from rbee.queen.admission import AdmissionQueue
+from rbee.queen.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+async def probe(session: aiohttp.ClientSession, url: str, timeout: float = 1.0) -> bool:
+    try:
+        async with session.get(f"{url}/v1/health", timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+            return r.status == 200
+    except (TimeoutError, aiohttp.ClientError):
+        return False
+
+
+async def probe_loop(registry: Registry, queue: AdmissionQueue, session: aiohttp.ClientSession, *,
+                     interval: float, heartbeat_timeout: float, remove_after: float) -> None:
+    while True:
+        records = registry.list()
+        results = await asyncio.gather(*(probe(session, r.reg.base_url, min(1.0, interval)) for r in records))
+        for record, ok in zip(records, results, strict=True):
+            if ok:
+                registry.seen(record.worker_id)
+        offline, removed = registry.expire(heartbeat_timeout, remove_after)
+        for worker_id in offline:
+            log.warning("worker out of routing: no sign of life", extra={"fields": {"worker_id": worker_id}})
+        for record in removed:
+            log.warning("worker removed: silent too long", extra={"fields": {"worker_id": record.worker_id}})
+        queue.pump()  # a worker that came back (or registered) may have room for waiters
+        await asyncio.sleep(interval)  # the probe period itself

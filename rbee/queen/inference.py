@@ -1,0 +1,90 @@
+"""POST /v1/inference: admit, dispatch, relay the worker's SSE unchanged but for the queen's timeline."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+from aiohttp import web
+
+from rbee.errors import RbeeError
+from rbee.logs import request_id_var
+from rbee.protocol import InferenceRequest
+from rbee.queen.dispatch import Dispatcher, Upstream
+from rbee.queen.keys import DISPATCHER
+from rbee.sse import DONE_FRAME, SSE_HEADERS, frame, frame_comment
+from rbee.web import json_response, read_model
+
+log = logging.getLogger(__name__)
+
+
+
+def request_id_of(request: web.Request) -> str:
+    """The client's X-Request-Id when it is safe to pass on, else a fresh one."""
+    given = request.headers.get("X-Request-Id", "")
+    rid = given if 0 < len(given) <= 64 and all(c.isalnum() or c in "._-" for c in given) else uuid.uuid4().hex
+    request_id_var.set(rid)
+    return rid
+
+
+def api_key_of(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    return header.removeprefix("Bearer ").strip() or None if header.startswith("Bearer ") else None
+
+
+async def inference(request: web.Request) -> web.StreamResponse:
+    request_id = request_id_of(request)
+    job = await read_model(request, InferenceRequest)
+    dispatcher = request.app[DISPATCHER]
+    body = job.model_dump(mode="json", exclude_none=True)
+    response: web.StreamResponse | None = None
+
+    async def on_queued(position: int) -> None:
+        # Streaming clients hear their place in line as SSE comments while they wait.
+        nonlocal response
+        if not job.stream:
+            return
+        if response is None:
+            response = web.StreamResponse(headers={**SSE_HEADERS, "X-Request-Id": request_id})
+            await response.prepare(request)
+        await response.write(frame_comment(f"queued position={position}"))
+
+    try:
+        upstream = await dispatcher.open(body, model=job.model, request_id=request_id,
+                                         api_key=api_key_of(request), on_queued=on_queued)
+    except RbeeError as err:
+        if response is None:
+            raise
+        # Already streaming queue comments: the error goes out as an event.
+        await response.write(frame(err.envelope()) + DONE_FRAME)
+        return response
+    log.info("dispatched", extra={"fields": {"worker_id": upstream.worker_id, "model": job.model,
+                                             "queued_ms": upstream.queued_ms}})
+    headers = {"X-Rbee-Worker": upstream.worker_id, "X-Request-Id": request_id}
+    if not job.stream:
+        return await _answer_whole(dispatcher, upstream, headers)
+    client_gone = True
+    try:
+        if response is None:
+            response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
+            await response.prepare(request)
+        await dispatcher.relay(upstream, response.write)
+        client_gone = False
+    except (ConnectionResetError, asyncio.CancelledError):
+        log.info("client went away; cancelling at the worker")
+        raise
+    finally:
+        await asyncio.shield(dispatcher.close(upstream, client_gone=client_gone))
+    return response
+
+
+async def _answer_whole(dispatcher: Dispatcher, upstream: Upstream, headers: dict[str, str]) -> web.Response:
+    client_gone = True
+    try:
+        payload = await upstream.response.json(content_type=None)
+        payload.update(worker_id=upstream.worker_id, queued_ms=upstream.queued_ms)
+        client_gone = False
+        return json_response(payload, headers=headers)
+    finally:
+        await asyncio.shield(dispatcher.close(upstream, client_gone=client_gone))
