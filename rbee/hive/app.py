@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from rbee import __version__, models
 from rbee.errors import ErrorCode, RbeeError
+from rbee.hive.models_api import PROVISIONER, setup_models
 from rbee.hive.supervisor import ManagedWorker, Supervisor
 from rbee.protocol import SpawnRequest, WorkerReady, WorkerRegistration
 from rbee.web import json_response, make_app, read_model
@@ -66,23 +67,17 @@ async def spawn(request: web.Request) -> web.Response:
     app = request.app
     settings = app[SETTINGS]
     body = await read_model(request, SpawnRequest)
-    path = models.local_path(body.model_ref)
-    if path is None or not path.is_file():
-        raise RbeeError(
-            ErrorCode.MODEL_NOT_FOUND,
-            f"Model '{body.model_ref}' is not on this hive. Download it first (rbee-keeper models download REF) "
-            "or pass a file:// ref to a local .gguf.",
-            {"model_ref": body.model_ref},
-        )
     if body.backend != "cpu":
         raise RbeeError(
             ErrorCode.INVALID_REQUEST,
             f"Backend '{body.backend}' is not available on this hive. Available: cpu.",
             {"field": "backend", "available": ["cpu"]},
         )
+    # The default model, file:// refs and catalogued models are local at once; others download first.
+    entry = await app[PROVISIONER].ensure_local(body.model_ref or models.DEFAULT_MODEL_REF)
     worker = await app[SUPERVISOR].spawn(
         node_name=settings.node_name,
-        model_arg=None if models.is_default(body.model_ref) else str(path),
+        model_arg=None if entry.provider == "builtin" else str(entry.local_path),
         model_ref=body.model_ref or models.DEFAULT_MODEL_REF,
         backend=body.backend, device=body.device, slots=body.slots, ctx_size=body.ctx_size,
         callback_url=f"{settings.url}/v1/workers/ready", cluster_key=settings.cluster_key,
@@ -107,17 +102,6 @@ async def shutdown_worker(request: web.Request) -> web.Response:
     worker = app[SUPERVISOR].get(request.match_info["worker_id"])
     await app[SUPERVISOR].stop(worker, app[SETTINGS].stop_grace)
     return json_response({"worker_id": worker.worker_id, "state": "exited"})
-
-
-@routes.get("/v1/models")
-async def list_models(request: web.Request) -> web.Response:
-    entries = [{"model_ref": models.DEFAULT_MODEL_REF, "local_path": str(models.default_model_path()),
-                "provider": "builtin"}]
-    models_dir = request.app[SETTINGS].models_dir
-    if models_dir.is_dir():
-        entries += [{"model_ref": f"file://{p}", "local_path": str(p), "provider": "file"}
-                    for p in sorted(models_dir.rglob("*.gguf"))]
-    return json_response({"models": entries})
 
 
 def _check_cluster_key(request: web.Request) -> None:
@@ -147,7 +131,7 @@ async def _register_with_queen(app: web.Application, worker: ManagedWorker) -> N
                 detail = await r.text()
                 raise RbeeError(ErrorCode.WORKER_UNAVAILABLE,
                                 f"The queen refused worker '{worker.worker_id}' ({r.status}): {detail[:200]}")
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         raise RbeeError(
             ErrorCode.WORKER_UNAVAILABLE,
             f"Could not reach the queen at {settings.queen_url} ({exc.__class__.__name__}). Start queen-rbee "
@@ -174,7 +158,7 @@ async def _heartbeat_once(app: web.Application, worker: ManagedWorker) -> None:
                                 headers=_queen_headers(settings)) as r:
             if r.status == 404:  # the queen restarted or dropped it: register again
                 await _register_with_queen(app, worker)
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError, RbeeError) as exc:
+    except (TimeoutError, aiohttp.ClientError, ValueError, KeyError, RbeeError) as exc:
         log.debug("heartbeat for %s failed: %s", worker.worker_id, exc)
 
 
@@ -216,4 +200,5 @@ def create_app(settings: HiveSettings) -> web.Application:
     app[SUPERVISOR] = Supervisor(settings.log_dir, host=settings.host)
     app.cleanup_ctx.append(_lifecycle)
     app.add_routes(routes)
+    setup_models(app, settings.models_dir, settings.hf_base_url)
     return app
