@@ -40,29 +40,20 @@ register_type(Q=_quoted_text)  # "{name:Q}": text inside quotes, never spanning 
 # ---------------------------------------------------------------- fixtures
 
 
-def _cluster(context) -> Cluster:
-    if getattr(context, "cluster", None) is None:
-        k = float(context.config.userdata.get("timeout_multiplier", "1"))
-        context.cluster = Cluster(context.log_dir, timeout_multiplier=k)
-        context.add_cleanup(_stop_cluster, context)  # registered before anything starts
-    return context.cluster
-
-
 def _stop_cluster(context) -> None:
-    cluster, context.cluster = context.cluster, None
-    cluster.stop_all()
+    context.cluster.stop_all()
 
 
 @fixture
 def queen(context):
-    _cluster(context).start_queen()
+    context.cluster.start_queen()
     yield context.cluster
 
 
 @fixture
 def trio(context):
     """queen + hive + one worker on the default model, spawned by the hive and registered."""
-    cluster = _cluster(context)
+    cluster = context.cluster
     cluster.start_queen()
     cluster.start_hive()
     context.hive_worker_id = cluster.spawn_on_hive()
@@ -87,7 +78,11 @@ def before_feature(context, feature: Feature):
 
 
 def before_scenario(context, scenario):
-    context.cluster = None
+    # Every scenario gets an (empty) cluster; its teardown is registered before anything starts,
+    # so steps and fixtures that start processes never leave one behind.
+    k = float(context.config.userdata.get("timeout_multiplier", "1"))
+    context.cluster = Cluster(context.log_dir, timeout_multiplier=k)
+    context.add_cleanup(_stop_cluster, context)
     for tag in scenario.effective_tags:
         if tag in FIXTURES:
             use_fixture(FIXTURES[tag], context)

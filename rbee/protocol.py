@@ -5,7 +5,16 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, TypeAdapter, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
 
 ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 Identifier = Annotated[str, Field(pattern=ID_PATTERN, description="[A-Za-z0-9._-]{1,64}")]
@@ -104,8 +113,18 @@ class WorkerShutdownRequest(RequestModel):
 # ---------------------------------------------------------------- inference
 
 
+class ChatMessage(RequestModel):
+    """One turn of a conversation; the worker renders the list with the model's chat template."""
+
+    role: Annotated[str, Field(pattern=r"^[a-z_]{1,32}$")]
+    content: Annotated[str, Field(max_length=256 * 1024)]
+    name: Annotated[str, Field(max_length=64)] | None = None
+
+
 class InferenceRequest(RequestModel):
-    prompt: Annotated[str, Field(min_length=1, max_length=256 * 1024)]
+    # Exactly one of the two: raw text, or chat messages rendered at the worker with the GGUF's template.
+    prompt: Annotated[str, Field(min_length=1, max_length=256 * 1024)] | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=1024)] | None = None
     max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT)] = 100
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.7
     top_p: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
@@ -116,11 +135,18 @@ class InferenceRequest(RequestModel):
     stop: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(default_factory=list, max_length=8)
     model: ModelRef | None = None
     stream: bool = True
+    ignore_eos: bool = Field(False, description="Never end early: generate exactly max_tokens (benchmarks, tests).")
 
     @field_validator("stop", mode="before")
     @classmethod
     def _one_stop_string(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _prompt_or_messages(self) -> InferenceRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("send exactly one of 'prompt' (text) and 'messages' (chat)")
+        return self
 
 
 class TokenEvent(WireModel):

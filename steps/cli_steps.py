@@ -83,10 +83,11 @@ def _env(context) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in {o.env for o in OPTIONS.values()}}
         env.update({"RBEE_STATE_DIR": str(home / "state"), "XDG_CONFIG_HOME": str(home / "config")})
         env.pop("RBEE_CONFIG", None)
-        if getattr(context, "cluster", None) is not None:
-            env["RBEE_QUEEN_URL"] = context.cluster.queen_url
-            if context.cluster.hive is not None:
-                env["RBEE_HIVE_URL"] = context.cluster.hive.base_url
+        cluster = getattr(context, "cluster", None)
+        if cluster is not None and cluster.queen is not None:
+            env["RBEE_QUEEN_URL"] = cluster.queen_url
+        if cluster is not None and cluster.hive is not None:
+            env["RBEE_HIVE_URL"] = cluster.hive.base_url
         context.keeper_env = env
     return context.keeper_env
 
@@ -133,12 +134,12 @@ def step_autostart_off(context):
 # ---------------------------------------------------------------- whens
 
 
-@when('the user runs rbee-keeper infer "{prompt}" for {n:d} tokens')
+@when('the user runs rbee-keeper infer "{prompt:Q}" for {n:d} tokens')
 def step_infer(context, prompt, n):
     _run(context, "infer", "--prompt", prompt, "--max-tokens", str(n), "--temperature", "0")
 
 
-@when('the user starts rbee-keeper infer "{prompt}" for {n:d} tokens')
+@when('the user starts rbee-keeper infer "{prompt:Q}" for {n:d} tokens')
 def step_start_infer(context, prompt, n):
     _start(context, "infer", "--prompt", prompt, "--max-tokens", str(n))
 
@@ -189,7 +190,7 @@ def step_stats(context):
     assert f"worker {context.hive_worker_id}" in stats, stats
 
 
-@then('rbee-keeper\'s error is one line that names "{command}"')
+@then('rbee-keeper\'s error is one line that names "{command:Q}"')
 def step_one_line_error(context, command):
     lines = context.keeper.stderr.strip().splitlines()
     assert len(lines) == 1 and command in lines[0], lines

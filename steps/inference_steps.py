@@ -9,7 +9,7 @@ from behave import given, then, when
 from rbee.models import default_model_path
 from rbee.testing.clients import BackgroundStream, wait_until
 
-LONG = {"prompt": "Write a very long story about a bee who travels the world.", "max_tokens": 4000,
+LONG = {"prompt": "Write a very long story about a bee who travels the world.", "max_tokens": 4000, "ignore_eos": True,
         "temperature": 0.8}
 
 

@@ -56,9 +56,6 @@ def up(opts: UpOptions, out: Output) -> int:
         out.say('try:  rbee-keeper infer --prompt "Hello"      stop: Ctrl+C, or rbee-keeper down')
         return _watch(trio, out)
     finally:
-        # A second Ctrl+C must not cut the orderly stop short and orphan the hive's workers.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         out.note("rbee-keeper: stopping the hive (and its workers), then the queen")
         trio.stop()
         state.remove_record()

@@ -51,6 +51,10 @@ def download(client: HiveClient, ref: str, out: Output) -> int:
                           "upgrade the hive, or give workers a local file: --model file:///path/model.gguf")
     if r.status_code >= 300:
         raise from_response(r)
+    started = r.json()
+    if started.get("status") == "present":
+        out.say(f"{ref} is already on the hive: {started.get('local_path', '')}")
+        return EXIT_OK
     stream = _call(client, "get", "/v1/models/download/progress", params={"model_ref": ref}, stream=True,
                    timeout=(client.timeout, 120))
     with stream:

@@ -15,12 +15,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import urlparse
 
 import requests
 
 from rbee.errors import ErrorCode
 from rbee.keeper import state
-from rbee.keeper.failures import EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, KeeperError, envelope_of, from_envelope, reason
+from rbee.keeper.failures import (
+    EXIT_CANCELLED,
+    EXIT_ERROR,
+    EXIT_OK,
+    KeeperError,
+    envelope_of,
+    from_envelope,
+    reason,
+)
 from rbee.keeper.local import LocalTrio, TrioPlan, free_port, port_is_free
 from rbee.keeper.output import Output
 from rbee.testing.clients import QueenClient, iter_events
@@ -87,11 +96,15 @@ class StreamOutcome:
                 and self.done.get("finish_reason") not in ("cancelled", "error"))
 
 
+def tokens_word(count: int) -> str:
+    return f"{count} token{'' if count == 1 else 's'}"
+
+
 def format_stats(outcome: StreamOutcome, finished_at: float) -> str:
     """``42 tokens · TTFT 120 ms · 88.1 tok/s · worker w1 · finish length`` (rate after the first token)."""
     done = outcome.done or {}
     count = int(done.get("total_tokens", len(outcome.tokens)))
-    parts = [f"{count} token{'s' if count != 1 else ''}"]
+    parts = [tokens_word(count)]
     if outcome.first_at is not None:
         parts.append(f"TTFT {1000 * (outcome.first_at - outcome.started):.0f} ms")
         span = (outcome.last_at or finished_at) - outcome.first_at
@@ -201,7 +214,7 @@ def report(outcome: StreamOutcome, opts: InferOptions, out: Output, stdout: Text
         stdout.write("\n")
         stdout.flush()
     if outcome.cancelled:
-        out.note(f"rbee-keeper: cancelled after {len(outcome.tokens)} tokens; the request was stopped at the worker")
+        out.note(f"rbee-keeper: cancelled after {tokens_word(len(outcome.tokens))}; the request was stopped at the worker")
         return EXIT_CANCELLED
     if outcome.complete:
         out.note(format_stats(outcome, finished_at))
@@ -212,7 +225,7 @@ def report(outcome: StreamOutcome, opts: InferOptions, out: Output, stdout: Text
         why = f"the worker ended the answer early (finish {outcome.done.get('finish_reason')})"
     else:
         why = f"the stream was cut ({outcome.broken})"
-    out.note(f"rbee-keeper: error: the answer stopped after {len(outcome.tokens)} tokens: {why}")
+    out.note(f"rbee-keeper: error: the answer stopped after {tokens_word(len(outcome.tokens))}: {why}")
     if outcome.tokens:
         out.note(f"rbee-keeper: partial answer saved to {save_partial(outcome)}")
     out.note("rbee-keeper: next: retry; check the worker with `rbee-keeper workers health` "
@@ -238,6 +251,9 @@ def run(opts: InferOptions, out: Output, stdout: TextIO | None = None) -> int:
         # One line: what failed and the command that fixes it.
         raise KeeperError(f"no queen answers at {opts.queen_url} ({reason(failure)}) and autostart is off; "
                           "start one with: rbee-keeper up")
+    if not is_loopback(opts.queen_url):
+        raise KeeperError(f"no queen answers at {opts.queen_url} ({reason(failure)}); it is not on this machine, "
+                          "so none is started here", "check --queen-url (env RBEE_QUEEN_URL) and that the queen runs")
     return run_ephemeral(opts, out, stdout)
 
 
@@ -253,11 +269,12 @@ def ephemeral_plan(opts: InferOptions) -> TrioPlan:
                     slots=opts.slots)
 
 
+def is_loopback(url: str) -> bool:
+    return urlparse(url).hostname in ("127.0.0.1", "localhost", "::1")
+
+
 def _loopback_port(url: str) -> int | None:
-    parsed = requests.utils.urlparse(url)
-    if parsed.hostname in ("127.0.0.1", "localhost") and parsed.port:
-        return parsed.port
-    return None
+    return urlparse(url).port if is_loopback(url) else None
 
 
 def run_ephemeral(opts: InferOptions, out: Output, stdout: TextIO) -> int:

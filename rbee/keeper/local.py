@@ -8,7 +8,9 @@ stops everything already started and reports its last log lines.
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +56,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the services bind: TIME_WAIT is no obstacle
         try:
             s.bind((host, port))
         except OSError:
@@ -99,7 +102,7 @@ class LocalTrio:
                 try:
                     process.wait_ready(timeout)
                 except ServiceError as exc:
-                    raise KeeperError(f"{process.name} did not start: {exc}",
+                    raise KeeperError(str(exc),
                                       f"read the whole log: {process.log_path}") from None
             self.worker = self._spawn_worker()
             return self.worker
@@ -161,9 +164,18 @@ class LocalTrio:
                     None)
 
     def stop(self) -> None:
-        """The hive first (it drains and stops its workers), then the queen."""
-        for process in (self.hive_process, self.queen_process):
-            process.stop(grace=20)
+        """The hive first (it drains and stops its workers), then the queen.
+
+        Ctrl+C and SIGTERM are ignored meanwhile: a second Ctrl+C cutting this short would orphan processes.
+        """
+        quiet = threading.current_thread() is threading.main_thread()
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)} if quiet else {}
+        try:
+            for process in (self.hive_process, self.queen_process):
+                process.stop(grace=20)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def record(self, keeper_pid: int | None) -> ClusterRecord:
         assert self.queen_process.pid is not None and self.hive_process.pid is not None

@@ -35,9 +35,11 @@ def find_log(folder: Path, program: str) -> Path:
         path = folder / f"{program.removesuffix('.log')}.log"
         if path.is_file():
             return path
-    known = ", ".join(p.stem for p in files) or "none yet"
-    raise KeeperError(f"no log for {program!r} in {folder} (there are: {known})",
-                      "logs appear once `rbee-keeper up` or `rbee-keeper infer` has started the programs")
+    if not files:
+        raise KeeperError(f"no logs yet in {folder}",
+                          "logs appear once `rbee-keeper up` or `rbee-keeper infer` has started the programs")
+    raise KeeperError(f"no log for {program!r} in {folder}",
+                      f"pick one of: {', '.join(p.stem for p in files)} (or queen, hive, worker)")
 
 
 def last_lines(path: Path, count: int) -> list[str]:
@@ -56,8 +58,7 @@ def show(folder: Path, program: str | None, lines: int, follow: bool, out: Outpu
                     str(p)] for p in files])
         return EXIT_OK
     path = find_log(folder, program)
-    for line in last_lines(path, lines):
-        stdout.write(line + "\n")
+    stdout.writelines(line + "\n" for line in last_lines(path, lines))
     stdout.flush()
     if follow:
         _follow(path, stdout)

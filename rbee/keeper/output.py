@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, TextIO
+from typing import Any, Self, TextIO
 
 from rich import box
 from rich.console import Console
@@ -62,7 +62,13 @@ class Output:
             table.add_column(name, overflow="fold")
         for row in rows:
             table.add_row(*("" if cell is None else str(cell) for cell in row))
-        self.out.print(table)
+        if fancy:
+            self.out.print(table)
+            return
+        with self.out.capture() as captured:
+            self.out.print(table)
+        for line in captured.get().splitlines():  # plain: no padding after the last column
+            self.out.print(line.rstrip())
 
     def download_progress(self, label: str) -> DownloadProgress:
         return DownloadProgress(self.err, label)
@@ -78,7 +84,7 @@ class DownloadProgress:
         self._task: Any = None
         self._last_decile = -1
 
-    def __enter__(self) -> DownloadProgress:
+    def __enter__(self) -> Self:
         if self.console.is_terminal:
             self._bar = Progress(
                 TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), DownloadColumn(),

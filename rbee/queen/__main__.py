@@ -24,6 +24,9 @@ def parse_args(argv: list[str] | None = None) -> QueenSettings:
     add_flag(p, "--heartbeat-timeout", type=float, default=5.0, help="seconds of silence before a worker leaves routing")
     add_flag(p, "--remove-after", type=float, default=60.0, help="seconds of silence before a worker is removed")
     add_flag(p, "--stall-timeout", type=float, default=30.0, help="seconds without a token before a stream fails")
+    add_flag(p, "--rate-limit-rpm", type=int, default=0, help="requests per minute per API key (0 = off)")
+    add_flag(p, "--rate-limit-concurrent", type=int, default=0, help="generations at once per API key (0 = off)")
+    add_flag(p, "--log-prompts", action="store_true", default=False, help="log prompts (off by default)")
     add_flag(p, "--log-level", default="INFO", help="logging level")
     a = p.parse_args(argv)
     keys = list(a.api_key)
@@ -34,6 +37,7 @@ def parse_args(argv: list[str] | None = None) -> QueenSettings:
         host=a.host, port=a.port, api_keys=keys, cluster_key=a.cluster_key,
         queue_size=a.queue_size, queue_timeout=a.queue_timeout, heartbeat_timeout=a.heartbeat_timeout,
         remove_after=a.remove_after, stall_timeout=a.stall_timeout,
+        rate_limit_rpm=a.rate_limit_rpm, rate_limit_concurrent=a.rate_limit_concurrent, log_prompts=a.log_prompts,
     )
 
 

@@ -87,13 +87,9 @@ class AdmissionQueue:
 
     async def _wait(self, waiter: _Waiter, on_queued: OnQueued | None) -> Lease:
         deadline = waiter.since + self.timeout
-        last_told = None
         while not waiter.future.done():
-            if on_queued is not None:
-                pos = self.position(waiter)
-                if pos != last_told:
-                    await on_queued(pos)
-                    last_told = pos
+            if on_queued is not None:  # each second: the place in line, and a keep-alive for proxies
+                await on_queued(self.position(waiter))
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break

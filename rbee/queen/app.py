@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 from collections.abc import AsyncIterator
 
@@ -12,13 +11,15 @@ import aiohttp
 from aiohttp import web
 
 from rbee import __version__
-from rbee.errors import ErrorCode, RbeeError
-from rbee.queen import workers_api
+from rbee.queen import metrics, openai, workers_api
 from rbee.queen.admission import AdmissionQueue
+from rbee.queen.auth import RATE_LIMITER, auth_middleware, rate_limit_middleware
 from rbee.queen.dispatch import Dispatcher
 from rbee.queen.health import probe_loop
 from rbee.queen.inference import inference
 from rbee.queen.keys import DISPATCHER, HTTP, QUEUE, REGISTRY, SETTINGS
+from rbee.queen.metrics import METRICS
+from rbee.queen.ratelimit import RateLimiter
 from rbee.queen.registry import Registry
 from rbee.queen.settings import QueenSettings
 from rbee.web import json_response, make_app
@@ -30,23 +31,6 @@ async def health(request: web.Request) -> web.Response:
     return json_response({"status": "ok", "version": __version__})
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
-    settings = request.app[SETTINGS]
-    if not settings.api_keys or request.path == "/health":
-        return await handler(request)
-    header = request.headers.get("Authorization", "")
-    if not header.startswith("Bearer "):
-        raise RbeeError(ErrorCode.MISSING_API_KEY, "Missing API key. Send 'Authorization: Bearer <key>'.")
-    given = header.removeprefix("Bearer ").strip().encode()
-    keys = list(settings.api_keys)
-    if request.path.startswith("/v2/") and settings.cluster_key:
-        keys.append(settings.cluster_key)
-    if not any(hmac.compare_digest(given, k.encode()) for k in keys):
-        raise RbeeError(ErrorCode.INVALID_API_KEY, "Invalid API key. Check the key you were given.")
-    return await handler(request)
-
-
 async def _services(app: web.Application) -> AsyncIterator[None]:
     """The HTTP client to workers, the dispatcher on top of it, and the health prober."""
     settings = app[SETTINGS]
@@ -56,7 +40,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         app[HTTP] = session
         app[DISPATCHER] = Dispatcher(
             app[REGISTRY], session, app[QUEUE], stall_timeout=settings.stall_timeout,
-            max_attempts=settings.max_attempts, cluster_key=settings.cluster_key,
+            max_attempts=settings.max_attempts, cluster_key=settings.cluster_key, hooks=app[METRICS],
         )
         prober = asyncio.get_running_loop().create_task(probe_loop(
             app[REGISTRY], app[QUEUE], session, interval=settings.probe_interval,
@@ -71,11 +55,15 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: QueenSettings) -> web.Application:
     app = make_app()
     app.middlewares.append(auth_middleware)
+    app.middlewares.append(rate_limit_middleware)
     app[SETTINGS] = settings
+    app[RATE_LIMITER] = RateLimiter(settings.rate_limit_rpm, settings.rate_limit_concurrent)
     app[REGISTRY] = Registry()
     app[QUEUE] = AdmissionQueue(app[REGISTRY], settings.queue_size, settings.queue_timeout)
     app.cleanup_ctx.append(_services)
     app.router.add_get("/health", health)
     app.router.add_post("/v1/inference", inference)
     app.add_routes(workers_api.routes)
+    openai.setup(app)
+    metrics.setup(app)
     return app

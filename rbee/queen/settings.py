@@ -15,3 +15,6 @@ class QueenSettings(BaseModel):
     probe_interval: float = Field(1.0, gt=0, description="Seconds between health probes of each worker.")
     stall_timeout: float = Field(30.0, gt=0, description="Seconds without a byte from a streaming worker = failed.")
     max_attempts: int = Field(3, ge=1, le=10, description="Workers tried before the first token, at most.")
+    rate_limit_rpm: int = Field(0, ge=0, description="Requests per minute per key on /v1 routes; 0 = off.")
+    rate_limit_concurrent: int = Field(0, ge=0, description="Generations running at once per key; 0 = off.")
+    log_prompts: bool = Field(False, description="Log prompts and messages (off: they never reach the logs).")

@@ -27,6 +27,7 @@ class StreamResult:
     terminated: bool = False  # saw data: [DONE]
     error_body: dict[str, Any] | None = None
     started: float = 0.0
+    ended: float = 0.0
 
     @property
     def tokens(self) -> list[dict[str, Any]]:
@@ -68,6 +69,7 @@ def read_stream(response: requests.Response, started: float | None = None) -> St
             break
         result.events.append(json.loads(data))
         result.arrival.append(time.monotonic())
+    result.ended = time.monotonic()
     return result
 
 
@@ -159,14 +161,18 @@ def wait_until(predicate: Any, timeout: float, interval: float = 0.05, what: str
 
 
 class BackgroundStream:
-    """A stream read on a thread, so a scenario can hold a slot busy and let go of it later."""
+    """A stream read on a thread, so a scenario can hold a slot busy, watch queue comments, let go later."""
 
-    def __init__(self, client: _Client, path: str, body: dict[str, Any]) -> None:
+    def __init__(self, client: _Client, path: str, body: dict[str, Any],
+                 headers: dict[str, str] | None = None) -> None:
         import threading
 
-        self.response = client.open_stream(path, body)
+        self.response = client.open_stream(path, body, headers)
         self.first_event = threading.Event()
         self.events: list[dict[str, Any]] = []
+        self.comments: list[str] = []
+        self.first_token_at: float | None = None
+        self.terminated = False
         self._abandon = threading.Event()
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
@@ -181,11 +187,23 @@ class BackgroundStream:
 
     def _read(self) -> None:
         try:
-            for data in iter_events(self.response):
-                if data == "[DONE]" or self._abandon.is_set():
+            if self.response.status_code != 200:
+                return
+            for line in self.response.iter_lines(chunk_size=None, decode_unicode=True):
+                if line.startswith(":"):
+                    self.comments.append(line[1:].strip())
+                elif line.startswith("data:"):
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        self.terminated = True
+                        break
+                    event = json.loads(data)
+                    if "token" in event and self.first_token_at is None:
+                        self.first_token_at = time.monotonic()
+                    self.events.append(event)
+                    self.first_event.set()
+                if self._abandon.is_set():
                     break
-                self.events.append(json.loads(data))
-                self.first_event.set()
         except requests.RequestException:
             pass
         finally:
@@ -197,9 +215,14 @@ class BackgroundStream:
         if not self.first_event.wait(timeout):
             raise AssertionError(f"no event within {timeout}s")
 
+    def wait_finished(self, timeout: float) -> None:
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise AssertionError(f"stream still open after {timeout}s")
+
     def abandon(self) -> None:
         """Drop the connection mid-stream, as a client that goes away does."""
         self._abandon.set()
         self._thread.join(10)
         if self._thread.is_alive():
-            raise AssertionError("the stream did not yield another event within 10 s, so it could not be dropped")
+            raise AssertionError("the stream did not yield another line within 10 s, so it could not be dropped")

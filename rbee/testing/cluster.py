@@ -124,3 +124,19 @@ class Cluster:
         self.workers.clear()
         if errors:
             raise RuntimeError("could not stop: " + "; ".join(errors))
+
+
+def start_fake_worker(cluster: Cluster, worker_id: str, *, slots: int = 4, interval: float = 0.01,
+                      stall_after: int | None = None, die_after: int | None = None) -> RunningWorker:
+    """The scripted stand-in (rbee.testing.fake_worker): for stalls, crashes and high request counts."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = ["--port", str(port), "--slots", str(slots), "--interval", str(interval)]
+    if stall_after is not None:
+        args += ["--stall-after", str(stall_after)]
+    if die_after is not None:
+        args += ["--die-after", str(die_after)]
+    proc = cluster._start(worker_id, "rbee.testing.fake_worker", args, f"{url}/v1/health", 20)
+    worker = RunningWorker(worker_id, url, proc, WorkerClient(url), "scripted", slots)
+    cluster.workers[worker_id] = worker
+    return worker

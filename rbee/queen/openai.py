@@ -1,0 +1,220 @@
+"""The OpenAI-compatible front door: ``/v1/models``, ``/v1/chat/completions``, ``/v1/completions``.
+
+Requests are routed and queued exactly like ``/v1/inference`` (through the Dispatcher); the worker
+renders chat messages with its model's template. The worker's events are reshaped into OpenAI
+objects, streamed (``chat.completion.chunk`` … ``data: [DONE]``) or whole. Errors keep rbee's
+envelope and add OpenAI's ``type``, so the official clients raise the matching exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from rbee.errors import ErrorCode, RbeeError
+from rbee.protocol import WorkerState
+from rbee.queen import openai_types as oa
+from rbee.queen.auth import caller_of
+from rbee.queen.dispatch import Dispatcher, Upstream
+from rbee.queen.inference import request_id_of
+from rbee.queen.keys import DISPATCHER, REGISTRY, SETTINGS
+from rbee.queen.metrics import MODEL
+from rbee.sse import DONE_FRAME, SSE_HEADERS, frame
+from rbee.web import error_middleware, json_response, read_model
+
+log = logging.getLogger(__name__)
+
+PATHS = ("/v1/models", "/v1/chat/completions", "/v1/completions")
+routes = web.RouteTableDef()
+
+# One choice per request; ``Chunker`` turns a piece of text (or the end) into that route's choice object.
+Chunker = Callable[[str | None, str | None], dict[str, Any]]
+
+
+# ---------------------------------------------------------------- errors
+
+
+def is_openai_path(path: str) -> bool:
+    return any(path == p or path.startswith(p + "/") for p in PATHS)
+
+
+@web.middleware
+async def openai_errors_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    """On the OpenAI routes, errors carry OpenAI's ``type`` too (sits outside auth and rate limits)."""
+    if not is_openai_path(request.path):
+        return await handler(request)
+    try:
+        return await handler(request)
+    except RbeeError as err:
+        headers = {"Retry-After": str(err.retry_after)} if err.retry_after is not None else None
+        return json_response(oa.openai_envelope(err), status=err.status, headers=headers)
+
+
+# ---------------------------------------------------------------- models
+
+
+def _served_models(request: web.Request) -> dict[str, int]:
+    """Model ref → when its first live worker registered."""
+    models: dict[str, int] = {}
+    for w in request.app[REGISTRY].list():
+        if w.state in (WorkerState.OFFLINE, WorkerState.DRAINING):
+            continue
+        ref, since = w.reg.model_ref, int(w.registered_at)
+        models[ref] = min(models.get(ref, since), since)
+    return models
+
+
+def _model_object(model_id: str, created: int) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": created, "owned_by": "rbee"}
+
+
+@routes.get("/v1/models")
+async def list_models(request: web.Request) -> web.Response:
+    served = _served_models(request)
+    return json_response({"object": "list", "data": [_model_object(m, served[m]) for m in sorted(served)]})
+
+
+@routes.get("/v1/models/{model:.+}")
+async def get_model(request: web.Request) -> web.Response:
+    name = request.match_info["model"]
+    served = _served_models(request)
+    live = [w for w in request.app[REGISTRY].list(model=name) if w.reg.model_ref in served]
+    if not live:
+        raise RbeeError(ErrorCode.MODEL_NOT_FOUND,
+                        f"No live worker serves model '{name}'. List models with GET /v1/models.",
+                        {"model": name, "available": sorted(served)})
+    return json_response(_model_object(name, served[live[0].reg.model_ref]))
+
+
+# ---------------------------------------------------------------- completions
+
+
+@routes.post("/v1/chat/completions")
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    req = await read_model(request, oa.ChatCompletionRequest)
+
+    def chunk(text: str | None, finish: str | None) -> dict[str, Any]:
+        delta = {} if text is None else {"content": text}
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+    def whole(text: str, finish: str) -> dict[str, Any]:
+        return {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                "finish_reason": finish}
+
+    return await _complete(request, req, req.to_inference(), kind="chat.completion",
+                           chunk_kind="chat.completion.chunk", id_prefix="chatcmpl", chunk=chunk, whole=whole,
+                           opening={"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                    "finish_reason": None})
+
+
+@routes.post("/v1/completions")
+async def completions(request: web.Request) -> web.StreamResponse:
+    req = await read_model(request, oa.CompletionRequest)
+
+    def chunk(text: str | None, finish: str | None) -> dict[str, Any]:
+        return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+
+    def whole(text: str, finish: str) -> dict[str, Any]:
+        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+
+    # Legacy completions stream objects of the same kind as the whole answer (no ".chunk").
+    return await _complete(request, req, req.to_inference(), kind="text_completion", chunk_kind="text_completion",
+                           id_prefix="cmpl", chunk=chunk, whole=whole, opening=None)
+
+
+async def _complete(request: web.Request, req: oa._Generation, body: dict[str, Any], *, kind: str,
+                    chunk_kind: str, id_prefix: str, chunk: Chunker, whole: Callable[[str, str], dict[str, Any]],
+                    opening: dict[str, Any] | None) -> web.StreamResponse:
+    request_id = request_id_of(request)
+    request[MODEL] = req.model
+    if request.app[SETTINGS].log_prompts:
+        log.info("prompt", extra={"fields": {"prompt": body.get("prompt"), "messages": body.get("messages")}})
+    dispatcher = request.app[DISPATCHER]
+    upstream = await dispatcher.open(body, model=req.model, request_id=request_id, api_key=caller_of(request))
+    log.info("dispatched", extra={"fields": {"worker_id": upstream.worker_id, "model": req.model,
+                                             "queued_ms": upstream.queued_ms, "api": kind}})
+    head = {"id": f"{id_prefix}-{request_id}", "created": int(time.time()), "model": req.model}
+    headers = {"X-Rbee-Worker": upstream.worker_id, "X-Request-Id": request_id}
+    client_gone = True
+    try:
+        if req.stream:
+            response = await _stream(request, dispatcher, upstream, req, headers,
+                                     {**head, "object": chunk_kind}, chunk, opening)
+        else:
+            response = await _whole(dispatcher, upstream, headers, {**head, "object": kind}, whole)
+        client_gone = False
+        return response
+    finally:
+        await asyncio.shield(dispatcher.close(upstream, client_gone=client_gone))
+
+
+async def _whole(dispatcher: Dispatcher, upstream: Upstream, headers: dict[str, str], head: dict[str, Any],
+                 whole: Callable[[str, str], dict[str, Any]]) -> web.Response:
+    parts: list[str] = []
+    # Closed before the upstream is, so the dispatcher stops reading a stream we are done with.
+    async with contextlib.aclosing(dispatcher.events(upstream)) as events:
+        async for event in events:
+            if "error" in event:
+                raise _in_stream_error(event)
+            if event.get("done"):
+                body = {**head, "choices": [whole("".join(parts), oa.finish_reason(event))],
+                        "usage": _usage(event), "system_fingerprint": None}
+                return json_response(body, headers=headers)
+            if "token" in event:
+                parts.append(event["token"])
+    raise RbeeError(ErrorCode.WORKER_UNAVAILABLE, "The worker's answer ended without a result. Retry.",
+                    {"worker_id": upstream.worker_id})
+
+
+async def _stream(request: web.Request, dispatcher: Dispatcher, upstream: Upstream, req: oa._Generation,
+                  headers: dict[str, str], head: dict[str, Any], chunk: Chunker,
+                  opening: dict[str, Any] | None) -> web.StreamResponse:
+    response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
+    await response.prepare(request)
+    extra = {"usage": None} if req.include_usage else {}
+
+    async def send(choices: list[dict[str, Any]], **more: Any) -> None:
+        await response.write(frame({**head, "choices": choices, **extra, **more}))
+
+    if opening is not None:
+        await send([opening])
+    async with contextlib.aclosing(dispatcher.events(upstream)) as events:
+        async for event in events:
+            if "error" in event:
+                await response.write(frame(oa.openai_envelope(_in_stream_error(event))))
+                break
+            if event.get("done"):
+                await send([chunk(None, oa.finish_reason(event))])
+                if req.include_usage:
+                    await send([], usage=_usage(event))
+                break
+            if "token" in event:
+                await send([chunk(event["token"], None)])
+    await response.write(DONE_FRAME)
+    return response
+
+
+def _usage(done: dict[str, Any]) -> dict[str, int]:
+    return oa.usage(int(done.get("prompt_tokens") or 0), int(done.get("total_tokens") or 0))
+
+
+def _in_stream_error(event: dict[str, Any]) -> RbeeError:
+    err = event.get("error") or {}
+    try:
+        code = ErrorCode(err.get("code"))
+    except ValueError:
+        code = ErrorCode.WORKER_UNAVAILABLE
+    return RbeeError(code, str(err.get("message") or "The worker failed mid-answer. Retry."),
+                     err.get("details") if isinstance(err.get("details"), dict) else None)
+
+
+def setup(app: web.Application) -> None:
+    """Serve the OpenAI routes; their errors get OpenAI's ``type`` (just inside the error middleware)."""
+    app.middlewares.insert(app.middlewares.index(error_middleware) + 1, openai_errors_middleware)
+    app.add_routes(routes)

@@ -1,0 +1,105 @@
+"""A scripted stand-in worker, for what a real model can't do on cue: stall, die mid-stream, or answer
+hundreds of requests at once cheaply. Scenarios using it sit beside the same scenarios on real workers.
+
+It speaks the worker's wire contract (health, ready, SSE inference, cancel) and honours its slots.
+
+    python -m rbee.testing.fake_worker --port P [--slots N] [--interval 0.01]
+        [--stall-after K] [--die-after K]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+
+from aiohttp import web
+
+from rbee.errors import ErrorCode, RbeeError
+from rbee.protocol import InferenceRequest
+from rbee.sse import SSE_HEADERS, SSEWriter
+from rbee.web import json_response, make_app, read_model
+
+SCRIPT = web.AppKey("script", argparse.Namespace)
+RUNNING = web.AppKey("running", dict)
+
+
+async def health(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    total = request.app[SCRIPT].slots
+    free = total - len(request.app[RUNNING])
+    return json_response({"ready": True, "state": "idle" if free else "busy", "model_loaded": True,
+                          "slots_total": total, "slots_available": free})
+
+
+async def inference(request: web.Request) -> web.StreamResponse:
+    script, running = request.app[SCRIPT], request.app[RUNNING]
+    job = await read_model(request, InferenceRequest)
+    rid = request.headers.get("X-Request-Id", "anon")
+    if len(running) >= script.slots:
+        raise RbeeError(ErrorCode.ALL_SLOTS_BUSY, "All slots busy.",
+                        {"slots_total": script.slots, "slots_busy": len(running)})
+    cancelled = asyncio.Event()
+    running[rid] = cancelled
+    response = web.StreamResponse(headers={**SSE_HEADERS, "X-Request-Id": rid})
+    try:
+        await response.prepare(request)
+        sse = SSEWriter(response)
+        for i in range(job.max_tokens):
+            if cancelled.is_set():
+                await sse.send({"done": True, "total_tokens": i, "duration_ms": 0, "finish_reason": "cancelled"})
+                break
+            if script.die_after is not None and i == script.die_after:
+                os.kill(os.getpid(), signal.SIGKILL)  # a crash mid-stream, as abrupt as it gets
+            if script.stall_after is not None and i == script.stall_after:
+                await cancelled.wait()  # hang: send nothing more until cancelled
+                continue
+            await sse.send({"token": f" t{i}", "index": i})
+            if script.interval:
+                await asyncio.sleep(script.interval)  # the scripted token rate
+        else:
+            await sse.send({"done": True, "total_tokens": job.max_tokens, "duration_ms": 0,
+                            "finish_reason": "length"})
+        await sse.done()
+    except ConnectionResetError:
+        pass
+    finally:
+        running.pop(rid, None)
+    return response
+
+
+async def cancel(request: web.Request) -> web.Response:
+    event = request.app[RUNNING].get(request.match_info["request_id"])
+    if event is not None:
+        event.set()
+    return web.Response(status=204)
+
+
+def create_app(script: argparse.Namespace) -> web.Application:
+    app = make_app()
+    app[SCRIPT] = script
+    app[RUNNING] = {}
+    app.router.add_get("/v1/health", health)
+    app.router.add_get("/v1/ready", ready)
+    app.router.add_post("/v1/inference", inference)
+    app.router.add_delete("/v1/inference/{request_id}", cancel)
+    return app
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="fake-worker")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--slots", type=int, default=4)
+    p.add_argument("--interval", type=float, default=0.01)
+    p.add_argument("--stall-after", type=int, default=None)
+    p.add_argument("--die-after", type=int, default=None)
+    script = p.parse_args()
+    web.run_app(create_app(script), host="127.0.0.1", port=script.port, print=None)
+
+
+if __name__ == "__main__":
+    main()
