@@ -30,7 +30,9 @@ def request_id_of(request: web.Request) -> str:
 
 def api_key_of(request: web.Request) -> str | None:
     header = request.headers.get("Authorization", "")
-    return header.removeprefix("Bearer ").strip() or None if header.startswith("Bearer ") else None
+    if not header.startswith("Bearer "):
+        return None
+    return header.removeprefix("Bearer ").strip() or None
 
 
 async def inference(request: web.Request) -> web.StreamResponse:
