@@ -54,6 +54,12 @@ class Child:
                                          stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         return self
 
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise BenchError(f"{self.name} was not started")
+        return self.proc.pid
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -166,3 +172,28 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 def exit_on_sigterm() -> None:
     """Turn SIGTERM into SystemExit so every ``finally`` that stops a child still runs."""
     signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(143))
+
+
+def warn_if_busy() -> None:
+    """Say so when something else is using the CPUs: on 2 cores it swamps what is being measured."""
+    load1 = os.getloadavg()[0]
+    if load1 > 0.5:
+        print(f"warning: 1-minute load average is {load1:.2f} before starting: something else is running "
+              "and the numbers below will be noisy; rerun on a quiet machine.", flush=True)
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU seconds of every live process in process group ``pgid`` (Linux /proc)."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            # After the command: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
+            if int(fields[2]) == pgid:
+                total += int(fields[11]) + int(fields[12])
+    return total / _TICKS

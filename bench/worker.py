@@ -38,6 +38,7 @@ from common import (
     percentile,
     print_table,
     ratio,
+    warn_if_busy,
 )
 
 OURS = "llm-worker-rbee"
@@ -383,6 +384,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit("llama_cpp.server needs its extras: pip install fastapi uvicorn sse-starlette "
                              "starlette-context pydantic-settings (or pass --skip-llama-cpp-python)") from None
 
+    warn_if_busy()
     print("environment")
     print_table(["what", "value"], environment(
         {"model": f"{model.name} ({model.stat().st_size / 2**20:.1f} MiB)", "threads": str(THREADS),

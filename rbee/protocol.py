@@ -182,6 +182,8 @@ class SpawnRequest(RequestModel):
     device: Annotated[int, Field(ge=0, le=1024)] = 0
     slots: Annotated[int, Field(ge=1, le=64)] = 1
     ctx_size: Annotated[int, Field(ge=256, le=131072)] | None = None
+    wait: bool = Field(False, description="Answer only once the worker is ready (200), or 502 SPAWN_FAILED "
+                       "with its last log lines.")
 
 
 class WorkerReady(RequestModel):
@@ -203,3 +205,33 @@ class HiveWorker(WireModel):
     port: int
     state: str
     slots_total: int
+
+
+# ---------------------------------------------------------------- queen: hive registry
+
+
+class HiveRegistration(RequestModel):
+    hive_id: Identifier
+    url: BaseUrl
+    node_name: Identifier | None = None
+    models: list[ModelRef] = Field(default_factory=list, max_length=4096)
+
+
+class HiveHeartbeat(RequestModel):
+    models: list[ModelRef] | None = Field(None, max_length=4096)
+    workers: Annotated[int, Field(ge=0, le=4096)] | None = None
+
+
+class HiveInfo(WireModel):
+    hive_id: str
+    url: str
+    node_name: str
+    models: list[str]
+    workers: int
+    registered_at: float
+    last_seen: float
+    live: bool
+
+
+class HiveList(WireModel):
+    hives: list[HiveInfo]

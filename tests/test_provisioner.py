@@ -240,7 +240,7 @@ def expect_error(tmp_path: Path, served: Served, code: ErrorCode, text: str, **o
         assert prov.catalog.get(REF) is None
 
     hub = with_hub(tmp_path, {REPO_FILE: served}, scenario, **options)
-    assert partials(tmp_path) == [] or code == ErrorCode.INTERNAL
+    assert partials(tmp_path) == [] or code == ErrorCode.DOWNLOAD_FAILED
     assert not (tmp_path / "models" / "hf" / "org" / "repo" / "tiny.gguf").exists()
     return hub
 
@@ -251,22 +251,22 @@ def test_404_is_model_not_found_without_retries(tmp_path: Path, tiny: bytes) -> 
 
 
 def test_403_asks_for_hf_token(tmp_path: Path, tiny: bytes) -> None:
-    hub = expect_error(tmp_path, Served(tiny, token="needed"), ErrorCode.INVALID_REQUEST, "HF_TOKEN")
+    hub = expect_error(tmp_path, Served(tiny, token="needed"), ErrorCode.MODEL_ACCESS_DENIED, "HF_TOKEN")
     assert len(hub.body_gets()) == 1 and "Authorization" not in hub.body_gets()[0]
 
 
 def test_a_wrong_checksum_fails_and_removes_the_partial(tmp_path: Path, tiny: bytes) -> None:
-    expect_error(tmp_path, Served(tiny, etag="0" * 64), ErrorCode.INTERNAL, "Checksum mismatch")
+    expect_error(tmp_path, Served(tiny, etag="0" * 64), ErrorCode.DOWNLOAD_FAILED, "Checksum mismatch")
     assert partials(tmp_path) == []
 
 
 def test_server_errors_are_retried_then_reported(tmp_path: Path, tiny: bytes) -> None:
-    hub = expect_error(tmp_path, Served(tiny, status=503), ErrorCode.INTERNAL, "after 3 attempts", attempts=3)
+    hub = expect_error(tmp_path, Served(tiny, status=503), ErrorCode.DOWNLOAD_FAILED, "after 3 attempts", attempts=3)
     assert len(hub.body_gets()) == 3
 
 
 def test_not_enough_disk_space_is_a_clear_error(tmp_path: Path, tiny: bytes) -> None:
-    expect_error(tmp_path, Served(tiny, fake_length=2**55), ErrorCode.INTERNAL, "Not enough disk space")
+    expect_error(tmp_path, Served(tiny, fake_length=2**55), ErrorCode.INSUFFICIENT_STORAGE, "Not enough disk space")
 
 
 def test_a_file_that_is_not_gguf_is_refused_and_removed(tmp_path: Path) -> None:

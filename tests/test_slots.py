@@ -1,9 +1,13 @@
-"""Slot allocation on the worker is atomic and truthful."""
+"""Slot allocation on the worker is atomic and truthful; cancel returns once the slot is free."""
+
+import asyncio
+import threading
+import time
 
 import pytest
 
 from rbee.errors import ErrorCode, RbeeError
-from rbee.worker.slots import SlotTable
+from rbee.worker.slots import Outbox, SlotPool, SlotTable
 
 
 def test_last_slot_goes_to_exactly_one_request():
@@ -31,3 +35,112 @@ def test_duplicate_request_id_is_refused():
     with pytest.raises(RbeeError) as e:
         t.acquire("same")
     assert e.value.code == ErrorCode.INVALID_REQUEST
+
+
+# ---------------------------------------------------------------- the async bridge (SlotPool)
+
+
+class ThreadedBackend:
+    """Stands in for the engine: a thread that emits a token every few ms until told to stop."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, tuple] = {}
+        self.lock = threading.Lock()
+
+    def submit(self, job) -> None:
+        request_id, emit, on_finish, n = job
+        stop = threading.Event()
+        with self.lock:
+            self.jobs[request_id] = (stop, emit, on_finish)
+
+        def run() -> None:
+            for i in range(n):
+                if stop.wait(0.002):
+                    break
+                emit({"token": "x", "index": i})
+            time.sleep(0.02)  # freeing the slot takes a while: cancel must still wait for it
+            on_finish()
+            emit({"done": True, "finish_reason": "cancelled" if stop.is_set() else "length"})
+
+        threading.Thread(target=run, daemon=True).start()
+
+    def cancel(self, request_id, on_done) -> None:
+        with self.lock:
+            entry = self.jobs.get(request_id)
+        if entry:
+            entry[0].set()
+        threading.Thread(target=lambda: (time.sleep(0.03), on_done(entry is not None)), daemon=True).start()
+
+
+def _job(request_id: str, n: int):
+    return lambda slot, emit, on_finish: (request_id, emit, on_finish, n)
+
+
+def test_cancel_returns_once_the_slot_is_free_and_the_stream_ends_cancelled():
+    async def scenario():
+        pool = SlotPool(ThreadedBackend(), 2)
+        gen = pool.start("a", _job("a", 10_000))
+        events = gen.events()
+        assert "token" in await events.__anext__()
+        assert await pool.cancel("a") is True
+        assert pool.table.available == 2 and pool.running == 0
+        rest = [e async for e in events]
+        assert rest[-1] == {"done": True, "finish_reason": "cancelled"}
+        assert await pool.cancel("a") is False  # idempotent
+        assert await pool.cancel("never-seen") is False
+
+    asyncio.run(scenario())
+
+
+def test_events_arrive_in_order_and_grouped_when_the_reader_is_slow():
+    async def scenario():
+        pool = SlotPool(ThreadedBackend(), 1)
+        gen = pool.start("a", _job("a", 50))
+        await asyncio.sleep(0.2)  # let events pile up
+        batches = [b async for b in gen.batches()]
+        flat = [e for b in batches for e in b]
+        assert [e["index"] for e in flat if "token" in e] == list(range(50))
+        assert flat[-1]["done"] is True and len(batches) < len(flat)
+
+    asyncio.run(scenario())
+
+
+def test_draining_refuses_new_work_and_cancel_all_stops_the_rest():
+    async def scenario():
+        pool = SlotPool(ThreadedBackend(), 2)
+        pool.start("a", _job("a", 10_000))
+        pool.start("b", _job("b", 10_000))
+        pool.draining = True
+        with pytest.raises(RbeeError) as e:
+            pool.start("c", _job("c", 1))
+        assert e.value.code == ErrorCode.DRAINING
+        assert await pool.wait_idle(0.05) is False
+        assert await pool.cancel_all() == 2
+        assert pool.table.available == 2 and await pool.wait_idle(0) is True
+
+    asyncio.run(scenario())
+
+
+def test_outbox_wakes_the_loop_once_per_burst():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        outbox, seen = Outbox(loop), []
+        wakeups = 0
+        original = loop.call_soon_threadsafe
+
+        def counting(*args):
+            nonlocal wakeups
+            wakeups += 1
+            return original(*args)
+
+        loop.call_soon_threadsafe = counting
+        try:
+            t = threading.Thread(target=lambda: [outbox.put(seen.append, i) for i in range(100)])
+            t.start()
+            t.join()
+            await asyncio.sleep(0.01)
+        finally:
+            del loop.call_soon_threadsafe
+        assert seen == list(range(100)) and wakeups == 1
+
+    asyncio.run(scenario())

@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Literal
 
 import aiohttp
 from aiohttp import web
@@ -15,9 +17,12 @@ from pydantic import BaseModel, Field
 
 from rbee import __version__, models
 from rbee.errors import ErrorCode, RbeeError
-from rbee.hive.models_api import PROVISIONER, setup_models
-from rbee.hive.supervisor import ManagedWorker, Supervisor
-from rbee.protocol import SpawnRequest, WorkerReady, WorkerRegistration
+from rbee.hive import preflight
+from rbee.hive.models_api import CATALOG, PROVISIONER, setup_models
+from rbee.hive.queen_link import QueenLink
+from rbee.hive.supervisor import ManagedWorker, Supervisor, WorkerSpec
+from rbee.hive.watch import Watch, reconcile
+from rbee.protocol import SpawnRequest, WorkerReady
 from rbee.web import json_response, make_app, read_model
 
 log = logging.getLogger(__name__)
@@ -34,21 +39,30 @@ class HiveSettings(BaseModel):
     cluster_key: str | None = None
     heartbeat_interval: float = Field(1.0, gt=0)
     stop_grace: float = Field(10.0, ge=0, description="Seconds a worker gets to drain before SIGKILL.")
+    spawn_timeout: float = Field(120.0, gt=0, description="Seconds a spawned worker gets to become ready.")
+    idle_timeout: float = Field(0.0, ge=0, description="Stop a worker that served nothing this long; 0 = never.")
+    restart: Literal["no", "on-failure"] = Field("no", description="Restart a worker that exits with an error.")
+    max_restarts: int = Field(3, ge=0, description="Restarts per worker, at most.")
+    keep_workers_on_crash: bool = Field(False, description="Workers outlive a hive that dies abruptly; the "
+                                        "restarted hive adopts them.")
+    worker_ports: tuple[int, int] | None = Field(None, description="Port range for workers (default: any free).")
+    ram_budget_mb: int = Field(0, ge=0, description="Memory all workers of this hive may use; 0 = what is free.")
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def state_path(self) -> Path:
+        return self.models_dir / "workers.json"
+
 
 SETTINGS = web.AppKey("settings", HiveSettings)
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
+LINK = web.AppKey("queen_link", QueenLink)
 
 routes = web.RouteTableDef()
-
-
-def _queen_headers(settings: HiveSettings) -> dict[str, str]:
-    return {"Authorization": f"Bearer {settings.cluster_key}"} if settings.cluster_key else {}
 
 
 @routes.get("/v1/health")
@@ -64,41 +78,53 @@ async def list_workers(request: web.Request) -> web.Response:
 
 @routes.post("/v1/workers/spawn")
 async def spawn(request: web.Request) -> web.Response:
+    """202 at once with the starting worker; with ``wait`` (body or ``?wait=true``), 200 once it is ready
+    and registered, or 502 SPAWN_FAILED with its last log lines."""
     app = request.app
-    settings = app[SETTINGS]
+    settings, supervisor = app[SETTINGS], app[SUPERVISOR]
+    _check_cluster_key(request)
     body = await read_model(request, SpawnRequest)
-    if body.backend != "cpu":
-        raise RbeeError(
-            ErrorCode.INVALID_REQUEST,
-            f"Backend '{body.backend}' is not available on this hive. Available: cpu.",
-            {"field": "backend", "available": ["cpu"]},
-        )
+    wait = body.wait or request.query.get("wait", "").lower() in ("1", "true", "yes")
+    preflight.check_backend(body.backend, body.device)  # before any download
+    ref = body.model_ref or models.DEFAULT_MODEL_REF
     # The default model, file:// refs and catalogued models are local at once; others download first.
-    entry = await app[PROVISIONER].ensure_local(body.model_ref or models.DEFAULT_MODEL_REF)
-    worker = await app[SUPERVISOR].spawn(
-        node_name=settings.node_name,
-        model_arg=None if entry.provider == "builtin" else str(entry.local_path),
-        model_ref=body.model_ref or models.DEFAULT_MODEL_REF,
-        backend=body.backend, device=body.device, slots=body.slots, ctx_size=body.ctx_size,
-        callback_url=f"{settings.url}/v1/workers/ready", cluster_key=settings.cluster_key,
-    )
-    return json_response(worker.view().model_dump(mode="json"), status=202)
+    entry = await app[PROVISIONER].ensure_local(ref)
+    need = preflight.Need(ref, entry.size_bytes, body.backend, body.device)
+    preflight.check_ram(need, _ram_for_workers(settings, supervisor))
+    spec = WorkerSpec(model_ref=ref, model_arg=None if entry.provider == "builtin" else str(entry.local_path),
+                      backend=body.backend, device=body.device, slots=body.slots, ctx_size=body.ctx_size,
+                      ram_bytes=preflight.ram_needed(entry.size_bytes))
+    worker = await supervisor.spawn(spec)
+    if not wait:
+        return json_response(worker.view().model_dump(mode="json"), status=202)
+    await supervisor.wait_ready(worker, settings.spawn_timeout)
+    return json_response(worker.view().model_dump(mode="json"), status=200)
+
+
+def _ram_for_workers(settings: HiveSettings, supervisor: Supervisor) -> int | None:
+    free = preflight.available_ram()
+    if not settings.ram_budget_mb:
+        return free
+    budget = settings.ram_budget_mb * 1024 * 1024 - supervisor.ram_in_use()
+    return max(0, budget) if free is None else max(0, min(free, budget))
 
 
 @routes.post("/v1/workers/ready")
 async def worker_ready(request: web.Request) -> web.Response:
-    """The worker's callback: the model is loaded. Register it with the queen, then heartbeat it."""
+    """The worker's callback: the model is loaded. Register it with the queen, then it counts as ready."""
     app = request.app
     _check_cluster_key(request)
     body = await read_model(request, WorkerReady)
-    worker = app[SUPERVISOR].mark_ready(body.worker_id)
-    await _register_with_queen(app, worker)
+    worker = app[SUPERVISOR].get(body.worker_id)
+    await app[LINK].register_worker(worker)  # first, so a spawn that waits answers with a routable worker
+    app[SUPERVISOR].mark_ready(body.worker_id)
     return json_response({"worker_id": worker.worker_id, "registered": True})
 
 
 @routes.post("/v1/workers/{worker_id}/shutdown")
 async def shutdown_worker(request: web.Request) -> web.Response:
     app = request.app
+    _check_cluster_key(request)
     worker = app[SUPERVISOR].get(request.match_info["worker_id"])
     await app[SUPERVISOR].stop(worker, app[SETTINGS].stop_grace)
     return json_response({"worker_id": worker.worker_id, "state": "exited"})
@@ -115,59 +141,23 @@ def _check_cluster_key(request: web.Request) -> None:
         raise RbeeError(ErrorCode.INVALID_API_KEY, "Wrong cluster key. Use the key the hive was started with.")
 
 
-# ---------------------------------------------------------------- talking to the queen
+# ---------------------------------------------------------------- lifecycle
 
 
-async def _register_with_queen(app: web.Application, worker: ManagedWorker) -> None:
-    settings = app[SETTINGS]
-    reg = WorkerRegistration(
-        worker_id=worker.worker_id, url=worker.url, model_ref=worker.model_ref, backend=worker.backend,
-        device=worker.device, node_name=settings.node_name, slots_total=worker.slots,
-    )
-    try:
-        async with app[HTTP].post(f"{settings.queen_url}/v2/workers/register", json=reg.model_dump(mode="json"),
-                                  headers=_queen_headers(settings)) as r:
-            if r.status >= 300:
-                detail = await r.text()
-                raise RbeeError(ErrorCode.WORKER_UNAVAILABLE,
-                                f"The queen refused worker '{worker.worker_id}' ({r.status}): {detail[:200]}")
-    except (TimeoutError, aiohttp.ClientError) as exc:
-        raise RbeeError(
-            ErrorCode.WORKER_UNAVAILABLE,
-            f"Could not reach the queen at {settings.queen_url} ({exc.__class__.__name__}). Start queen-rbee "
-            "or fix --queen-url.",
-        ) from None
-    log.info("registered with queen", extra={"fields": {"worker_id": worker.worker_id}})
+async def _model_refs(app: web.Application) -> list[str]:
+    entries = await asyncio.to_thread(app[CATALOG].list)
+    return [e.reference for e in entries]
 
 
-async def _deregister(app: web.Application, worker: ManagedWorker) -> None:
-    settings = app[SETTINGS]
-    with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-        async with app[HTTP].delete(f"{settings.queen_url}/v2/workers/{worker.worker_id}",
-                                    headers=_queen_headers(settings)):
-            pass
-
-
-async def _heartbeat_once(app: web.Application, worker: ManagedWorker) -> None:
-    settings, session = app[SETTINGS], app[HTTP]
-    try:
-        async with session.get(f"{worker.url}/v1/ready") as r:
-            status = await r.json()
-        beat = {"state": status["state"], "slots_available": status["slots_available"]}
-        async with session.post(f"{settings.queen_url}/v2/workers/{worker.worker_id}/heartbeat", json=beat,
-                                headers=_queen_headers(settings)) as r:
-            if r.status == 404:  # the queen restarted or dropped it: register again
-                await _register_with_queen(app, worker)
-    except (TimeoutError, aiohttp.ClientError, ValueError, KeyError, RbeeError) as exc:
-        log.debug("heartbeat for %s failed: %s", worker.worker_id, exc)
-
-
-async def _heartbeats(app: web.Application) -> None:
-    interval = app[SETTINGS].heartbeat_interval
+async def _watch_loop(app: web.Application, watch: Watch) -> None:
+    settings, supervisor, link = app[SETTINGS], app[SUPERVISOR], app[LINK]
     while True:
-        ready = [w for w in app[SUPERVISOR].list() if w.state == "ready"]
-        await asyncio.gather(*(_heartbeat_once(app, w) for w in ready))
-        await asyncio.sleep(interval)  # the heartbeat period itself
+        started = time.monotonic()
+        await watch.check_all()
+        with contextlib.suppress(OSError, RbeeError):
+            await link.heartbeat_hive(await _model_refs(app), len(supervisor.list()))
+        # A fixed period, so slow (failing) checks do not stretch the time to notice a silent worker.
+        await asyncio.sleep(max(0.0, settings.heartbeat_interval - (time.monotonic() - started)))
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -176,29 +166,40 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     timeout = aiohttp.ClientTimeout(total=5)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         app[HTTP] = session
+        link = app[LINK] = QueenLink(session, settings.queen_url, settings.node_name, settings.url,
+                                     settings.cluster_key)
+        watch = Watch(supervisor, link, session, idle_timeout=settings.idle_timeout, stop_grace=settings.stop_grace)
         pending: set[asyncio.Task] = set()
 
         def on_exit(worker: ManagedWorker) -> None:
-            task = asyncio.get_running_loop().create_task(_deregister(app, worker))
+            task = asyncio.get_running_loop().create_task(link.deregister_worker(worker))
             pending.add(task)
             task.add_done_callback(pending.discard)
 
         supervisor.on_exit = on_exit
-        beats = asyncio.get_running_loop().create_task(_heartbeats(app))
+        await reconcile(watch)
+        loop = asyncio.get_running_loop().create_task(_watch_loop(app, watch))
         yield
-        beats.cancel()
+        loop.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await beats
+            await loop
         # SIGTERM cascade: every worker drains and exits (or is killed) before the hive does.
         await supervisor.stop_all(settings.stop_grace)
-        await asyncio.gather(*(_deregister(app, w) for w in supervisor.list()), *pending, return_exceptions=True)
+        await asyncio.gather(*(link.deregister_worker(w) for w in supervisor.list()), *pending,
+                             return_exceptions=True)
 
 
 def create_app(settings: HiveSettings) -> web.Application:
     app = make_app()
     app[SETTINGS] = settings
-    app[SUPERVISOR] = Supervisor(settings.log_dir, host=settings.host)
+    ports = range(settings.worker_ports[0], settings.worker_ports[1] + 1) if settings.worker_ports else None
+    app[SUPERVISOR] = Supervisor(
+        settings.log_dir, host=settings.host, node_name=settings.node_name,
+        callback_url=f"{settings.url}/v1/workers/ready", cluster_key=settings.cluster_key,
+        state_path=settings.state_path, ports=ports, restart=settings.restart, max_restarts=settings.max_restarts,
+        keep_on_crash=settings.keep_workers_on_crash,
+    )
+    setup_models(app, settings.models_dir, settings.hf_base_url)  # first: the catalog opens before reconcile
     app.cleanup_ctx.append(_lifecycle)
     app.add_routes(routes)
-    setup_models(app, settings.models_dir, settings.hf_base_url)
     return app

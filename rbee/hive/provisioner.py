@@ -248,11 +248,11 @@ class Provisioner:
                 err = exc
                 log.warning("download of %s failed: %s", source.ref, err.message)
             elif isinstance(exc, asyncio.CancelledError):
-                err = RbeeError(ErrorCode.INTERNAL, f"The download of '{source.ref}' was cancelled (the hive is "
+                err = RbeeError(ErrorCode.DOWNLOAD_FAILED, f"The download of '{source.ref}' was cancelled (the hive is "
                                 "shutting down). Start it again.")
             else:
                 log.exception("download of %s failed", source.ref)
-                err = RbeeError(ErrorCode.INTERNAL, f"The download of '{source.ref}' failed "
+                err = RbeeError(ErrorCode.DOWNLOAD_FAILED, f"The download of '{source.ref}' failed "
                                 f"({exc.__class__.__name__}: {exc}). Check the hive's log, then retry.")
             progress.publish({"stage": "error", **err.envelope()}, final=True)
             self._settle(source.ref, progress)
@@ -302,7 +302,7 @@ class Provisioner:
         async with self._http().get(api, headers=self._auth(source)) as resp:
             self._check_status(resp.status, source)
             if resp.status != 200:
-                raise RbeeError(ErrorCode.INTERNAL, f"The hub answered {resp.status} listing {source.repo}. Retry.")
+                raise RbeeError(ErrorCode.DOWNLOAD_FAILED, f"The hub answered {resp.status} listing {source.repo}. Retry.")
             info = await resp.json(content_type=None)
         ggufs = sorted(s["rfilename"] for s in info.get("siblings", []) if s.get("rfilename", "").endswith(".gguf"))
         if len(ggufs) != 1:
@@ -330,13 +330,13 @@ class Provisioner:
                          self.attempts - 1, delay)
                 await asyncio.sleep(delay)  # backoff between attempts, not a readiness wait
         else:
-            raise RbeeError(ErrorCode.INTERNAL, f"Could not download '{source.ref}' after {self.attempts} attempts "
+            raise RbeeError(ErrorCode.DOWNLOAD_FAILED, f"Could not download '{source.ref}' after {self.attempts} attempts "
                             f"(last: {last_error}). Check the network and retry; the partial file is kept and "
                             "the next try resumes it.", {"model_ref": source.ref, "url": url})
         actual = part.hasher.hexdigest()
         if expected is not None and actual != expected:
             part.restart()
-            raise RbeeError(ErrorCode.INTERNAL, f"Checksum mismatch for '{source.ref}': the server announced sha256 "
+            raise RbeeError(ErrorCode.DOWNLOAD_FAILED, f"Checksum mismatch for '{source.ref}': the server announced sha256 "
                             f"{expected} but the file has {actual}. The partial file was removed; retry the download.",
                             {"model_ref": source.ref, "expected_sha256": expected, "actual_sha256": actual})
         os.replace(path, dest)
@@ -357,7 +357,7 @@ class Provisioner:
                 if resp.status >= 500 or resp.status == 429:
                     raise _Retry(f"HTTP {resp.status}")
                 if resp.status not in (200, 206):
-                    raise RbeeError(ErrorCode.INVALID_REQUEST, f"The server answered HTTP {resp.status} for {url}.",
+                    raise RbeeError(ErrorCode.DOWNLOAD_FAILED, f"The server answered HTTP {resp.status} for {url}.",
                                     {"model_ref": source.ref, "status": resp.status})
                 if resp.status == 206 and _range_start(resp.headers.get("Content-Range")) != offset:
                     part.restart()
@@ -408,7 +408,7 @@ class Provisioner:
             hint = ("Set HF_TOKEN to a Hugging Face token that can read this repo (and accept its license on the "
                     "model page), then restart the hive." if source.provider == "hf"
                     else "The server needs credentials this hive does not have.")
-            raise RbeeError(ErrorCode.INVALID_REQUEST, f"Access to '{source.ref}' was denied ({status}). {hint}",
+            raise RbeeError(ErrorCode.MODEL_ACCESS_DENIED, f"Access to '{source.ref}' was denied ({status}). {hint}",
                             {"model_ref": source.ref, "status": status})
 
 
@@ -432,7 +432,7 @@ def _check_disk(folder: Path, needed: int | None, ref: str) -> None:
         return
     free = shutil.disk_usage(folder).free
     if needed + _DISK_MARGIN > free:
-        raise RbeeError(ErrorCode.INTERNAL, f"Not enough disk space for '{ref}': it needs {needed} bytes and "
+        raise RbeeError(ErrorCode.INSUFFICIENT_STORAGE, f"Not enough disk space for '{ref}': it needs {needed} bytes and "
                         f"{folder} has {free} free. Free some space or start the hive with another --models-dir.",
                         {"model_ref": ref, "needed_bytes": needed, "free_bytes": free, "folder": str(folder)})
 

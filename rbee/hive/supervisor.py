@@ -1,6 +1,8 @@
-"""Worker processes the hive started: spawn on a free port, watch, stop (graceful, then kill).
+"""Worker processes the hive started: spawn on a free port, wait for ready, watch, restart, stop, adopt.
 
-No aiohttp here: the HTTP side (queen registration, heartbeats) lives in ``rbee.hive.app``.
+No aiohttp here: the HTTP side (queen registration, health checks, idle shutdown) lives in
+``rbee.hive.app`` and ``rbee.hive.watch``. Every change of the worker set is written to a small
+state file, so a hive that restarts after a crash can adopt the workers it had started.
 """
 
 from __future__ import annotations
@@ -12,21 +14,42 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from rbee.errors import ErrorCode, RbeeError
+from rbee.hive.state import ProcessHandle, StateFile, WorkerRecord, adopt_process
 from rbee.protocol import HiveWorker
 
 log = logging.getLogger(__name__)
+RestartPolicy = Literal["no", "on-failure"]
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now (the OS picks; the worker binds it moments later)."""
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port(host: str = "127.0.0.1", ports: range | None = None, taken: frozenset[int] = frozenset()) -> int:
+    """A port nothing listens on: the first free one of ``ports`` (skipping those in use or ``taken``),
+    else one the OS picks."""
+    if ports is None:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            return s.getsockname()[1]
+    for port in ports:
+        if port not in taken and port_is_free(port, host):
+            return port
+    raise RbeeError(ErrorCode.SPAWN_FAILED, f"No free port for a worker in {ports.start}-{ports.stop - 1}: "
+                    "every one is in use. Stop a worker or widen --worker-ports.",
+                    {"ports": [ports.start, ports.stop - 1]})
 
 
 def _die_with_parent() -> None:
@@ -39,46 +62,86 @@ def _die_with_parent() -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What to run: kept so a worker can be restarted the same way."""
+
+    model_ref: str
+    model_arg: str | None  # local GGUF path; None = the worker's built-in default
+    backend: str = "cpu"
+    device: int = 0
+    slots: int = 1
+    ctx_size: int | None = None
+    ram_bytes: int = 0
+
+
 @dataclass
 class ManagedWorker:
     worker_id: str
-    model_ref: str
-    backend: str
-    device: int
+    spec: WorkerSpec
     port: int
     host: str
-    slots: int
-    process: asyncio.subprocess.Process
+    process: ProcessHandle
     log_path: Path
     state: str = "starting"  # starting → ready → stopping → exited
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    restarts: int = 0
+    health_failures: int = 0
+    last_active: float = field(default_factory=time.monotonic)
+    generations: float | None = None  # the worker's finished-generation count when last looked at
+    exit_code: int | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def model_ref(self) -> str:
+        return self.spec.model_ref
+
     def view(self) -> HiveWorker:
+        s = self.spec
         return HiveWorker(
-            worker_id=self.worker_id, url=self.url, model_ref=self.model_ref, backend=self.backend,
-            device=self.device, pid=self.process.pid, port=self.port, state=self.state, slots_total=self.slots,
+            worker_id=self.worker_id, url=self.url, model_ref=s.model_ref, backend=s.backend, device=s.device,
+            pid=self.process.pid, port=self.port, state=self.state, slots_total=s.slots,
         )
 
-    def log_tail(self, lines: int = 20) -> str:
+    def record(self) -> WorkerRecord:
+        s = self.spec
+        return WorkerRecord(worker_id=self.worker_id, pid=self.process.pid, port=self.port, host=self.host,
+                            model_ref=s.model_ref, model_arg=s.model_arg, backend=s.backend, device=s.device,
+                            slots=s.slots, ctx_size=s.ctx_size, ram_bytes=s.ram_bytes, log_path=str(self.log_path))
+
+    def log_tail(self, lines: int = 20) -> list[str]:
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+            return self.log_path.read_text(errors="replace").splitlines()[-lines:]
         except OSError:
-            return ""
+            return []
 
 
 class Supervisor:
-    def __init__(self, log_dir: Path, host: str = "127.0.0.1", worker_command: list[str] | None = None) -> None:
+    def __init__(
+        self, log_dir: Path, *, host: str = "127.0.0.1", node_name: str = "local", callback_url: str = "",
+        cluster_key: str | None = None, state_path: Path | None = None, ports: range | None = None,
+        restart: RestartPolicy = "no", max_restarts: int = 3, keep_on_crash: bool = False,
+        worker_command: list[str] | None = None,
+    ) -> None:
         self.log_dir = log_dir
         self.host = host
+        self.node_name = node_name
+        self.callback_url = callback_url
+        self.cluster_key = cluster_key
+        self.state = StateFile(state_path) if state_path else None
+        self.ports = ports
+        self.restart = restart
+        self.max_restarts = max_restarts
+        self.keep_on_crash = keep_on_crash
         self.worker_command = worker_command or [sys.executable, "-m", "rbee.worker"]
         self._workers: dict[str, ManagedWorker] = {}
         self._counter = 0
         self.on_exit: Callable[[ManagedWorker], None] | None = None
         self._watchers: set[asyncio.Task] = set()
+        self._closing = False
 
     def list(self) -> list[ManagedWorker]:
         return list(self._workers.values())
@@ -93,60 +156,110 @@ class Supervisor:
                 {"worker_id": worker_id},
             ) from None
 
-    def _next_id(self, node_name: str) -> str:
-        self._counter += 1
-        return f"{node_name}-w{self._counter}-{os.getpid() % 10000}"[:64]
+    def ram_in_use(self) -> int:
+        return sum(w.spec.ram_bytes for w in self._workers.values())
 
-    async def spawn(
-        self, *, node_name: str, model_arg: str | None, model_ref: str, backend: str, device: int, slots: int,
-        ctx_size: int | None, callback_url: str, cluster_key: str | None,
-    ) -> ManagedWorker:
-        worker_id = self._next_id(node_name)
-        port = free_port(self.host)
+    def _next_id(self) -> str:
+        self._counter += 1
+        taken = set(self._workers)
+        while (worker_id := f"{self.node_name}-w{self._counter}-{os.getpid() % 10000}"[:64]) in taken:
+            self._counter += 1
+        return worker_id
+
+    # ------------------------------------------------------------ starting
+
+    async def spawn(self, spec: WorkerSpec, *, restarts: int = 0) -> ManagedWorker:
+        worker_id = self._next_id()
+        port = free_port(self.host, self.ports, frozenset(w.port for w in self._workers.values()))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{worker_id}.log"
         args = [
             *self.worker_command, "--port", str(port), "--host", self.host, "--worker-id", worker_id,
-            "--backend", backend, "--device", str(device), "--slots", str(slots), "--callback-url", callback_url,
+            "--backend", spec.backend, "--device", str(spec.device), "--slots", str(spec.slots),
+            "--callback-url", self.callback_url,
         ]
-        if model_arg:
-            args += ["--model", model_arg]
-        if ctx_size:
-            args += ["--ctx-size", str(ctx_size)]
+        if spec.model_arg:
+            args += ["--model", spec.model_arg]
+        if spec.ctx_size:
+            args += ["--ctx-size", str(spec.ctx_size)]
         env = dict(os.environ)
-        if cluster_key:
-            env["RBEE_CLUSTER_KEY"] = cluster_key
-        with open(log_path, "ab") as out:
+        if self.cluster_key:
+            env["RBEE_CLUSTER_KEY"] = self.cluster_key
+        out = await asyncio.to_thread(open, log_path, "ab")
+        try:
             process = await asyncio.create_subprocess_exec(
                 *args, stdout=out, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL, env=env,
                 start_new_session=True,  # Ctrl+C on a terminal reaches the hive, which then stops workers in order
-                preexec_fn=_die_with_parent,
+                preexec_fn=None if self.keep_on_crash else _die_with_parent,
             )
-        worker = ManagedWorker(
-            worker_id=worker_id, model_ref=model_ref, backend=backend, device=device, port=port, host=self.host,
-            slots=slots, process=process, log_path=log_path,
-        )
-        self._workers[worker_id] = worker
-        task = asyncio.get_running_loop().create_task(self._watch(worker))
-        self._watchers.add(task)
-        task.add_done_callback(self._watchers.discard)
+        finally:
+            out.close()
+        worker = ManagedWorker(worker_id=worker_id, spec=spec, port=port, host=self.host, process=process,
+                               log_path=log_path, restarts=restarts)
+        self._track(worker)
         log.info("spawned worker", extra={"fields": {"worker_id": worker_id, "pid": process.pid, "port": port}})
         return worker
 
-    async def _watch(self, worker: ManagedWorker) -> None:
-        code = await worker.process.wait()
-        was = worker.state
-        worker.state = "exited"
-        self._workers.pop(worker.worker_id, None)
-        log.info("worker exited", extra={"fields": {"worker_id": worker.worker_id, "code": code, "was": was}})
-        if self.on_exit is not None:
-            self.on_exit(worker)
+    def _track(self, worker: ManagedWorker) -> None:
+        self._workers[worker.worker_id] = worker
+        self.save_state()
+        task = asyncio.get_running_loop().create_task(self._watch(worker))
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
+    async def wait_ready(self, worker: ManagedWorker, timeout: float) -> ManagedWorker:
+        """Until the worker's ready callback arrived; else stop it and raise SPAWN_FAILED with its log tail."""
+        exited = asyncio.ensure_future(worker.process.wait())
+        ready = asyncio.ensure_future(worker.ready.wait())
+        try:
+            await asyncio.wait({exited, ready}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (exited, ready):
+                task.cancel()
+        if worker.ready.is_set() and worker.process.returncode is None:
+            return worker
+        code = worker.process.returncode
+        why = f"exited with code {code}" if code is not None else f"was not ready within {timeout:g}s"
+        if code is None:
+            await self.stop(worker, grace=2.0)
+        tail = worker.log_tail()
+        raise RbeeError(
+            ErrorCode.SPAWN_FAILED,
+            f"Worker '{worker.worker_id}' for '{worker.model_ref}' {why}. Last log lines:\n" + "\n".join(tail[-5:]),
+            {"worker_id": worker.worker_id, "exit_code": code, "log_tail": tail, "log_path": str(worker.log_path)},
+        )
 
     def mark_ready(self, worker_id: str) -> ManagedWorker:
         worker = self.get(worker_id)
         worker.state = "ready"
+        worker.last_active = time.monotonic()
         worker.ready.set()
         return worker
+
+    # ------------------------------------------------------------ watching
+
+    async def _watch(self, worker: ManagedWorker) -> None:
+        code = await worker.process.wait()
+        was = worker.state
+        worker.state, worker.exit_code = "exited", code
+        self._workers.pop(worker.worker_id, None)
+        self.save_state()
+        log.info("worker exited", extra={"fields": {"worker_id": worker.worker_id, "code": code, "was": was}})
+        if self.on_exit is not None:
+            self.on_exit(worker)
+        if self._should_restart(worker, was, code):
+            log.warning("restarting worker %s (exit %s, restart %d/%d)", worker.worker_id, code,
+                        worker.restarts + 1, self.max_restarts)
+            try:
+                await self.spawn(worker.spec, restarts=worker.restarts + 1)
+            except (RbeeError, OSError) as exc:
+                log.error("could not restart worker %s: %s", worker.worker_id, exc)
+
+    def _should_restart(self, worker: ManagedWorker, was: str, code: int | None) -> bool:
+        return (self.restart == "on-failure" and not self._closing and was != "stopping" and code != 0
+                and worker.restarts < self.max_restarts)
+
+    # ------------------------------------------------------------ stopping
 
     async def stop(self, worker: ManagedWorker, grace: float = 10.0) -> None:
         """SIGTERM (the worker drains), then SIGKILL after ``grace`` seconds."""
@@ -159,13 +272,44 @@ class Supervisor:
             await asyncio.wait_for(worker.process.wait(), grace)
         except TimeoutError:
             log.warning("worker %s ignored SIGTERM; killing it", worker.worker_id)
-            with contextlib.suppress(ProcessLookupError):
-                worker.process.kill()
-            await worker.process.wait()
+            await self.kill(worker)
+
+    async def kill(self, worker: ManagedWorker) -> None:
+        worker.state = "stopping"
+        with contextlib.suppress(ProcessLookupError):
+            worker.process.kill()
+        await worker.process.wait()
 
     async def stop_all(self, grace: float = 10.0) -> None:
+        self._closing = True
         await asyncio.gather(*(self.stop(w, grace) for w in list(self._workers.values())))
         for task in list(self._watchers):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    # ------------------------------------------------------------ after a restart of the hive
+
+    def leftovers(self) -> list[WorkerRecord]:
+        """Workers an earlier run of this hive wrote down; the file is cleared as they are handled."""
+        return self.state.load() if self.state else []
+
+    def adopt(self, record: WorkerRecord) -> ManagedWorker | None:
+        """Take over a worker an earlier run started, if its process still runs; None when it is gone."""
+        process = adopt_process(record.pid, record.worker_id)
+        if process is None:
+            return None
+        spec = WorkerSpec(model_ref=record.model_ref, model_arg=record.model_arg, backend=record.backend,
+                          device=record.device, slots=record.slots, ctx_size=record.ctx_size,
+                          ram_bytes=record.ram_bytes)
+        worker = ManagedWorker(worker_id=record.worker_id, spec=spec, port=record.port, host=record.host,
+                               process=process, log_path=Path(record.log_path))
+        self._track(worker)
+        return worker
+
+    def save_state(self) -> None:
+        if self.state is not None:
+            try:
+                self.state.save([w.record() for w in self._workers.values()])
+            except OSError as exc:
+                log.warning("could not write the worker state file: %s", exc)

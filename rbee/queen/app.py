@@ -11,7 +11,7 @@ import aiohttp
 from aiohttp import web
 
 from rbee import __version__
-from rbee.queen import metrics, openai, workers_api
+from rbee.queen import hives, metrics, openai, workers_api
 from rbee.queen.admission import AdmissionQueue
 from rbee.queen.auth import RATE_LIMITER, auth_middleware, rate_limit_middleware
 from rbee.queen.dispatch import Dispatcher
@@ -42,6 +42,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             app[REGISTRY], session, app[QUEUE], stall_timeout=settings.stall_timeout,
             max_attempts=settings.max_attempts, cluster_key=settings.cluster_key, hooks=app[METRICS],
         )
+        starter = hives.ColdStarter(app[hives.HIVES], session, cluster_key=settings.cluster_key)
+        app[DISPATCHER].cold_start = starter.provide
         prober = asyncio.get_running_loop().create_task(probe_loop(
             app[REGISTRY], app[QUEUE], session, interval=settings.probe_interval,
             heartbeat_timeout=settings.heartbeat_timeout, remove_after=settings.remove_after,
@@ -50,6 +52,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         prober.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await prober
+        await starter.close()
 
 
 def create_app(settings: QueenSettings) -> web.Application:
@@ -64,6 +67,7 @@ def create_app(settings: QueenSettings) -> web.Application:
     app.router.add_get("/health", health)
     app.router.add_post("/v1/inference", inference)
     app.add_routes(workers_api.routes)
+    hives.setup(app, settings.heartbeat_timeout)
     openai.setup(app)
     metrics.setup(app)
     return app

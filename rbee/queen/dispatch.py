@@ -39,8 +39,10 @@ class Upstream:
     request_id: str
     queued_ms: int
     first_chunk: bytes
-    started: float = field(default_factory=time.monotonic)  # admission done, request sent
+    started: float = field(default_factory=time.monotonic)  # admission done, about to send the request
+    model: str | None = None  # the worker's model, for metrics
     first_token_at: float | None = None
+    closed: bool = False  # we let go on purpose: a read failing after this is not the worker's fault
 
     @property
     def worker_id(self) -> str:
@@ -68,6 +70,8 @@ class Dispatcher:
         self.max_attempts = max_attempts
         self.headers = {"Authorization": f"Bearer {cluster_key}"} if cluster_key else {}
         self.hooks = hooks or Hooks()
+        # Set by the app when hives can spawn workers on demand: True once a worker for the model is ready.
+        self.cold_start: Callable[[str], Awaitable[bool]] | None = None
 
     # ------------------------------------------------------------ opening
 
@@ -78,7 +82,7 @@ class Dispatcher:
         queued_s = 0.0
         for attempt in range(self.max_attempts):
             try:
-                lease, waited = await self.queue.admit(model, api_key or "", frozenset(tried), on_queued)
+                lease, waited = await self._admit(model, api_key or "", frozenset(tried), on_queued)
             except RbeeError as err:
                 if last_error is not None and err.code in (ErrorCode.NO_IDLE_WORKERS, ErrorCode.NO_WORKERS):
                     raise last_error from None  # say what actually went wrong with the workers we tried
@@ -99,8 +103,22 @@ class Dispatcher:
         assert last_error is not None
         raise last_error
 
+    async def _admit(self, model: str | None, key: str, tried: frozenset[str],
+                     on_queued: OnQueued | None) -> tuple[Lease, float]:
+        """Admission; when no worker serves ``model`` yet, a cold start on a hive (if one can), then again."""
+        try:
+            return await self.queue.admit(model, key, tried, on_queued)
+        except RbeeError as err:
+            cold = err.code in (ErrorCode.MODEL_NOT_FOUND, ErrorCode.NO_WORKERS) and not tried
+            if not (cold and model and self.cold_start is not None and await self.cold_start(model)):
+                raise
+        return await self.queue.admit(model, key, tried, on_queued)
+
     async def _connect(self, lease: Lease, body: dict[str, Any], request_id: str, queued_ms: int) -> Upstream:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=self.stall_timeout)
+        started = time.monotonic()
+        record = self.registry.find(lease.worker_id)
+        model = record.reg.model_ref if record is not None else None
         try:
             response = await self.session.post(f"{lease.url}/v1/inference", json=body, timeout=timeout,
                                                headers={**self.headers, "X-Request-Id": request_id})
@@ -110,7 +128,7 @@ class Dispatcher:
         if response.status != 200:
             raise await _worker_error(lease, response)
         if not body.get("stream", True):
-            return Upstream(lease, response, request_id, queued_ms, b"")
+            return Upstream(lease, response, request_id, queued_ms, b"", started, model)
         try:
             first = await response.content.readany()
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -122,7 +140,7 @@ class Dispatcher:
         if first.startswith(b"data: " + _ERROR_MARK):  # failed before any token: another worker may do
             response.release()
             raise _unavailable(lease, "errored before the first token")
-        return Upstream(lease, response, request_id, queued_ms, first)
+        return Upstream(lease, response, request_id, queued_ms, first, started, model)
 
     # ------------------------------------------------------------ relaying
 
@@ -150,6 +168,8 @@ class Dispatcher:
                     break
                 buffer += chunk
         except (TimeoutError, aiohttp.ClientError) as exc:
+            if upstream.closed:
+                return
             reason = "stopped sending tokens" if isinstance(exc, asyncio.TimeoutError) else "broke the stream"
             await self._broken(upstream, write, reason)
             return
@@ -192,7 +212,7 @@ class Dispatcher:
                 first = upstream.first_token_at or time.monotonic()
                 event["ttft_ms"] = int((first - upstream.started) * 1000)
                 event["worker_id"] = upstream.worker_id
-                self.hooks.tokens(int(event.get("total_tokens", 0)), None)
+                self.hooks.tokens(int(event.get("total_tokens", 0)), upstream.model)
                 blocks[i] = frame(event)[:-2]
         return b"\n\n".join(blocks)
 
@@ -210,6 +230,7 @@ class Dispatcher:
     # ------------------------------------------------------------ closing
 
     async def close(self, upstream: Upstream, *, client_gone: bool) -> None:
+        upstream.closed = True
         upstream.response.release()
         self._give_back(upstream.lease)
         if client_gone:

@@ -11,8 +11,10 @@ from aiohttp import web
 from rbee.errors import RbeeError
 from rbee.logs import request_id_var
 from rbee.protocol import InferenceRequest
+from rbee.queen.auth import caller_of
 from rbee.queen.dispatch import Dispatcher, Upstream
-from rbee.queen.keys import DISPATCHER
+from rbee.queen.keys import DISPATCHER, SETTINGS
+from rbee.queen.metrics import MODEL
 from rbee.sse import DONE_FRAME, SSE_HEADERS, frame, frame_comment
 from rbee.web import json_response, read_model
 
@@ -28,16 +30,12 @@ def request_id_of(request: web.Request) -> str:
     return rid
 
 
-def api_key_of(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
-    if not header.startswith("Bearer "):
-        return None
-    return header.removeprefix("Bearer ").strip() or None
-
-
 async def inference(request: web.Request) -> web.StreamResponse:
     request_id = request_id_of(request)
     job = await read_model(request, InferenceRequest)
+    request[MODEL] = job.model or ""
+    if request.app[SETTINGS].log_prompts:
+        log.info("prompt", extra={"fields": {"prompt": job.prompt, "messages": job.messages}})
     dispatcher = request.app[DISPATCHER]
     body = job.model_dump(mode="json", exclude_none=True)
     response: web.StreamResponse | None = None
@@ -54,7 +52,7 @@ async def inference(request: web.Request) -> web.StreamResponse:
 
     try:
         upstream = await dispatcher.open(body, model=job.model, request_id=request_id,
-                                         api_key=api_key_of(request), on_queued=on_queued)
+                                         api_key=caller_of(request), on_queued=on_queued)
     except RbeeError as err:
         if response is None:
             raise

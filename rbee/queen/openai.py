@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -32,9 +33,6 @@ log = logging.getLogger(__name__)
 
 PATHS = ("/v1/models", "/v1/chat/completions", "/v1/completions")
 routes = web.RouteTableDef()
-
-# One choice per request; ``Chunker`` turns a piece of text (or the end) into that route's choice object.
-Chunker = Callable[[str | None, str | None], dict[str, Any]]
 
 
 # ---------------------------------------------------------------- errors
@@ -95,59 +93,64 @@ async def get_model(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------- completions
 
 
+@dataclass(frozen=True)
+class Shape:
+    """How one route dresses the worker's events as OpenAI objects (one choice per request)."""
+
+    kind: str  # the whole answer's "object"
+    chunk_kind: str  # each streamed chunk's "object"
+    id_prefix: str
+    chunk: Callable[[str | None, str | None], dict[str, Any]]  # (text or None at the end, finish reason)
+    whole: Callable[[str, str], dict[str, Any]]  # (text, finish reason)
+    opening: dict[str, Any] | None = None  # a first chunk before any text
+
+
+CHAT = Shape(
+    "chat.completion", "chat.completion.chunk", "chatcmpl",
+    chunk=lambda text, finish: {"index": 0, "delta": {} if text is None else {"content": text}, "logprobs": None,
+                                "finish_reason": finish},
+    whole=lambda text, finish: {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                                "finish_reason": finish},
+    opening={"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None},
+)
+# Legacy completions stream objects of the same kind as the whole answer (no ".chunk").
+TEXT = Shape(
+    "text_completion", "text_completion", "cmpl",
+    chunk=lambda text, finish: {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish},
+    whole=lambda text, finish: {"index": 0, "text": text, "logprobs": None, "finish_reason": finish},
+)
+
+
 @routes.post("/v1/chat/completions")
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     req = await read_model(request, oa.ChatCompletionRequest)
-
-    def chunk(text: str | None, finish: str | None) -> dict[str, Any]:
-        delta = {} if text is None else {"content": text}
-        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-
-    def whole(text: str, finish: str) -> dict[str, Any]:
-        return {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                "finish_reason": finish}
-
-    return await _complete(request, req, req.to_inference(), kind="chat.completion",
-                           chunk_kind="chat.completion.chunk", id_prefix="chatcmpl", chunk=chunk, whole=whole,
-                           opening={"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                                    "finish_reason": None})
+    return await _complete(request, req, CHAT)
 
 
 @routes.post("/v1/completions")
 async def completions(request: web.Request) -> web.StreamResponse:
     req = await read_model(request, oa.CompletionRequest)
-
-    def chunk(text: str | None, finish: str | None) -> dict[str, Any]:
-        return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
-
-    def whole(text: str, finish: str) -> dict[str, Any]:
-        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-
-    # Legacy completions stream objects of the same kind as the whole answer (no ".chunk").
-    return await _complete(request, req, req.to_inference(), kind="text_completion", chunk_kind="text_completion",
-                           id_prefix="cmpl", chunk=chunk, whole=whole, opening=None)
+    return await _complete(request, req, TEXT)
 
 
-async def _complete(request: web.Request, req: oa._Generation, body: dict[str, Any], *, kind: str,
-                    chunk_kind: str, id_prefix: str, chunk: Chunker, whole: Callable[[str, str], dict[str, Any]],
-                    opening: dict[str, Any] | None) -> web.StreamResponse:
+async def _complete(request: web.Request, req: oa.GenerationRequest, shape: Shape) -> web.StreamResponse:
     request_id = request_id_of(request)
     request[MODEL] = req.model
+    body = req.to_inference()
     if request.app[SETTINGS].log_prompts:
         log.info("prompt", extra={"fields": {"prompt": body.get("prompt"), "messages": body.get("messages")}})
     dispatcher = request.app[DISPATCHER]
     upstream = await dispatcher.open(body, model=req.model, request_id=request_id, api_key=caller_of(request))
     log.info("dispatched", extra={"fields": {"worker_id": upstream.worker_id, "model": req.model,
-                                             "queued_ms": upstream.queued_ms, "api": kind}})
-    head = {"id": f"{id_prefix}-{request_id}", "created": int(time.time()), "model": req.model}
+                                             "queued_ms": upstream.queued_ms, "api": shape.kind}})
+    head = {"id": f"{shape.id_prefix}-{request_id}", "created": int(time.time()), "model": req.model}
     headers = {"X-Rbee-Worker": upstream.worker_id, "X-Request-Id": request_id}
     client_gone = True
     try:
         if req.stream:
-            response = await _stream(request, dispatcher, upstream, req, headers,
-                                     {**head, "object": chunk_kind}, chunk, opening)
+            response = await _stream(request, dispatcher, upstream, req, headers, head, shape)
         else:
-            response = await _whole(dispatcher, upstream, headers, {**head, "object": kind}, whole)
+            response = await _whole(dispatcher, upstream, headers, head, shape)
         client_gone = False
         return response
     finally:
@@ -155,7 +158,7 @@ async def _complete(request: web.Request, req: oa._Generation, body: dict[str, A
 
 
 async def _whole(dispatcher: Dispatcher, upstream: Upstream, headers: dict[str, str], head: dict[str, Any],
-                 whole: Callable[[str, str], dict[str, Any]]) -> web.Response:
+                 shape: Shape) -> web.Response:
     parts: list[str] = []
     # Closed before the upstream is, so the dispatcher stops reading a stream we are done with.
     async with contextlib.aclosing(dispatcher.events(upstream)) as events:
@@ -163,7 +166,7 @@ async def _whole(dispatcher: Dispatcher, upstream: Upstream, headers: dict[str, 
             if "error" in event:
                 raise _in_stream_error(event)
             if event.get("done"):
-                body = {**head, "choices": [whole("".join(parts), oa.finish_reason(event))],
+                body = {**head, "object": shape.kind, "choices": [shape.whole("".join(parts), oa.finish_reason(event))],
                         "usage": _usage(event), "system_fingerprint": None}
                 return json_response(body, headers=headers)
             if "token" in event:
@@ -172,30 +175,29 @@ async def _whole(dispatcher: Dispatcher, upstream: Upstream, headers: dict[str, 
                     {"worker_id": upstream.worker_id})
 
 
-async def _stream(request: web.Request, dispatcher: Dispatcher, upstream: Upstream, req: oa._Generation,
-                  headers: dict[str, str], head: dict[str, Any], chunk: Chunker,
-                  opening: dict[str, Any] | None) -> web.StreamResponse:
+async def _stream(request: web.Request, dispatcher: Dispatcher, upstream: Upstream, req: oa.GenerationRequest,
+                  headers: dict[str, str], head: dict[str, Any], shape: Shape) -> web.StreamResponse:
     response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
     await response.prepare(request)
     extra = {"usage": None} if req.include_usage else {}
 
     async def send(choices: list[dict[str, Any]], **more: Any) -> None:
-        await response.write(frame({**head, "choices": choices, **extra, **more}))
+        await response.write(frame({**head, "object": shape.chunk_kind, "choices": choices, **extra, **more}))
 
-    if opening is not None:
-        await send([opening])
+    if shape.opening is not None:
+        await send([shape.opening])
     async with contextlib.aclosing(dispatcher.events(upstream)) as events:
         async for event in events:
             if "error" in event:
                 await response.write(frame(oa.openai_envelope(_in_stream_error(event))))
                 break
             if event.get("done"):
-                await send([chunk(None, oa.finish_reason(event))])
+                await send([shape.chunk(None, oa.finish_reason(event))])
                 if req.include_usage:
                     await send([], usage=_usage(event))
                 break
             if "token" in event:
-                await send([chunk(event["token"], None)])
+                await send([shape.chunk(event["token"], None)])
     await response.write(DONE_FRAME)
     return response
 

@@ -73,7 +73,9 @@ class StreamOptions(OpenAIRequestModel):
     include_usage: bool = False
 
 
-class _Generation(OpenAIRequestModel):
+class GenerationRequest(OpenAIRequestModel):
+    """What chat and text completions share: the model and how to sample."""
+
     model: ModelRef
     max_tokens: MaxTokens | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
@@ -105,7 +107,7 @@ class _Generation(OpenAIRequestModel):
         return body
 
 
-class ChatCompletionRequest(_Generation):
+class ChatCompletionRequest(GenerationRequest):
     messages: Annotated[list[Message], Field(min_length=1, max_length=1024)]
     max_completion_tokens: MaxTokens | None = None
 
@@ -120,7 +122,7 @@ class ChatCompletionRequest(_Generation):
         return _checked(body)
 
 
-class CompletionRequest(_Generation):
+class CompletionRequest(GenerationRequest):
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
     echo: Literal[False] | None = None
     best_of: Annotated[int, Field(ge=1, le=1)] | None = None

@@ -107,6 +107,9 @@ class Registry:
                 {"worker_id": worker_id},
             ) from None
 
+    def find(self, worker_id: str) -> WorkerRecord | None:
+        return self._workers.get(worker_id)
+
     def list(
         self, model: str | None = None, state: str | None = None, backend: str | None = None
     ) -> list[WorkerRecord]:

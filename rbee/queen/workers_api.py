@@ -20,7 +20,7 @@ from rbee.protocol import (
     WorkerShutdownRequest,
 )
 from rbee.queen.health import probe
-from rbee.queen.keys import HTTP, QUEUE, REGISTRY
+from rbee.queen.keys import DISPATCHER, HTTP, QUEUE, REGISTRY
 from rbee.web import json_model, json_response, read_model
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,8 @@ async def shutdown_worker(request: web.Request) -> web.Response:
     record = registry.get(body.worker_id)
     try:
         async with request.app[HTTP].post(
-            f"{record.reg.base_url}/v1/admin/shutdown", timeout=aiohttp.ClientTimeout(total=5)
+            f"{record.reg.base_url}/v1/admin/shutdown", timeout=aiohttp.ClientTimeout(total=5),
+            headers=request.app[DISPATCHER].headers,  # the cluster key, when workers require it
         ) as r:
             accepted = r.status < 300
     except (TimeoutError, aiohttp.ClientError):

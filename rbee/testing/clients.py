@@ -226,3 +226,58 @@ class BackgroundStream:
         self._thread.join(10)
         if self._thread.is_alive():
             raise AssertionError("the stream did not yield another line within 10 s, so it could not be dropped")
+
+
+# ---------------------------------------------------------------- worker-level helpers
+
+
+def at_once(*calls: Any, timeout: float = 60.0) -> list[Any]:
+    """Run each call on its own thread, all released by one barrier at the same instant.
+
+    Results (or the exception each raised) come back in call order.
+    """
+    import threading
+
+    barrier = threading.Barrier(len(calls))
+    results: list[Any] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        barrier.wait(timeout)
+        try:
+            results[i] = calls[i]()
+        except Exception as exc:  # noqa: BLE001 - handed back to the caller, who asserts on it
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    if any(t.is_alive() for t in threads):
+        raise AssertionError(f"simultaneous calls still running after {timeout}s")
+    return results
+
+
+def follow_events(url: str, timeout: float) -> StreamResult:
+    """GET an SSE stream (e.g. a worker's loading progress) and read it to its end."""
+    started = time.monotonic()
+    with requests.get(url, stream=True, timeout=(DEFAULT_TIMEOUT, timeout)) as r:
+        return read_stream(r, started)
+
+
+class HangingRequest:
+    """A request sent over a bare socket by a client that will hang up before reading the answer."""
+
+    def __init__(self, base_url: str, path: str, body: dict[str, Any]) -> None:
+        import socket
+        from urllib.parse import urlparse
+
+        where = urlparse(base_url)
+        payload = json.dumps(body).encode()
+        head = (f"POST {path} HTTP/1.1\r\nHost: {where.netloc}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(payload)}\r\n\r\n").encode()
+        self.sock = socket.create_connection((where.hostname, where.port), timeout=DEFAULT_TIMEOUT)
+        self.sock.sendall(head + payload)
+
+    def hang_up(self) -> None:
+        self.sock.close()

@@ -110,6 +110,25 @@ class Cluster:
                    timeout * self.k, what=f"worker {worker_id} registered and idle at the queen")
         return worker_id
 
+    def start_fake_hub(self, files: dict[str, Path], faults: dict[str, str] | None = None,
+                       token: str | None = None) -> str:
+        """A local stand-in for Hugging Face (rbee.testing.fake_hub) serving ``files`` ("org/repo/x.gguf" ->
+        local path). Returns its base URL, for the hive's ``--hf-base-url``."""
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        args = ["--port", str(port)]
+        args += [a for name, path in files.items() for a in ("--file", f"{name}={path}")]
+        args += [a for name, fault in (faults or {}).items() for a in ("--fault", f"{name}={fault}")]
+        if token:
+            args += ["--token", token]
+        self._start("fake-hub", "rbee.testing.fake_hub", args, f"{url}/health", 20)
+        return url
+
+    def restart_hive(self, *extra: str) -> HiveClient:
+        """Start the hive again (a fresh process on a new port) after it stopped or was killed."""
+        assert self.hive_process is not None and not self.hive_process.alive(), "the hive still runs"
+        return self.start_hive(*extra)
+
     # ------------------------------------------------------------ stopping
 
     def stop_all(self) -> None:
@@ -138,5 +157,22 @@ def start_fake_worker(cluster: Cluster, worker_id: str, *, slots: int = 4, inter
         args += ["--die-after", str(die_after)]
     proc = cluster._start(worker_id, "rbee.testing.fake_worker", args, f"{url}/v1/health", 20)
     worker = RunningWorker(worker_id, url, proc, WorkerClient(url), "scripted", slots)
+    cluster.workers[worker_id] = worker
+    return worker
+
+
+def launch_worker(cluster: Cluster, worker_id: str, *, model: str | None = None, slots: int = 1,
+                  extra: tuple[str, ...] = ()) -> RunningWorker:
+    """A real worker started without waiting for anything, to watch it load (or fail to)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = ["--port", str(port), "--worker-id", worker_id, "--slots", str(slots), *extra]
+    if model:
+        args += ["--model", model]
+    proc = ServiceProcess(worker_id, [sys.executable, "-m", "rbee.worker", *args],
+                          cluster.log_dir / f"{worker_id}.log", f"{url}/v1/health")
+    cluster.processes.append(proc)  # tracked before start, so it is stopped whatever happens next
+    proc.start()
+    worker = RunningWorker(worker_id, url, proc, WorkerClient(url), model or "smollm2-135m-instruct", slots)
     cluster.workers[worker_id] = worker
     return worker

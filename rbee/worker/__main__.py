@@ -6,11 +6,12 @@ import argparse
 import socket
 import sys
 
+from aiohttp import web
+
 from rbee import logs, models
 from rbee.errors import RbeeError
 from rbee.settings import add_flag
-from rbee.web import run
-from rbee.worker.app import WorkerSettings, create_app
+from rbee.worker.app import LIFECYCLE, WorkerSettings, create_app
 from rbee.worker.engine import EngineConfig
 
 
@@ -27,7 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     add_flag(p, "--threads", type=int, default=0, help="CPU threads (0 = one per core)")
     add_flag(p, "--n-gpu-layers", type=int, default=0, help="layers to offload to the GPU (-1 = all)")
     add_flag(p, "--callback-url", default=None, help="hive URL to tell when ready")
-    add_flag(p, "--cluster-key", default=None, help="key sent to the hive with the callback")
+    add_flag(p, "--cluster-key", default=None,
+             help="shared key: sent with the ready callback; required on inference, cancel and shutdown")
     add_flag(p, "--drain-timeout", type=float, default=30.0, help="seconds running requests get on shutdown")
     add_flag(p, "--log-level", default="INFO", help="logging level")
     a = p.parse_args(argv)
@@ -51,7 +53,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     config = EngineConfig(model_path=path, slots=a.slots, ctx_size=a.ctx_size, threads=a.threads,
                           n_gpu_layers=a.n_gpu_layers)
-    run(create_app(settings, config), a.host, a.port)
+    app = create_app(settings, config)
+    # handler_cancellation: a client that hangs up cancels its handler, which frees its slot at once,
+    # even when nothing is being written to it (a long prompt, a non-streamed answer).
+    web.run_app(app, host=a.host, port=a.port, print=None, shutdown_timeout=5.0, handle_signals=True,
+                handler_cancellation=True)
+    if app[LIFECYCLE].error:
+        print(f"llm-worker-rbee: {app[LIFECYCLE].error}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -5,24 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import signal
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from rbee import __version__
+from rbee import __version__, chat
+from rbee.auth import cluster_key_middleware
 from rbee.errors import ErrorCode, RbeeError
 from rbee.logs import request_id_var
 from rbee.protocol import InferenceRequest, ReadyStatus, WorkerReady, WorkerState
-from rbee.sse import SSE_HEADERS, SSEWriter
+from rbee.sse import DONE_FRAME, SSE_HEADERS, SSEWriter, frame
 from rbee.web import json_response, make_app, read_model
-from rbee.worker.engine import ContextOverflow, Engine, EngineConfig, Job, Sampling
+from rbee.worker import metrics as worker_metrics
+from rbee.worker.engine import ContextOverflow, Engine, EngineConfig, EngineError, Job, Sampling
+from rbee.worker.lifecycle import Lifecycle, announce, exit_gracefully
 from rbee.worker.slots import SlotPool
 
 log = logging.getLogger(__name__)
@@ -42,24 +41,6 @@ class WorkerSettings(BaseModel):
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
-
-
-@dataclass
-class Lifecycle:
-    """Loading progress and state, watched by /v1/ready and the progress stream."""
-
-    state: WorkerState = WorkerState.LOADING
-    progress: float = 0.0
-    error: str | None = None
-    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
-
-    async def update(self, *, state: WorkerState | None = None, progress: float | None = None) -> None:
-        async with self.changed:
-            if state is not None:
-                self.state = state
-            if progress is not None:
-                self.progress = progress
-            self.changed.notify_all()
 
 
 SETTINGS = web.AppKey("settings", WorkerSettings)
@@ -86,13 +67,12 @@ async def health(request: web.Request) -> web.Response:
 @routes.get("/v1/ready")
 async def ready(request: web.Request) -> web.Response:
     app = request.app
-    state, table = _state(app), app[POOL].table
-    loaded = app[LIFECYCLE].state != WorkerState.LOADING
+    state, table, life = _state(app), app[POOL].table, app[LIFECYCLE]
     status = ReadyStatus(
         ready=state in (WorkerState.IDLE, WorkerState.BUSY),
         state=state,
-        model_loaded=loaded,
-        progress_url=None if loaded else "/v1/loading/progress",
+        model_loaded=life.model_loaded,
+        progress_url="/v1/loading/progress" if state == WorkerState.LOADING else None,
         slots_total=table.total,
         slots_available=table.available,
     )
@@ -105,10 +85,13 @@ async def loading_progress(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers=SSE_HEADERS)
     await response.prepare(request)
     sse = SSEWriter(response)
-    async with life.changed:
-        while life.state == WorkerState.LOADING:
-            await sse.send({"stage": "loading", "progress": round(life.progress, 4)})
-            await life.changed.wait()
+    sent = -1.0
+    while life.state == WorkerState.LOADING:
+        changed = life.next_change()
+        if life.progress > sent:  # llama.cpp reports often; send only what moved
+            sent = life.progress
+            await sse.send({"stage": "loading", "progress": round(sent, 4)})
+        await changed.wait()
     if life.error:
         await sse.send(RbeeError(ErrorCode.INTERNAL, life.error).envelope())
     else:
@@ -140,13 +123,15 @@ async def inference(request: web.Request) -> web.StreamResponse:
     request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
     request_id_var.set(request_id)
     job = await read_model(request, InferenceRequest)
-    state = app[LIFECYCLE].state
-    if state == WorkerState.LOADING:
-        raise RbeeError(ErrorCode.MODEL_LOADING, "The model is still loading. Retry after the Retry-After delay.")
-    if state == WorkerState.DRAINING:
-        raise RbeeError(ErrorCode.DRAINING, "This worker is shutting down. Send the request to another worker.")
+    _refuse_unless_serving(app)
     engine, pool = app[ENGINE], app[POOL]
-    prompt_tokens = engine.tokenize(job.prompt)
+    text = job.prompt if job.messages is None else chat.render(
+        [m.model_dump(exclude_none=True) for m in job.messages], engine.chat_template())
+    if len(text) <= 4096:
+        prompt_tokens = engine.tokenize(text)
+    else:  # a long prompt takes milliseconds to tokenize: not on the loop
+        prompt_tokens = await asyncio.get_running_loop().run_in_executor(None, engine.tokenize, text)
+        _refuse_unless_serving(app)
     ctx_size = engine.config.ctx_size
     if len(prompt_tokens) >= ctx_size:
         raise RbeeError(
@@ -161,8 +146,9 @@ async def inference(request: web.Request) -> web.StreamResponse:
         return Job(
             request_id=request_id, slot=slot, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
             sampling=Sampling(temperature=job.temperature, top_p=job.top_p, top_k=job.top_k, min_p=job.min_p,
-                              repeat_penalty=job.repeat_penalty, seed=job.seed),
-            stop=job.stop, emit=emit, on_finish=on_finish,
+                              repeat_penalty=job.repeat_penalty, seed=job.seed, ignore_eos=job.ignore_eos),
+            stop=job.stop, emit=app[worker_metrics.METRICS].observe(emit, request_id),
+            on_finish=on_finish,
             max_tokens_clipped=max_tokens if max_tokens < job.max_tokens else None,
         )
 
@@ -170,6 +156,8 @@ async def inference(request: web.Request) -> web.StreamResponse:
         gen = pool.start(request_id, make_job)
     except ContextOverflow as exc:  # pragma: no cover - checked above, kept as a guard
         raise RbeeError(ErrorCode.CONTEXT_OVERFLOW, str(exc)) from None
+    except EngineError:  # the decode loop has stopped: we are on the way out
+        raise RbeeError(ErrorCode.DRAINING, "This worker is shutting down. Send the request to another worker.") from None
     headers = {"X-Request-Id": request_id}
     if not job.stream:
         return await _collect(pool, request_id, gen, headers)
@@ -178,17 +166,29 @@ async def inference(request: web.Request) -> web.StreamResponse:
     finished = False
     try:
         await response.prepare(request)
-        sse = SSEWriter(response)
-        async for event in gen.events():
-            await sse.send(event)
+        # Events that piled up while the loop was busy go out in one write.
+        async for batch in gen.batches():
+            await response.write(b"".join(map(frame, batch)))
         finished = True
-        await sse.done()
+        await response.write(DONE_FRAME)
     except ConnectionResetError:
         log.info("client disconnected; request cancelled")
     finally:
-        if not finished:  # the client went away: stop generating and free the slot
+        # The client went away (a failed write, or aiohttp cancelling this handler when the
+        # connection drops): stop generating and free the slot.
+        if not finished:
             await asyncio.shield(pool.cancel(request_id))
     return response
+
+
+def _refuse_unless_serving(app: web.Application) -> None:
+    state = app[LIFECYCLE].state
+    if state == WorkerState.LOADING:
+        raise RbeeError(ErrorCode.MODEL_LOADING, "The model is still loading. Retry after the Retry-After delay.")
+    if state == WorkerState.DRAINING or app[POOL].draining:
+        raise RbeeError(ErrorCode.DRAINING, "This worker is shutting down. Send the request to another worker.")
+    if state == WorkerState.OFFLINE:
+        raise RbeeError(ErrorCode.INTERNAL, f"This worker has no model: {app[LIFECYCLE].error}")
 
 
 async def _collect(pool: SlotPool, request_id: str, gen: Any, headers: dict[str, str]) -> web.Response:
@@ -216,7 +216,9 @@ async def cancel(request: web.Request) -> web.Response:
 @routes.post("/v1/admin/shutdown")
 async def admin_shutdown(request: web.Request) -> web.Response:
     app = request.app
-    if app[LIFECYCLE].state != WorkerState.DRAINING:
+    if not app[POOL].draining:
+        # Draining starts before this answer leaves: from here on, new requests are refused.
+        app[LIFECYCLE].start_drain(app[POOL], app[SETTINGS].drain_timeout)
         _spawn(app, _drain_then_exit(app))
     return json_response({"state": "draining", "running": app[POOL].running}, status=202)
 
@@ -231,68 +233,32 @@ def _spawn(app: web.Application, coro: Any) -> asyncio.Task:
     return task
 
 
-async def _begin_drain(app: web.Application) -> None:
-    app[POOL].draining = True
-    await app[LIFECYCLE].update(state=WorkerState.DRAINING)
-    if not await app[POOL].wait_idle(app[SETTINGS].drain_timeout):
-        log.warning("drain timeout: cancelling %d running request(s)", app[POOL].running)
+async def _drain(app: web.Application) -> None:
+    await app[LIFECYCLE].drain(app[POOL], app[SETTINGS].drain_timeout)
 
 
 async def _drain_then_exit(app: web.Application) -> None:
-    await _begin_drain(app)
-    os.kill(os.getpid(), signal.SIGTERM)  # aiohttp's graceful exit runs the rest of the cleanup
+    await _drain(app)
+    exit_gracefully()  # aiohttp stops listening, runs on_shutdown (drained already) and the cleanups
 
 
 async def _load_and_announce(app: web.Application) -> None:
     engine, life, settings = app[ENGINE], app[LIFECYCLE], app[SETTINGS]
-    loop = asyncio.get_running_loop()
-
-    def on_progress(fraction: float) -> None:  # llama.cpp's loader thread
-        loop.call_soon_threadsafe(lambda: _spawn(app, life.update(progress=fraction)))
-
-    try:
-        await loop.run_in_executor(None, engine.load, on_progress)
-    except Exception as exc:
-        life.error = f"Could not load the model: {exc}. Check the --model path and the file."
-        log.error(life.error)
-        await life.update(state=WorkerState.OFFLINE)
-        os.kill(os.getpid(), signal.SIGTERM)
+    if not await life.load(engine):
+        exit_gracefully()  # __main__ turns the recorded error into a non-zero exit code
         return
-    engine.start()
-    await life.update(state=WorkerState.IDLE, progress=1.0)
     log.info("model loaded", extra={"fields": {"model": settings.model_ref, **engine.metadata}})
     if settings.callback_url:
-        await _announce(settings, engine.config.slots)
-
-
-async def _announce(settings: WorkerSettings, slots: int) -> None:
-    """Tell the hive we are ready; retried with backoff because the hive may be busy starting."""
-    payload = WorkerReady(
-        worker_id=settings.worker_id, url=settings.url, model_ref=settings.model_ref,
-        backend=settings.backend, device=settings.device, slots_total=slots,
-    ).model_dump(mode="json")
-    headers = {"Authorization": f"Bearer {settings.cluster_key}"} if settings.cluster_key else {}
-    delay = 0.2
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-        for attempt in range(8):
-            try:
-                async with session.post(settings.callback_url, json=payload, headers=headers) as r:
-                    if r.status < 300:
-                        return
-                    log.warning("ready callback answered %s", r.status)
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                log.warning("ready callback failed (attempt %d): %s", attempt + 1, exc)
-            await asyncio.sleep(delay)  # backoff between retries, not a readiness wait
-            delay = min(delay * 2, 5.0)
-    log.error("could not reach the callback URL %s; the hive will not know this worker", settings.callback_url)
+        payload = WorkerReady(worker_id=settings.worker_id, url=settings.url, model_ref=settings.model_ref,
+                              backend=settings.backend, device=settings.device, slots_total=engine.config.slots)
+        await announce(payload, settings.callback_url, settings.cluster_key)
 
 
 async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     app[TASKS] = set()
     _spawn(app, _load_and_announce(app))
     yield
-    if app[LIFECYCLE].state != WorkerState.DRAINING:
-        await _begin_drain(app)
+    await _drain(app)  # already done on a normal shutdown (on_shutdown); this covers a failed start
     for task in list(app[TASKS]):
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -307,6 +273,8 @@ def create_app(settings: WorkerSettings, config: EngineConfig) -> web.Applicatio
     app[POOL] = SlotPool(app[ENGINE], config.slots)
     app[LIFECYCLE] = Lifecycle()
     app.cleanup_ctx.append(_engine_ctx)
-    app.on_shutdown.append(_begin_drain)
+    app.on_shutdown.append(_drain)
     app.add_routes(routes)
+    app.middlewares.append(cluster_key_middleware(settings.cluster_key))  # inference, cancel, shutdown
+    worker_metrics.setup(app, lambda: (app[POOL].table.total, app[POOL].table.busy))
     return app

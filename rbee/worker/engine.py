@@ -13,7 +13,6 @@ cells are dropped at once.
 
 from __future__ import annotations
 
-import codecs
 import ctypes
 import logging
 import os
@@ -21,77 +20,31 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import llama_cpp as lc
+from llama_cpp import _ggml
+
+from rbee.worker import threadpool
+from rbee.worker.jobs import ContextOverflow, EngineConfig, EngineError, Job, Sampling
+from rbee.worker.textstream import TextStream
 
 log = logging.getLogger(__name__)
 
-Emit = Callable[[dict[str, Any]], None]
+__all__ = ["ContextOverflow", "Engine", "EngineConfig", "EngineError", "Job", "Sampling"]
 
 
-@dataclass(frozen=True)
-class EngineConfig:
-    model_path: Path
-    slots: int = 1
-    ctx_size: int = 2048  # per slot
-    threads: int = 0  # 0 = one per core
-    batch_size: int = 2048
-    ubatch_size: int = 512
-    n_gpu_layers: int = 0
-    flash_attn: bool = True
-
-
-@dataclass(frozen=True)
-class Sampling:
-    temperature: float = 0.7
-    top_p: float = 1.0
-    top_k: int = 40
-    min_p: float = 0.05
-    repeat_penalty: float = 1.0
-    seed: int | None = None
-
-
-@dataclass
-class Job:
-    """One admitted request. ``emit`` receives token/done/error events; ``on_finish`` runs once at the end."""
-
-    request_id: str
-    slot: int
-    prompt_tokens: list[int]
-    max_tokens: int
-    sampling: Sampling
-    stop: list[str]
-    emit: Emit
-    on_finish: Callable[[], None]
-    max_tokens_clipped: int | None = None
-
-
-@dataclass
+@dataclass(slots=True)
 class _Sequence:
     job: Job
     sampler: Any
     pending: list[int]
     started: float
+    text: TextStream
     n_past: int = 0
     generated: int = 0
     events: int = 0
-    held: str = ""
-    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
-
-
-class EngineError(Exception):
-    pass
-
-
-class ContextOverflow(EngineError):
-    def __init__(self, prompt_tokens: int, ctx_size: int) -> None:
-        super().__init__(f"prompt is {prompt_tokens} tokens; the context holds {ctx_size}")
-        self.prompt_tokens = prompt_tokens
-        self.ctx_size = ctx_size
-
 
 _backend_ready = threading.Lock()
 _backend_initialised = False
@@ -125,10 +78,15 @@ class Engine:
         self._vocab: Any = None
         self._batch: Any = None
         self._mem: Any = None
+        self._pool: threadpool.Threadpool | None = None
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._active: dict[int, _Sequence] = {}
         self._thread: threading.Thread | None = None
+        self._alive = False  # the decode loop takes new work
+        self._stopping = threading.Lock()
         self._pieces: dict[int, bytes] = {}
+        self._eog: frozenset[int] = frozenset()
+        self._eog_bias: Any = None
         self._progress_cb: Any = None
         self.metadata: dict[str, Any] = {}
 
@@ -155,7 +113,27 @@ class Engine:
             raise EngineError(f"llama.cpp could not load {cfg.model_path}: is it a valid GGUF file?")
         self._model = model
         self._vocab = lc.llama_model_get_vocab(model)
+        ctx = lc.llama_init_from_model(model, self._context_params())
+        if not ctx:
+            raise EngineError("llama.cpp could not create a context; lower --ctx-size or --slots")
+        self._ctx = ctx
+        self._mem = lc.llama_get_memory(ctx)
+        if cfg.poll >= 0:
+            # llama-server drives its context through a persistent ggml threadpool; without one, ggml
+            # builds a throw-away pool for every graph it computes.
+            self._pool = threadpool.attach(_ggml.libggml, lc.llama_cpp._lib, ctx, self.threads, cfg.poll)
+        self._batch = lc.llama_batch_init(cfg.batch_size, 0, 1)
+        for i in range(cfg.batch_size):  # every row belongs to one sequence and wants no logits unless told
+            self._batch.n_seq_id[i] = 1
+            self._batch.logits[i] = 0
+        n_vocab = lc.llama_vocab_n_tokens(self._vocab)
+        self._eog = frozenset(t for t in range(n_vocab) if lc.llama_vocab_is_eog(self._vocab, t))
+        self.metadata = self._read_metadata()
+        if on_progress is not None:
+            on_progress(1.0)
 
+    def _context_params(self) -> Any:
+        cfg = self.config
         cparams = lc.llama_context_default_params()
         cparams.n_ctx = cfg.ctx_size * cfg.slots
         cparams.n_batch = cfg.batch_size
@@ -164,45 +142,44 @@ class Engine:
         cparams.n_threads = self.threads
         cparams.n_threads_batch = self.threads
         cparams.no_perf = True
-        if hasattr(cparams, "kv_unified"):
-            cparams.kv_unified = True
-        if hasattr(cparams, "flash_attn_type"):
-            cparams.flash_attn_type = 1 if cfg.flash_attn else 0
-        elif hasattr(cparams, "flash_attn"):
-            cparams.flash_attn = cfg.flash_attn
-        ctx = lc.llama_init_from_model(model, cparams)
-        if not ctx:
-            raise EngineError("llama.cpp could not create a context; lower --ctx-size or --slots")
-        self._ctx = ctx
-        self._mem = lc.llama_get_memory(ctx)
-        self._batch = lc.llama_batch_init(cfg.batch_size, 0, 1)
-        self.metadata = self._read_metadata()
-        if on_progress is not None:
-            on_progress(1.0)
+        cparams.kv_unified = cfg.kv_unified
+        cparams.flash_attn_type = 1 if cfg.flash_attn else 0  # LLAMA_FLASH_ATTN_TYPE_ENABLED / _DISABLED
+        return cparams
 
     def start(self) -> None:
+        self._alive = True
         self._thread = threading.Thread(target=self._run, name="rbee-decode", daemon=True)
         self._thread.start()
 
+    @property
+    def running(self) -> bool:
+        return self._alive
+
     def close(self) -> None:
         """Stop the decode thread (cancelling what runs) and free llama.cpp's memory."""
-        if self._thread is not None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
             self._inbox.put(("stop", None))
-            self._thread.join(timeout=10)
-            self._thread = None
+            thread.join(timeout=10)
         if self._batch is not None:
             lc.llama_batch_free(self._batch)
             self._batch = None
         if self._ctx is not None:
             lc.llama_free(self._ctx)
             self._ctx = None
+        if self._pool is not None:
+            self._pool.free()
+            self._pool = None
         if self._model is not None:
+            self._vocab = None
             lc.llama_model_free(self._model)
             self._model = None
 
     # ------------------------------------------------------------ thread-safe API
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        if self._vocab is None:
+            raise EngineError("no model is loaded")
         data = text.encode("utf-8")
         cap = len(data) + 8
         buf = (lc.llama_token * cap)()
@@ -216,19 +193,25 @@ class Engine:
     def submit(self, job: Job) -> None:
         if len(job.prompt_tokens) >= self.config.ctx_size:
             raise ContextOverflow(len(job.prompt_tokens), self.config.ctx_size)
-        self._inbox.put(("submit", job))
+        if not self._alive:
+            raise EngineError("the decode loop is not running")
+        self._post("submit", job)
 
     def cancel(self, request_id: str, on_done: Callable[[bool], None]) -> None:
         """Stop a sequence; ``on_done(found)`` runs on the decode thread once its slot is free."""
-        self._inbox.put(("cancel", (request_id, on_done)))
+        self._post("cancel", (request_id, on_done))
+
+    def _post(self, kind: str, arg: Any) -> None:
+        self._inbox.put((kind, arg))
+        if not self._alive:  # the loop has stopped (or is stopping): nobody else will read the inbox
+            with self._stopping:
+                self._drain_inbox(block=False)
 
     # ------------------------------------------------------------ decode loop
 
     def _run(self) -> None:
         try:
-            while True:
-                if not self._drain_inbox(block=not self._active):
-                    break
+            while self._drain_inbox(block=not self._active):
                 if self._active:
                     self._step()
         except Exception:  # a bug here must not leave clients hanging
@@ -236,8 +219,11 @@ class Engine:
             for seq in list(self._active.values()):
                 self._fail(seq, "The worker's decode loop failed. Check the worker log and retry.")
         finally:
-            for seq in list(self._active.values()):
-                self._finish(seq, "cancelled")
+            with self._stopping:
+                self._alive = False
+                for seq in list(self._active.values()):
+                    self._finish(seq, "cancelled")
+                self._drain_inbox(block=False)  # whatever arrived meanwhile is answered, never left waiting
 
     def _drain_inbox(self, block: bool) -> bool:
         """Apply queued commands; False when asked to stop."""
@@ -250,7 +236,12 @@ class Engine:
             if kind == "stop":
                 return False
             if kind == "submit":
-                self._admit(arg)
+                if self._alive:
+                    self._admit(arg)
+                else:  # submitted while the loop was stopping
+                    arg.on_finish()
+                    arg.emit({"done": True, "total_tokens": 0, "duration_ms": 0, "finish_reason": "cancelled",
+                              "prompt_tokens": len(arg.prompt_tokens)})
             elif kind == "cancel":
                 request_id, on_done = arg
                 seq = next((s for s in self._active.values() if s.job.request_id == request_id), None)
@@ -260,60 +251,65 @@ class Engine:
 
     def _admit(self, job: Job) -> None:
         seq = _Sequence(job=job, sampler=self._make_sampler(job.sampling), pending=list(job.prompt_tokens),
-                        started=time.perf_counter())
+                        started=time.perf_counter(), text=TextStream(job.stop))
         lc.llama_memory_seq_rm(self._mem, job.slot, -1, -1)
         self._active[job.slot] = seq
 
     def _step(self) -> None:
         batch = self._batch
+        tokens, positions, seq_ids, logits = batch.token, batch.pos, batch.seq_id, batch.logits
         n = 0
         budget = self.config.batch_size
+        members: list[_Sequence] = []
         rows: list[tuple[_Sequence, int]] = []
         # Generating sequences first (one token each) so running streams never wait on a long prompt.
-        order = sorted(self._active.values(), key=lambda s: len(s.pending) > 1)
+        active = self._active.values()
+        order = [s for s in active if len(s.pending) == 1] + [s for s in active if len(s.pending) > 1]
         for seq in order:
             if budget <= 0:
                 break
-            take = seq.pending[:budget]
-            slot = seq.job.slot
-            for i, tok in enumerate(take):
-                batch.token[n] = tok
-                batch.pos[n] = seq.n_past + i
-                batch.n_seq_id[n] = 1
-                batch.seq_id[n][0] = slot
-                batch.logits[n] = 0
+            pending = seq.pending
+            take = min(len(pending), budget)
+            slot, pos = seq.job.slot, seq.n_past
+            for i in range(take):
+                tokens[n] = pending[i]
+                positions[n] = pos + i
+                seq_ids[n][0] = slot
                 n += 1
-            seq.n_past += len(take)
-            budget -= len(take)
-            del seq.pending[: len(take)]
-            if not seq.pending:
-                batch.logits[n - 1] = 1
+            seq.n_past = pos + take
+            budget -= take
+            members.append(seq)
+            if take == len(pending):
+                pending.clear()
+                logits[n - 1] = 1
                 rows.append((seq, n - 1))
+            else:
+                del pending[:take]
         batch.n_tokens = n
         rc = lc.llama_decode(self._ctx, batch)
+        for _, row in rows:
+            logits[row] = 0
         if rc != 0:
-            for seq, _ in rows:
+            for seq in members:
                 self._fail(seq, f"llama_decode failed (code {rc}); the context may be full. Retry with less text.")
             return
+        ctx = self._ctx
+        sample = lc.llama_sampler_sample
         for seq, row in rows:
-            token = lc.llama_sampler_sample(seq.sampler, self._ctx, row)
-            self._on_token(seq, token)
+            self._on_token(seq, sample(seq.sampler, ctx, row))
 
     def _on_token(self, seq: _Sequence, token: int) -> None:
         job = seq.job
-        if lc.llama_vocab_is_eog(self._vocab, token):
+        if token in self._eog:
             self._finish(seq, "stop")
             return
         seq.generated += 1
-        text = seq.held + seq.decoder.decode(self._piece(token))
-        seq.held = ""
-        stopped = False
-        if job.stop:
-            text, seq.held, stopped = _apply_stop(text, job.stop)
+        piece = self._pieces.get(token)
+        text = seq.text.push(piece if piece is not None else self._piece(token))
         if text:
             job.emit({"token": text, "index": seq.events})
             seq.events += 1
-        if stopped:
+        if seq.text.stopped:
             self._finish(seq, "stop")
         elif seq.generated >= job.max_tokens or seq.n_past + 1 >= self.config.ctx_size:
             self._finish(seq, "length")
@@ -323,8 +319,8 @@ class Engine:
     def _finish(self, seq: _Sequence, reason: str) -> None:
         job = seq.job
         if reason != "cancelled":
-            tail = seq.held + seq.decoder.decode(b"", final=True)
-            if tail and reason != "stop":
+            tail = seq.text.flush()
+            if tail:
                 job.emit({"token": tail, "index": seq.events})
                 seq.events += 1
         done: dict[str, Any] = {
@@ -356,9 +352,14 @@ class Engine:
     def _make_sampler(self, s: Sampling) -> Any:
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
         add = lc.llama_sampler_chain_add
+        n_vocab = lc.llama_vocab_n_tokens(self._vocab)
+        if s.ignore_eos:  # as llama-server does: end-of-generation tokens can never be sampled
+            if self._eog_bias is None:
+                self._eog_bias = (lc.llama_logit_bias * len(self._eog))(
+                    *[lc.llama_logit_bias(t, float("-inf")) for t in sorted(self._eog)])
+            add(chain, lc.llama_sampler_init_logit_bias(n_vocab, len(self._eog), self._eog_bias))
         if s.repeat_penalty != 1.0:
-            add(chain, lc.llama_sampler_init_penalties(
-                lc.llama_vocab_n_tokens(self._vocab), 64, s.repeat_penalty, 0.0, 0.0))
+            add(chain, lc.llama_sampler_init_penalties(n_vocab, 64, s.repeat_penalty, 0.0, 0.0))
         if s.temperature <= 0:
             add(chain, lc.llama_sampler_init_greedy())
             return chain
@@ -390,14 +391,15 @@ class Engine:
     def _read_metadata(self) -> dict[str, Any]:
         desc = ctypes.create_string_buffer(256)
         lc.llama_model_desc(self._model, desc, len(desc))
+        description = desc.value.decode("utf-8", "replace")
         return {
             "name": self._meta("general.name"),
             "architecture": self._meta("general.architecture"),
-            "description": desc.value.decode("utf-8", "replace"),
+            "description": description,
             "parameters": int(lc.llama_model_n_params(self._model)),
             "size_bytes": int(lc.llama_model_size(self._model)),
             "file_bytes": self.config.model_path.stat().st_size,
-            "quantization": _quantization(desc.value.decode("utf-8", "replace")),
+            "quantization": _quantization(description),
             "vocab_size": int(lc.llama_vocab_n_tokens(self._vocab)),
             "eos_token_id": int(lc.llama_vocab_eos(self._vocab)),
             "context_trained": int(lc.llama_model_n_ctx_train(self._model)),
@@ -409,24 +411,6 @@ class Engine:
 
 
 def _quantization(description: str) -> str | None:
-    # llama_model_desc reads like "llama 135M Q4_1".
-    parts = description.split()
-    return parts[-1] if len(parts) >= 3 else None
-
-
-def _apply_stop(text: str, stops: list[str]) -> tuple[str, str, bool]:
-    """Split ``text`` into (emit now, hold back, stopped).
-
-    Text that could be the start of a stop string is held until it is decided, so a stop string
-    never leaks to the client, not even in part.
-    """
-    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-    if cut >= 0:
-        return text[:cut], "", True
-    hold = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:k]):
-                hold = max(hold, k)
-                break
-    return (text[: len(text) - hold], text[len(text) - hold :], False) if hold else (text, "", False)
+    # llama_model_desc reads "<arch> <size> <file type>", e.g. "llama 135M Q4_1" or "llama 7B Q4_K - Medium".
+    parts = description.split(" ", 2)
+    return parts[2] if len(parts) == 3 else None

@@ -2,15 +2,24 @@
 
 ``SlotTable`` is plain data, mutated only on the event loop without awaiting, so taking a slot is
 atomic: with one slot left, of two simultaneous requests exactly one gets it.
+
+Events travel from the decode thread to the loop through one :class:`Outbox` per pool: the first
+event of a burst wakes the loop once, and everything emitted until the loop gets round to it rides
+along. One wake-up per decode step instead of one per token per stream keeps the loop thread (which
+competes for the same cores as llama.cpp's threads) cheap.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 from rbee.errors import ErrorCode, RbeeError
+
+Event = dict[str, Any]
 
 
 class SlotTable:
@@ -53,27 +62,65 @@ class Backend(Protocol):
     """What the bridge needs of the engine (rbee.worker.engine.Engine)."""
 
     def submit(self, job: Any) -> None: ...
-    def cancel(self, request_id: str, on_done: Any) -> None: ...
+    def cancel(self, request_id: str, on_done: Callable[[bool], None]) -> None: ...
+
+
+class Outbox:
+    """Calls from any thread, run on the loop in order, with one loop wake-up per burst."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._pending: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
+
+    def put(self, fn: Callable[..., None], *args: Any) -> None:
+        with self._lock:
+            self._pending.append((fn, args))
+            if len(self._pending) > 1:  # a wake-up is already on its way
+                return
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening any more
+            self._loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for fn, args in pending:
+            fn(*args)
+
+
+def _is_last(event: Event) -> bool:
+    return bool(event.get("done")) or "error" in event
 
 
 class Generation:
     """One running request as seen from the event loop: an async stream of events."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.finished = asyncio.Event()
+    def __init__(self, outbox: Outbox) -> None:
+        self._outbox = outbox
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self.finished = asyncio.Event()  # set once the slot is free again
 
-    # Called from the decode thread.
-    def emit(self, event: dict[str, Any]) -> None:
-        self._loop.call_soon_threadsafe(self._events.put_nowait, event)
+    def emit(self, event: Event) -> None:
+        """Called from the decode thread."""
+        self._outbox.put(self._events.put_nowait, event)
 
-    async def events(self) -> AsyncIterator[dict[str, Any]]:
+    async def events(self) -> AsyncIterator[Event]:
+        async for batch in self.batches():
+            for event in batch:
+                yield event
+
+    async def batches(self) -> AsyncIterator[list[Event]]:
+        """Events in order, grouped as they arrived, so a slow reader writes them in one go."""
         while True:
-            event = await self._events.get()
-            yield event
-            if event.get("done") or "error" in event:
+            batch = [await self._events.get()]
+            while not _is_last(batch[-1]) and not self._events.empty():
+                batch.append(self._events.get_nowait())
+            yield batch
+            if _is_last(batch[-1]):
                 return
+
+
+MakeJob = Callable[[int, Callable[[Event], None], Callable[[], None]], Any]
 
 
 class SlotPool:
@@ -83,22 +130,25 @@ class SlotPool:
         self.engine = engine
         self.table = SlotTable(total)
         self._running: dict[str, Generation] = {}
+        self._outbox: Outbox | None = None
         self.draining = False
 
     @property
     def running(self) -> int:
         return len(self._running)
 
-    def start(self, request_id: str, make_job: Any) -> Generation:
-        """Take a slot and submit. ``make_job(slot, generation)`` builds the engine's job."""
+    def start(self, request_id: str, make_job: MakeJob) -> Generation:
+        """Take a slot and submit. ``make_job(slot, emit, on_finish)`` builds the engine's job."""
         if self.draining:
             raise RbeeError(ErrorCode.DRAINING, "This worker is shutting down. Send the request to another worker.")
         slot = self.table.acquire(request_id)
-        loop = asyncio.get_running_loop()
-        gen = Generation(loop)
+        if self._outbox is None:
+            self._outbox = Outbox(asyncio.get_running_loop())
+        outbox = self._outbox
+        gen = Generation(outbox)
 
-        def on_finish() -> None:  # decode thread → loop
-            loop.call_soon_threadsafe(self._finished, request_id, slot, gen)
+        def on_finish() -> None:  # decode thread → loop, queued behind the events emitted before it
+            outbox.put(self._finished, request_id, slot, gen)
 
         self._running[request_id] = gen
         try:
@@ -122,7 +172,7 @@ class SlotPool:
         loop = asyncio.get_running_loop()
         acknowledged = loop.create_future()
 
-        def on_done(found: bool) -> None:
+        def on_done(found: bool) -> None:  # decode thread
             loop.call_soon_threadsafe(lambda: acknowledged.done() or acknowledged.set_result(found))
 
         self.engine.cancel(request_id, on_done)
@@ -130,7 +180,13 @@ class SlotPool:
         await gen.finished.wait()
         return True
 
+    async def cancel_all(self) -> int:
+        ids = list(self._running)
+        await asyncio.gather(*(self.cancel(i) for i in ids))
+        return len(ids)
+
     async def wait_idle(self, timeout: float) -> bool:
+        """Wait until nothing runs; False if something still runs after ``timeout`` seconds."""
         waits = [g.finished.wait() for g in self._running.values()]
         if not waits:
             return True

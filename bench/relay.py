@@ -1,0 +1,397 @@
+"""Benchmark the queen's token path against a direct connection and against nginx.
+
+A scripted SSE token source (no model; a tiny aiohttp server this script starts as a child of its
+own) is reached (1) directly, (2) through queen-rbee, with the source registered as a worker, and
+(3) through nginx as a reverse proxy with ``proxy_buffering off``. Prints the TTFT each relay adds
+at 1 stream and the aggregate events/s at 1, 16 and 64 concurrent streams, with ratios.
+
+    python bench/relay.py [--ttft-samples 300] [--concurrency 1,16,64] [--skip-nginx]
+
+See bench/README.md. This is a script, not a test: nothing under tests/ or features/ runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import requests
+from aiohttp import web
+from common import (
+    BenchError,
+    Child,
+    environment,
+    exit_on_sigterm,
+    free_port,
+    group_cpu_seconds,
+    median,
+    percentile,
+    print_table,
+    ratio,
+    warn_if_busy,
+)
+
+SOURCE_ID = "bench-source"
+SOURCE_MODEL = "bench-source-model"
+SOURCE_SLOTS = 1000
+MIN_LANE_EVENTS = 2000  # per concurrent stream in a throughput wave
+MAX_STREAM_EVENTS = 32000  # the queen's max_tokens bound is 32768
+
+# ---------------------------------------------------------------- the scripted token source (child process)
+
+
+def source_app(rate: float) -> web.Application:
+    """Streams ``max_tokens`` token events, then done and [DONE]: as fast as it can, or ``rate`` events/s."""
+    sse_headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    interval = 1.0 / rate if rate > 0 else 0.0
+
+    async def inference(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        n = int(body.get("max_tokens", 100))
+        response = web.StreamResponse(headers=sse_headers)
+        await response.prepare(request)
+        started = time.perf_counter()
+        for i in range(n):
+            if interval:
+                delay = started + i * interval - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)  # pacing, not a readiness wait
+            # One write per event, as a worker does: the relays see one event per chunk.
+            await response.write(b'data: {"token":"x","index":%d}\n\n' % i)
+        await response.write(b'data: {"done":true,"total_tokens":%d,"finish_reason":"length"}\n\n' % n)
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    async def health(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def ready(_request: web.Request) -> web.Response:
+        return web.json_response({"ready": True, "state": "idle", "slots_total": SOURCE_SLOTS,
+                                  "slots_available": SOURCE_SLOTS})
+
+    async def cancel(_request: web.Request) -> web.Response:
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.add_routes([
+        web.post("/v1/inference", inference),
+        web.delete("/v1/inference/{request_id}", cancel),
+        web.get("/v1/health", health),
+        web.get("/v1/ready", ready),
+    ])
+    return app
+
+
+def serve_source(port: int, rate: float) -> None:
+    web.run_app(source_app(rate), host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+# ---------------------------------------------------------------- the paths under test
+
+
+NGINX_CONF = """\
+worker_processes {workers};
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/client_body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    upstream token_source {{
+        server 127.0.0.1:{source_port};
+        keepalive 128;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://token_source;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_cache off;
+            proxy_read_timeout 600s;
+        }}
+    }}
+}}
+"""
+
+
+def find_nginx() -> str | None:
+    found = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
+    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        print("nginx not found: installing Debian's nginx (apt-get install -y nginx)", flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.call(["apt-get", "update", "-qq"], env=env, stdout=subprocess.DEVNULL)
+        subprocess.call(["apt-get", "install", "-y", "-qq", "nginx"], env=env, stdout=subprocess.DEVNULL)
+        found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
+    return found
+
+
+def nginx_version(binary: str | None) -> str:
+    if binary is None:
+        return "skipped"
+    out = subprocess.run([binary, "-v"], check=False, capture_output=True, text=True)
+    return (out.stderr or out.stdout).strip().removeprefix("nginx version: ")
+
+
+@dataclass
+class Paths:
+    urls: dict[str, str] = field(default_factory=dict)  # name -> base URL of /v1/inference
+    children: list[Child] = field(default_factory=list)
+    relay_pgids: dict[str, int] = field(default_factory=dict)  # name -> process group doing the relaying
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            child.stop()
+
+
+def start_paths(args: argparse.Namespace, tmp: Path, nginx: str | None) -> Paths:
+    paths = Paths()
+    try:
+        source_port = free_port()
+        source = Child("token source", [sys.executable, str(Path(__file__).resolve()), "--serve-source",
+                                        str(source_port), "--rate", str(args.rate)], tmp / "source.log")
+        paths.children.append(source.start())
+        source.wait_ready(f"http://127.0.0.1:{source_port}/v1/health", timeout=30)
+        source_url = f"http://127.0.0.1:{source_port}"
+        paths.urls["direct"] = source_url
+        paths.relay_pgids["direct"] = source.pid
+
+        queen_port = free_port()
+        queen = Child("queen-rbee", [str(Path(sys.executable).parent / "queen-rbee"), "--port", str(queen_port)],
+                      tmp / "queen.log")
+        paths.children.append(queen.start())
+        queen_url = f"http://127.0.0.1:{queen_port}"
+        queen.wait_ready(f"{queen_url}/health", timeout=60)
+        r = requests.post(f"{queen_url}/v2/workers/register", timeout=10, json={
+            "worker_id": SOURCE_ID, "url": source_url, "model_ref": SOURCE_MODEL, "slots_total": SOURCE_SLOTS})
+        if r.status_code != 200:
+            raise BenchError(f"queen refused to register the token source: HTTP {r.status_code} {r.text}")
+        paths.urls["queen"] = queen_url
+        paths.relay_pgids["queen"] = queen.pid
+
+        if nginx is not None:
+            nginx_port = free_port()
+            conf = tmp / "nginx.conf"
+            conf.write_text(NGINX_CONF.format(workers=args.nginx_workers, tmp=tmp, source_port=source_port,
+                                              port=nginx_port))
+            proxy = Child("nginx", [nginx, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")],
+                          tmp / "nginx.out")
+            paths.children.append(proxy.start())
+            proxy.wait_ready(f"http://127.0.0.1:{nginx_port}/v1/health", timeout=30)
+            paths.urls["nginx"] = f"http://127.0.0.1:{nginx_port}"
+            paths.relay_pgids["nginx"] = proxy.pid
+        return paths
+    except BaseException:
+        paths.stop()
+        raise
+
+
+# ---------------------------------------------------------------- the client
+
+
+@dataclass
+class Stream:
+    ttft: float  # seconds to the first complete event
+    events: int  # complete events, done and [DONE] included
+    end: float
+
+
+async def one_stream(session: aiohttp.ClientSession, base: str, events: int) -> Stream:
+    body = {"prompt": "x", "max_tokens": events, "temperature": 0.0, "stream": True}
+    start = time.perf_counter()
+    ttft = -1.0
+    count = 0
+    tail = b""
+    async with session.post(f"{base}/v1/inference", json=body) as resp:
+        if resp.status != 200:
+            raise BenchError(f"{base} answered HTTP {resp.status}: {(await resp.read())[:300]!r}")
+        # Count event terminators (blank lines) without parsing: the client must stay cheaper than the relays.
+        async for chunk in resp.content.iter_any():
+            data = tail + chunk
+            found = data.count(b"\n\n")
+            if found and ttft < 0:
+                ttft = time.perf_counter() - start
+            count += found
+            tail = data[-1:] if data.endswith(b"\n") and not data.endswith(b"\n\n") else b""
+    end = time.perf_counter()
+    if count != events + 2:
+        raise BenchError(f"{base}: expected {events + 2} events, got {count}")
+    return Stream(ttft=ttft, events=count, end=end)
+
+
+def session_for(limit: int) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600),
+                                 connector=aiohttp.TCPConnector(limit=limit, force_close=False))
+
+
+async def measure_ttft(urls: dict[str, str], samples: int, events: int) -> dict[str, list[float]]:
+    """Interleaved: each round sends one request down every path, so drift hits all alike."""
+    got: dict[str, list[float]] = {name: [] for name in urls}
+    sessions = {name: session_for(1) for name in urls}
+    try:
+        for name, url in urls.items():  # warm-up: connections open, code paths hot
+            for _ in range(20):
+                await one_stream(sessions[name], url, events)
+        for i in range(samples):
+            order = list(urls.items())
+            order = order[i % len(order):] + order[: i % len(order)]  # rotate who goes first
+            for name, url in order:
+                got[name].append((await one_stream(sessions[name], url, events)).ttft)
+    finally:
+        for s in sessions.values():
+            await s.close()
+    return got
+
+
+@dataclass
+class Wave:
+    events_per_s: float
+    cpu_ms_per_1k: float  # CPU the path's own process group spent per 1,000 events (direct: the source's)
+
+
+async def measure_throughput(url: str, pgid: int, concurrency: int, events: int) -> Wave:
+    """Aggregate events/s of ``concurrency`` lanes; each lane streams its share of ``events`` back to back."""
+    share = max(MIN_LANE_EVENTS, events // concurrency)
+    per_stream = min(MAX_STREAM_EVENTS, share)
+    streams_per_lane = -(-share // per_stream)
+
+    async def lane(session: aiohttp.ClientSession) -> tuple[int, float]:
+        count = 0
+        end = 0.0
+        for _ in range(streams_per_lane):
+            s = await one_stream(session, url, per_stream)
+            count, end = count + s.events, s.end
+        return count, end
+
+    async with session_for(concurrency) as session:
+        await asyncio.gather(*(one_stream(session, url, 50) for _ in range(concurrency)))  # open connections
+        cpu0 = group_cpu_seconds(pgid)
+        t0 = time.perf_counter()
+        lanes = await asyncio.gather(*(lane(session) for _ in range(concurrency)))
+        wall = max(end for _, end in lanes) - t0
+        cpu = group_cpu_seconds(pgid) - cpu0
+    total = sum(count for count, _ in lanes)
+    return Wave(events_per_s=total / wall, cpu_ms_per_1k=cpu * 1000 / total * 1000)
+
+
+# ---------------------------------------------------------------- report
+
+
+def report(args: argparse.Namespace, ttft: dict[str, list[float]], tput: dict[tuple[str, int], list[float]],
+           cpu: dict[tuple[str, int], list[float]], names: list[str]) -> None:
+    base50 = percentile(ttft["direct"], 50)
+    base99 = percentile(ttft["direct"], 99)
+    print()
+    print(f"TTFT: {args.ttft_samples} interleaved requests per path, 1 stream, {args.ttft_events} events each; "
+          f"throughput: median of {args.reps} rep(s), {args.events} events a wave split over its streams (≥ {MIN_LANE_EVENTS} each, ≤ {MAX_STREAM_EVENTS} per request), "
+          f"source rate {'unlimited' if args.rate <= 0 else f'{args.rate:g}/s per stream'}")
+    headers = ["path", "TTFT p50 (ms)", "TTFT p99 (ms)", "added p50 (ms)", "added p99 (ms)"] + \
+              [f"{c} stream{'s' if c > 1 else ''} (events/s)" for c in args.concurrency_levels]
+    rows = []
+    for name in names:
+        p50, p99 = percentile(ttft[name], 50), percentile(ttft[name], 99)
+        added = name != "direct"
+        rows.append([name, f"{p50 * 1000:.3f}", f"{p99 * 1000:.3f}",
+                     f"{(p50 - base50) * 1000:+.3f}" if added else "—", f"{(p99 - base99) * 1000:+.3f}" if added else "—"]
+                    + [f"{median(tput[(name, c)]):,.0f}" for c in args.concurrency_levels])
+    pairs = [("queen", "direct"), ("nginx", "direct"), ("queen", "nginx")]
+    for a, b in pairs:
+        if a in names and b in names:
+            rows.append([f"{a} / {b}", ratio(percentile(ttft[a], 50), percentile(ttft[b], 50)),
+                         ratio(percentile(ttft[a], 99), percentile(ttft[b], 99)), "", ""]
+                        + [ratio(median(tput[(a, c)]), median(tput[(b, c)])) for c in args.concurrency_levels])
+    print_table(headers, rows)
+    print()
+    print("CPU time per 1,000 events (ms, median) of the process doing the work on each path: the relay for "
+          "queen and nginx, the source itself for direct. Less sensitive to other load than events/s.")
+    cpu_rows = [[name] + [f"{median(cpu[(name, c)]):.1f}" for c in args.concurrency_levels] for name in names]
+    if "queen" in names and "nginx" in names:
+        cpu_rows.append(["queen / nginx"] + [ratio(median(cpu[("queen", c)]), median(cpu[("nginx", c)]))
+                                             for c in args.concurrency_levels])
+    print_table(["path"] + [f"{c} stream{'s' if c > 1 else ''}" for c in args.concurrency_levels], cpu_rows)
+    print()
+    added50 = (percentile(ttft["queen"], 50) - base50) * 1000
+    print(f"target queen adds ≤ 2 ms p50 TTFT: +{added50:.3f} ms → {'met' if added50 <= 2 else 'NOT met'}")
+    top = max(args.concurrency_levels)
+    if "nginx" in names:
+        q, n = median(tput[("queen", top)]), median(tput[("nginx", top)])
+        print(f"target queen ≥ 0.8× nginx throughput at {top} streams: {q / n:.2f}× → "
+              f"{'met' if q >= 0.8 * n else 'NOT met'}")
+
+
+async def run_all(args: argparse.Namespace, paths: Paths) -> None:
+    urls = paths.urls
+    names = list(urls)
+    print("measuring TTFT ...", flush=True)
+    ttft = await measure_ttft(urls, args.ttft_samples, args.ttft_events)
+    tput: dict[tuple[str, int], list[float]] = {}
+    cpu: dict[tuple[str, int], list[float]] = {}
+    for rep in range(args.reps):
+        for c in args.concurrency_levels:
+            for name in names:  # interleaved
+                print(f"rep {rep + 1}/{args.reps}: {name}, {c} stream(s)", flush=True)
+                wave = await measure_throughput(urls[name], paths.relay_pgids[name], c, args.events)
+                tput.setdefault((name, c), []).append(wave.events_per_s)
+                cpu.setdefault((name, c), []).append(wave.cpu_ms_per_1k)
+    report(args, ttft, tput, cpu, names)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--ttft-samples", type=int, default=300, help="requests per path for the TTFT percentiles")
+    p.add_argument("--ttft-events", type=int, default=16, help="events per stream in the TTFT runs")
+    p.add_argument("--concurrency", default="1,16,64", help="concurrent stream counts, comma separated")
+    p.add_argument("--events", type=int, default=160000, help="events per wave (split over its streams)")
+    p.add_argument("--reps", type=int, default=5, help="repetitions of the throughput sweep")
+    p.add_argument("--rate", type=float, default=0.0, help="source events/s per stream (0 = as fast as it can)")
+    p.add_argument("--nginx-workers", type=int, default=1, help="nginx worker_processes (the queen is one process)")
+    p.add_argument("--skip-nginx", action="store_true", help="do not run nginx")
+    p.add_argument("--serve-source", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the child's own mode
+    args = p.parse_args(argv)
+    args.concurrency_levels = sorted({int(c) for c in args.concurrency.split(",") if c.strip()})
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.serve_source:
+        serve_source(args.serve_source, args.rate)
+        return
+    exit_on_sigterm()
+    nginx = None if args.skip_nginx else find_nginx()
+    if nginx is None and not args.skip_nginx:
+        print("nginx not found and could not be installed: running without it", flush=True)
+    warn_if_busy()
+    print("environment")
+    print_table(["what", "value"], environment({"nginx": nginx_version(nginx)}, dists=("rbee", "aiohttp")))
+    tmp = Path(tempfile.mkdtemp(prefix="rbee-bench-relay-"))
+    paths = start_paths(args, tmp, nginx)
+    try:
+        asyncio.run(run_all(args, paths))
+    finally:
+        paths.stop()
+    print(f"logs in {tmp}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except BenchError as err:
+        raise SystemExit(f"bench failed: {err}") from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None

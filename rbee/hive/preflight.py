@@ -1,0 +1,80 @@
+"""Checks before a worker is spawned: a backend and device this hive has, and RAM for the model.
+
+A spawn that would fail anyway fails here, at once, with an answer that says what *is* available,
+instead of a worker that dies half way through loading. No aiohttp; reads ``/proc/meminfo`` only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from rbee.errors import ErrorCode, RbeeError
+
+MEMINFO = Path("/proc/meminfo")
+# llama.cpp needs the weights plus the KV cache, scratch buffers and the worker's own Python:
+# a fixed allowance on top of a share of the file size.
+OVERHEAD_BYTES = 256 * 1024 * 1024
+OVERHEAD_FRACTION = 0.2
+BACKENDS: dict[str, tuple[int, ...]] = {"cpu": (0,)}  # backend -> device indexes this hive can use
+
+
+@dataclass(frozen=True)
+class Need:
+    model_ref: str
+    size_bytes: int
+    backend: str
+    device: int
+
+
+def ram_needed(size_bytes: int) -> int:
+    """What a worker on a GGUF of ``size_bytes`` needs, by rule of thumb."""
+    return int(size_bytes * (1 + OVERHEAD_FRACTION)) + OVERHEAD_BYTES
+
+
+def available_ram(meminfo: Path = MEMINFO) -> int | None:
+    """``MemAvailable`` in bytes, or None where the kernel does not say (then the check is skipped)."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024  # the kernel writes kB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_backend(backend: str, device: int, backends: dict[str, tuple[int, ...]] = BACKENDS) -> None:
+    devices = backends.get(backend)
+    if devices is None:
+        names = ", ".join(sorted(backends))
+        raise RbeeError(ErrorCode.INVALID_BACKEND,
+                        f"Backend '{backend}' is not available on this hive. Available: {names}.",
+                        {"field": "backend", "backend": backend, "available": sorted(backends)})
+    if device not in devices:
+        listed = ", ".join(str(d) for d in devices)
+        raise RbeeError(ErrorCode.DEVICE_NOT_FOUND,
+                        f"Device {device} does not exist for backend '{backend}'. Available devices: {listed}.",
+                        {"field": "device", "backend": backend, "device": device, "available": list(devices)})
+
+
+def check_ram(need: Need, available: int | None) -> None:
+    if available is None:
+        return
+    wanted = ram_needed(need.size_bytes)
+    if wanted > available:
+        raise RbeeError(
+            ErrorCode.INSUFFICIENT_RAM,
+            f"Not enough memory for '{need.model_ref}': it needs about {_mib(wanted)} MiB and this machine has "
+            f"{_mib(available)} MiB available. Stop other workers or pick a smaller quantization.",
+            {"model_ref": need.model_ref, "needed_bytes": wanted, "available_bytes": available},
+        )
+
+
+def check(need: Need, *, meminfo: Path = MEMINFO, backends: dict[str, tuple[int, ...]] = BACKENDS) -> None:
+    """Raise the first problem that would keep a worker for ``need`` from starting."""
+    check_backend(need.backend, need.device, backends)
+    check_ram(need, available_ram(meminfo))
+
+
+def _mib(n: int) -> int:
+    return n // (1024 * 1024)
