@@ -36,7 +36,7 @@ Feature: A worker's life: loading, describing itself, draining, exiting
 
   Scenario: A shutdown request drains: new requests are refused while the running one finishes
     Given a worker with 2 slots
-    And an answer of 200 tokens is streaming from the worker
+    And an answer of 64 tokens is streaming from the worker
     When the worker is asked to shut down
     Then the worker reports it is draining
     And a new request to the worker is refused with 503 "DRAINING"
@@ -45,7 +45,7 @@ Feature: A worker's life: loading, describing itself, draining, exiting
 
   Scenario: SIGTERM lets the running answer finish, then the worker exits cleanly
     Given a worker with 1 slot
-    And an answer of 200 tokens is streaming from the worker
+    And an answer of 64 tokens is streaming from the worker
     When the worker is sent SIGTERM
     Then the running answer ends with a done event for "length" and [DONE]
     And the worker exits with code 0 within 60 seconds

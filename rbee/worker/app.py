@@ -237,15 +237,27 @@ async def _drain(app: web.Application) -> None:
     await app[LIFECYCLE].drain(app[POOL], app[SETTINGS].drain_timeout)
 
 
+async def _on_shutdown(app: web.Application) -> None:
+    """aiohttp's graceful exit has begun (SIGTERM): it has stopped listening; let running requests finish."""
+    app[LIFECYCLE].exiting = True
+    await _drain(app)
+
+
+def _exit(app: web.Application) -> None:
+    if not app[LIFECYCLE].exiting:  # a second SIGTERM would cut aiohttp's cleanup short
+        app[LIFECYCLE].exiting = True
+        exit_gracefully()
+
+
 async def _drain_then_exit(app: web.Application) -> None:
     await _drain(app)
-    exit_gracefully()  # aiohttp stops listening, runs on_shutdown (drained already) and the cleanups
+    _exit(app)  # aiohttp stops listening, runs on_shutdown (drained already) and the cleanups
 
 
 async def _load_and_announce(app: web.Application) -> None:
     engine, life, settings = app[ENGINE], app[LIFECYCLE], app[SETTINGS]
     if not await life.load(engine):
-        exit_gracefully()  # __main__ turns the recorded error into a non-zero exit code
+        _exit(app)  # __main__ turns the recorded error into a non-zero exit code
         return
     log.info("model loaded", extra={"fields": {"model": settings.model_ref, **engine.metadata}})
     if settings.callback_url:
@@ -273,7 +285,7 @@ def create_app(settings: WorkerSettings, config: EngineConfig) -> web.Applicatio
     app[POOL] = SlotPool(app[ENGINE], config.slots)
     app[LIFECYCLE] = Lifecycle()
     app.cleanup_ctx.append(_engine_ctx)
-    app.on_shutdown.append(_drain)
+    app.on_shutdown.append(_on_shutdown)
     app.add_routes(routes)
     app.middlewares.append(cluster_key_middleware(settings.cluster_key))  # inference, cancel, shutdown
     worker_metrics.setup(app, lambda: (app[POOL].table.total, app[POOL].table.busy))

@@ -100,6 +100,7 @@ class Engine:
             raise EngineError(f"model file not found: {cfg.model_path}")
         mparams = lc.llama_model_default_params()
         mparams.n_gpu_layers = cfg.n_gpu_layers
+        mparams.use_mmap = cfg.use_mmap
         if on_progress is not None:
 
             def _progress(fraction: float, _user: ctypes.c_void_p) -> bool:

@@ -24,6 +24,7 @@ class EngineConfig:
     n_gpu_layers: int = 0
     flash_attn: bool = True
     kv_unified: bool = False  # one KV stream per slot, as llama-server --parallel N: attention reads only its own cells
+    use_mmap: bool = True
     poll: int = 50  # ggml threadpool polling level (0-100), llama-server's default; -1 = no threadpool
 
 

@@ -28,6 +28,7 @@ class Lifecycle:
         self.progress = 0.0
         self.model_loaded = False
         self.error: str | None = None
+        self.exiting = False  # the graceful exit (SIGTERM to ourselves) has been asked for
         self._changed = asyncio.Event()
         self._drain: asyncio.Task[None] | None = None
 
