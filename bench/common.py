@@ -11,6 +11,7 @@ import importlib.metadata
 import math
 import os
 import platform
+import random
 import signal
 import socket
 import statistics
@@ -197,3 +198,98 @@ def group_cpu_seconds(pgid: int) -> float:
             if int(fields[2]) == pgid:
                 total += int(fields[11]) + int(fields[12])
     return total / _TICKS
+
+
+def _cpu_busy_seconds() -> float:
+    """Busy (non-idle, non-iowait) CPU seconds of the whole machine since boot, all cores together."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / _TICKS
+
+
+def _own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+class QuietGate:
+    """Keeps other people's work out of the numbers on a shared machine.
+
+    ``wait`` blocks until the machine has been (nearly) idle for about a second, against a deadline.
+    ``disturbed`` says whether others used more than ``max_foreign`` cores' worth of CPU during a
+    measurement (everything busy minus this process and the process groups under test), so the
+    caller can repeat it instead of averaging it in. ``budget`` caps the total time spent waiting:
+    past it, measurements go ahead and are only reported as disturbed.
+    """
+
+    def __init__(self, enabled: bool, max_wait: float = 60.0, idle_below: float = 0.1,
+                 max_foreign: float = 0.15, budget: float = 1200.0) -> None:
+        self.enabled = enabled
+        self.max_wait = max_wait
+        self.idle_below = idle_below  # cores busy while we wait that still count as idle
+        self.max_foreign = max_foreign  # cores used by others during a measurement that we accept
+        self.budget = budget
+        self.waited = 0.0
+        self.gave_up = 0
+        self.discarded = 0  # measurements repeated because others disturbed them
+        self.foreign_seen: list[float] = []  # others' CPU (cores) during kept measurements
+        self._mark: tuple[float, float, float, float] | None = None
+        self._pgids: list[int] = []
+
+    @property
+    def active(self) -> bool:
+        return self.enabled and self.waited < self.budget
+
+    def wait(self) -> None:
+        if not self.active:
+            return
+        start = time.monotonic()
+        quiet_windows = 0
+        while quiet_windows < 2:
+            if time.monotonic() - start > self.max_wait:
+                self.gave_up += 1
+                break
+            busy0, own0, t0 = _cpu_busy_seconds(), _own_cpu_seconds(), time.monotonic()
+            # One sampling window of the machine's load; its length varies so that two gated
+            # benches on one machine do not both see the same quiet moment and start together.
+            time.sleep(random.uniform(0.3, 0.7))
+            busy = (_cpu_busy_seconds() - busy0 - (_own_cpu_seconds() - own0)) / (time.monotonic() - t0)
+            quiet_windows = quiet_windows + 1 if busy < self.idle_below else 0
+        self.waited += time.monotonic() - start
+
+    def begin(self, *pgids: int) -> None:
+        self._pgids = list(dict.fromkeys(pgids))
+        self._mark = (_cpu_busy_seconds(), _own_cpu_seconds(), sum(map(group_cpu_seconds, self._pgids)),
+                      time.monotonic())
+
+    def _foreign_seconds(self) -> tuple[float, float]:
+        if self._mark is None:
+            return 0.0, 1.0
+        busy0, own0, groups0, t0 = self._mark
+        busy = _cpu_busy_seconds() - busy0
+        ours = _own_cpu_seconds() - own0 + sum(map(group_cpu_seconds, self._pgids)) - groups0
+        return max(0.0, busy - ours), max(1e-6, time.monotonic() - t0)
+
+    def foreign(self) -> float:
+        """Cores' worth of CPU that others used since ``begin``."""
+        cpu, wall = self._foreign_seconds()
+        return cpu / wall
+
+    def disturbed(self) -> bool:
+        if not self.active:
+            return False
+        cpu, wall = self._foreign_seconds()
+        # The kernel counts CPU in 10 ms ticks: allow a few of them on short measurements.
+        return cpu > self.max_foreign * wall + 0.03
+
+
+def rbee_revision() -> str:
+    """The commit the rbee under test is at, and whether rbee/ has uncommitted changes (read-only git)."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], check=True,
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--", "rbee"], check=True,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head} + uncommitted changes in rbee/" if dirty else head

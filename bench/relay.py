@@ -29,6 +29,7 @@ from aiohttp import web
 from common import (
     BenchError,
     Child,
+    QuietGate,
     environment,
     exit_on_sigterm,
     free_port,
@@ -37,6 +38,7 @@ from common import (
     percentile,
     print_table,
     ratio,
+    rbee_revision,
     warn_if_busy,
 )
 
@@ -239,19 +241,37 @@ def session_for(limit: int) -> aiohttp.ClientSession:
                                  connector=aiohttp.TCPConnector(limit=limit, force_close=False))
 
 
-async def measure_ttft(urls: dict[str, str], samples: int, events: int) -> dict[str, list[float]]:
+TTFT_BLOCK = 60  # interleaved rounds measured between two quiet-gate checks
+
+
+async def measure_ttft(paths: Paths, samples: int, events: int, gate: QuietGate, retries: int) -> dict[str, list[float]]:
     """Interleaved: each round sends one request down every path, so drift hits all alike."""
+    urls = paths.urls
     got: dict[str, list[float]] = {name: [] for name in urls}
     sessions = {name: session_for(1) for name in urls}
     try:
         for name, url in urls.items():  # warm-up: connections open, code paths hot
             for _ in range(20):
                 await one_stream(sessions[name], url, events)
-        for i in range(samples):
-            order = list(urls.items())
-            order = order[i % len(order):] + order[: i % len(order)]  # rotate who goes first
-            for name, url in order:
-                got[name].append((await one_stream(sessions[name], url, events)).ttft)
+        done = 0
+        while done < samples:
+            rounds = min(TTFT_BLOCK, samples - done)
+            for attempt in range(retries + 1):
+                await asyncio.to_thread(gate.wait)
+                gate.begin(*paths.relay_pgids.values())
+                block: dict[str, list[float]] = {name: [] for name in urls}
+                for i in range(done, done + rounds):
+                    order = list(urls.items())
+                    order = order[i % len(order):] + order[: i % len(order)]  # rotate who goes first
+                    for name, url in order:
+                        block[name].append((await one_stream(sessions[name], url, events)).ttft)
+                if attempt == retries or not gate.disturbed():
+                    break
+                gate.discarded += 1
+            gate.foreign_seen.append(gate.foreign())
+            for name in urls:
+                got[name] += block[name]
+            done += rounds
     finally:
         for s in sessions.values():
             await s.close()
@@ -264,7 +284,8 @@ class Wave:
     cpu_ms_per_1k: float  # CPU the path's own process group spent per 1,000 events (direct: the source's)
 
 
-async def measure_throughput(url: str, pgid: int, concurrency: int, events: int) -> Wave:
+async def measure_throughput(url: str, pgids: list[int], concurrency: int, events: int, gate: QuietGate,
+                             retries: int) -> Wave:
     """Aggregate events/s of ``concurrency`` lanes; each lane streams its share of ``events`` back to back."""
     share = max(MIN_LANE_EVENTS, events // concurrency)
     per_stream = min(MAX_STREAM_EVENTS, share)
@@ -280,11 +301,18 @@ async def measure_throughput(url: str, pgid: int, concurrency: int, events: int)
 
     async with session_for(concurrency) as session:
         await asyncio.gather(*(one_stream(session, url, 50) for _ in range(concurrency)))  # open connections
-        cpu0 = group_cpu_seconds(pgid)
-        t0 = time.perf_counter()
-        lanes = await asyncio.gather(*(lane(session) for _ in range(concurrency)))
-        wall = max(end for _, end in lanes) - t0
-        cpu = group_cpu_seconds(pgid) - cpu0
+        for attempt in range(retries + 1):
+            await asyncio.to_thread(gate.wait)
+            gate.begin(*pgids)
+            cpu0 = group_cpu_seconds(pgids[-1])
+            t0 = time.perf_counter()
+            lanes = await asyncio.gather(*(lane(session) for _ in range(concurrency)))
+            wall = max(end for _, end in lanes) - t0
+            cpu = group_cpu_seconds(pgids[-1]) - cpu0
+            if attempt == retries or not gate.disturbed():
+                break
+            gate.discarded += 1
+        gate.foreign_seen.append(gate.foreign())
     total = sum(count for count, _ in lanes)
     return Wave(events_per_s=total / wall, cpu_ms_per_1k=cpu * 1000 / total * 1000)
 
@@ -293,7 +321,7 @@ async def measure_throughput(url: str, pgid: int, concurrency: int, events: int)
 
 
 def report(args: argparse.Namespace, ttft: dict[str, list[float]], tput: dict[tuple[str, int], list[float]],
-           cpu: dict[tuple[str, int], list[float]], names: list[str]) -> None:
+           cpu: dict[tuple[str, int], list[float]], names: list[str], gate: QuietGate) -> None:
     base50 = percentile(ttft["direct"], 50)
     base99 = percentile(ttft["direct"], 99)
     print()
@@ -325,6 +353,13 @@ def report(args: argparse.Namespace, ttft: dict[str, list[float]], tput: dict[tu
                                              for c in args.concurrency_levels])
     print_table(["path"] + [f"{c} stream{'s' if c > 1 else ''}" for c in args.concurrency_levels], cpu_rows)
     print()
+    if gate.enabled:
+        spent = " (its budget ran out: later measurements went ahead regardless)" if not gate.active else ""
+        print(f"quiet gate: waited {gate.waited:.0f} s in all for an idle machine{spent} "
+              f"(gave up waiting {gate.gave_up}×); "
+              f"{gate.discarded} TTFT block(s)/wave(s) repeated because other processes used CPU during them; "
+              f"other processes' CPU during kept waves, median/max: {median(gate.foreign_seen):.2f}/"
+              f"{max(gate.foreign_seen, default=0):.2f} cores")
     added50 = (percentile(ttft["queen"], 50) - base50) * 1000
     print(f"target queen adds ≤ 2 ms p50 TTFT: +{added50:.3f} ms → {'met' if added50 <= 2 else 'NOT met'}")
     top = max(args.concurrency_levels)
@@ -334,21 +369,23 @@ def report(args: argparse.Namespace, ttft: dict[str, list[float]], tput: dict[tu
               f"{'met' if q >= 0.8 * n else 'NOT met'}")
 
 
-async def run_all(args: argparse.Namespace, paths: Paths) -> None:
+async def run_all(args: argparse.Namespace, paths: Paths, gate: QuietGate) -> None:
     urls = paths.urls
     names = list(urls)
     print("measuring TTFT ...", flush=True)
-    ttft = await measure_ttft(urls, args.ttft_samples, args.ttft_events)
+    ttft = await measure_ttft(paths, args.ttft_samples, args.ttft_events, gate, args.retries)
     tput: dict[tuple[str, int], list[float]] = {}
     cpu: dict[tuple[str, int], list[float]] = {}
     for rep in range(args.reps):
         for c in args.concurrency_levels:
             for name in names:  # interleaved
                 print(f"rep {rep + 1}/{args.reps}: {name}, {c} stream(s)", flush=True)
-                wave = await measure_throughput(urls[name], paths.relay_pgids[name], c, args.events)
+                # The source and the relay on this path are ours; anything else busy is someone else's.
+                pgids = [paths.relay_pgids["direct"], paths.relay_pgids[name]]
+                wave = await measure_throughput(urls[name], pgids, c, args.events, gate, args.retries)
                 tput.setdefault((name, c), []).append(wave.events_per_s)
                 cpu.setdefault((name, c), []).append(wave.cpu_ms_per_1k)
-    report(args, ttft, tput, cpu, names)
+    report(args, ttft, tput, cpu, names, gate)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -360,6 +397,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=5, help="repetitions of the throughput sweep")
     p.add_argument("--rate", type=float, default=0.0, help="source events/s per stream (0 = as fast as it can)")
     p.add_argument("--nginx-workers", type=int, default=1, help="nginx worker_processes (the queen is one process)")
+    p.add_argument("--gate-budget", type=float, default=1200.0,
+                   help="total seconds to spend waiting for an idle machine; past it, measure regardless")
+    p.add_argument("--no-quiet-gate", action="store_true",
+                   help="measure at once, even while other processes use the CPUs")
+    p.add_argument("--max-foreign", type=float, default=0.15,
+                   help="cores' worth of other processes' CPU a measurement may see before it is repeated")
+    p.add_argument("--retries", type=int, default=3, help="times a disturbed measurement is repeated")
+    p.add_argument("--quiet-wait", type=float, default=60.0, help="seconds to wait for an idle machine each time")
     p.add_argument("--skip-nginx", action="store_true", help="do not run nginx")
     p.add_argument("--serve-source", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the child's own mode
     args = p.parse_args(argv)
@@ -378,11 +423,13 @@ def main(argv: list[str] | None = None) -> None:
         print("nginx not found and could not be installed: running without it", flush=True)
     warn_if_busy()
     print("environment")
-    print_table(["what", "value"], environment({"nginx": nginx_version(nginx)}, dists=("rbee", "aiohttp")))
+    print_table(["what", "value"], environment({"rbee commit": rbee_revision(), "nginx": nginx_version(nginx)}, dists=("rbee", "aiohttp")))
     tmp = Path(tempfile.mkdtemp(prefix="rbee-bench-relay-"))
     paths = start_paths(args, tmp, nginx)
+    gate = QuietGate(not args.no_quiet_gate, max_wait=args.quiet_wait, max_foreign=args.max_foreign,
+                     budget=args.gate_budget)
     try:
-        asyncio.run(run_all(args, paths))
+        asyncio.run(run_all(args, paths, gate))
     finally:
         paths.stop()
     print(f"logs in {tmp}")

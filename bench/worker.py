@@ -31,6 +31,7 @@ from common import (
     CACHE_DIR,
     BenchError,
     Child,
+    QuietGate,
     environment,
     exit_on_sigterm,
     free_port,
@@ -38,6 +39,7 @@ from common import (
     percentile,
     print_table,
     ratio,
+    rbee_revision,
     warn_if_busy,
 )
 
@@ -144,8 +146,9 @@ class Target:
             body = {"prompt": prompt, "max_tokens": tokens, "temperature": temperature, "stream": True}
             url = f"{base}/v1/inference"
         elif self.name == LLAMA_SERVER:
+            # cache_prompt off: ours has no prefix cache, and the prompts share their first tokens.
             body = {"prompt": prompt, "n_predict": tokens, "ignore_eos": True, "temperature": temperature,
-                    "stream": True}
+                    "cache_prompt": False, "stream": True}
             url = f"{base}/completion"
         else:
             body = {"prompt": prompt, "max_tokens": tokens, "temperature": temperature, "stream": True}
@@ -225,10 +228,10 @@ _prompt_ids = itertools.count()
 
 
 def prompt() -> str:
-    # A list that greedy decoding continues far past 128 tokens, so no stream ends early on EOS. The
-    # number up front differs per request so llama-server's prompt cache cannot skip the prefill.
-    return (f"Sheet {next(_prompt_ids) * 7919 % 100000}. The whole numbers from 1 to 1000, separated "
-            "by commas: 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,")
+    # A count that greedy decoding continues far past 128 tokens, so no stream ends early on EOS, and
+    # short (17 tokens), so TTFT is not all prefill. Prompts differ per request.
+    n = 100 + next(_prompt_ids) * 37 % 800
+    return f"Count: {n}, {n + 1}, {n + 2},"
 
 
 @dataclass
@@ -237,10 +240,13 @@ class Measurements:
     aggregate: dict[int, list[float]] = field(default_factory=dict)  # streams -> tokens/s per wave
     short: dict[int, int] = field(default_factory=dict)  # streams -> streams that ended before --tokens
     finishes: dict[int, dict[str, int]] = field(default_factory=dict)
+    ttft: dict[int, list[float]] = field(default_factory=dict)  # streams -> every stream's TTFT (s)
+    foreign: list[float] = field(default_factory=list)  # other people's CPU (cores) during kept waves
+    discarded: int = 0  # waves repeated because others disturbed them
 
 
-async def measure_once(target: Target, base: str, streams: int, args: argparse.Namespace,
-                       m: Measurements) -> None:
+async def measure_once(target: Target, base: str, pgid: int, streams: int, args: argparse.Namespace,
+                       m: Measurements, gate: QuietGate) -> None:
     timeout = aiohttp.ClientTimeout(total=600)
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
@@ -248,13 +254,21 @@ async def measure_once(target: Target, base: str, streams: int, args: argparse.N
         await target.stream(session, base, prompt(), 8, args.temperature)
         waves = args.single_runs if streams == 1 else 1
         for _ in range(waves):
-            t0 = time.perf_counter()
-            results = await asyncio.gather(
-                *(target.stream(session, base, prompt(), args.tokens, args.temperature) for _ in range(streams))
-            )
-            wall = max(r.end for r in results) - t0
+            for attempt in range(args.retries + 1):
+                await asyncio.to_thread(gate.wait)
+                gate.begin(pgid)
+                t0 = time.perf_counter()
+                results = await asyncio.gather(
+                    *(target.stream(session, base, prompt(), args.tokens, args.temperature) for _ in range(streams))
+                )
+                wall = max(r.end for r in results) - t0
+                if attempt == args.retries or not gate.disturbed():
+                    break
+                m.discarded += 1
+            m.foreign.append(gate.foreign())
             total = sum(r.tokens for r in results)
             m.aggregate.setdefault(streams, []).append(total / wall)
+            m.ttft.setdefault(streams, []).extend(r.ttft for r in results if r.ttft is not None)
             m.short[streams] = m.short.get(streams, 0) + sum(r.tokens < args.tokens for r in results)
             counts = m.finishes.setdefault(streams, {})
             for r in results:
@@ -263,7 +277,8 @@ async def measure_once(target: Target, base: str, streams: int, args: argparse.N
                 m.single.extend(results)
 
 
-def run_target(target: Target, streams: int, args: argparse.Namespace, m: Measurements, logdir: Path) -> None:
+def run_target(target: Target, streams: int, args: argparse.Namespace, m: Measurements, logdir: Path,
+               gate: QuietGate) -> None:
     port = free_port()
     child = Child(target.name, target.argv(port, streams), logdir / f"{target.name.replace(' ', '-')}.log",
                   env=target.env)
@@ -271,7 +286,7 @@ def run_target(target: Target, streams: int, args: argparse.Namespace, m: Measur
         child.start()
         child.wait_ready(f"http://127.0.0.1:{port}{target.ready_path}", target.ready_check,
                          timeout=args.ready_timeout)
-        asyncio.run(measure_once(target, f"http://127.0.0.1:{port}", streams, args, m))
+        asyncio.run(measure_once(target, f"http://127.0.0.1:{port}", child.pid, streams, args, m, gate))
     finally:
         child.stop()
 
@@ -290,19 +305,23 @@ def summarise(m: Measurements, streams: list[int]) -> dict[str, float]:
     out = {"ttft_p50_ms": percentile(ttfts, 50) * 1000 if ttfts else float("nan"),
            "decode_1": median(decode)}
     for n in streams:
-        out[f"agg_{n}"] = median(m.aggregate.get(n, []))
+        waves = m.aggregate.get(n, [])
+        out[f"agg_{n}"] = median(waves)
+        out[f"min_{n}"] = min(waves, default=math.nan)
+        out[f"max_{n}"] = max(waves, default=math.nan)
     return out
 
 
 def report(targets: list[Target], results: dict[str, Measurements], streams: list[int],
-           args: argparse.Namespace) -> None:
+           args: argparse.Namespace, gate: QuietGate) -> None:
     summary = {t.name: summarise(results[t.name], streams) for t in targets}
     headers = ["system", "TTFT p50, 1 stream (ms)", "decode tok/s, 1 stream"] + \
               [f"{n} stream{'s' if n > 1 else ''} tok/s" for n in streams]
     rows = []
     for t in targets:
         s = summary[t.name]
-        rows.append([t.name, fmt(s["ttft_p50_ms"]), fmt(s["decode_1"])] + [fmt(s[f"agg_{n}"]) for n in streams])
+        rows.append([t.name, fmt(s["ttft_p50_ms"]), fmt(s["decode_1"])]
+                    + [f"{fmt(s[f'agg_{n}'])} ({fmt(s[f'min_{n}'], 0)}–{fmt(s[f'max_{n}'], 0)})" for n in streams])
     ours = summary[OURS]
     for peer in (LLAMA_SERVER, LCP_SERVER):
         if peer in summary:
@@ -312,9 +331,18 @@ def report(targets: list[Target], results: dict[str, Measurements], streams: lis
                         + [ratio(ours[f"agg_{n}"], p[f"agg_{n}"]) for n in streams])
     print()
     print(f"tokens/s = tokens delivered / wall clock from sending the request(s) to the last event, TTFT "
-          f"included; median of {args.reps} rep(s); 1 stream: {args.single_runs} request(s) a rep, "
+          f"included; median (min–max) of {args.reps} rep(s); 1 stream: {args.single_runs} request(s) a rep, "
           f"{args.tokens} tokens a stream, temperature {args.temperature}")
     print_table(headers, rows)
+    print()
+    print("TTFT by stream count, ms: p50 / max over every stream of every wave (all of a wave's requests are "
+          "sent at once, so at N streams the prompts queue behind each other's prefill)")
+    ttft_rows = []
+    for t in targets:
+        per = results[t.name].ttft
+        ttft_rows.append([t.name] + [f"{percentile(per.get(n, []), 50) * 1000:.0f} / {max(per.get(n, [math.nan])) * 1000:.0f}"
+                                     for n in streams])
+    print_table(["system"] + [f"{n} stream{'s' if n > 1 else ''}" for n in streams], ttft_rows)
     print()
     checks = []
     if LLAMA_SERVER in summary:
@@ -328,6 +356,15 @@ def report(targets: list[Target], results: dict[str, Measurements], streams: lis
     for label, got, need in checks:
         verdict = "met" if got >= need else "NOT met"
         print(f"target {label}: ours {fmt(got)} tok/s, needs ≥ {fmt(need)} → {verdict}")
+    if gate.enabled:
+        spent = " (its budget ran out: later measurements went ahead regardless)" if not gate.active else ""
+        print(f"quiet gate: waited {gate.waited:.0f} s in all for an idle machine{spent} "
+              f"(gave up waiting {gate.gave_up}×); "
+              "waves repeated because other processes used CPU during them: "
+              + ", ".join(f"{t.name} {results[t.name].discarded}" for t in targets)
+              + "; other processes' CPU during kept waves, median/max (cores): "
+              + ", ".join(f"{t.name} {median(results[t.name].foreign):.2f}/{max(results[t.name].foreign):.2f}"
+                          for t in targets))
     for t in targets:
         m = results[t.name]
         short = {n: c for n, c in m.short.items() if c}
@@ -351,13 +388,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--streams", default="1,2,4,8", help="concurrent stream counts, comma separated")
     p.add_argument("--tokens", type=int, default=128, help="tokens per stream")
-    p.add_argument("--reps", type=int, default=2, help="repetitions of the whole interleaved sweep")
+    p.add_argument("--reps", type=int, default=3, help="repetitions of the whole interleaved sweep")
     p.add_argument("--single-runs", type=int, default=3, help="sequential 1-stream requests per rep")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)")
     p.add_argument("--model", type=Path, default=None, help="GGUF (default: the built-in SmolLM2-135M Q4_1)")
     p.add_argument("--llama-server", type=Path, default=None, help="use this llama-server binary, build none")
     p.add_argument("--skip-llama-server", action="store_true", help="do not build or run llama-server")
     p.add_argument("--skip-llama-cpp-python", action="store_true", help="do not run llama_cpp.server")
+    p.add_argument("--gate-budget", type=float, default=1200.0,
+                   help="total seconds to spend waiting for an idle machine; past it, measure regardless")
+    p.add_argument("--no-quiet-gate", action="store_true",
+                   help="measure at once, even while other processes use the CPUs")
+    p.add_argument("--max-foreign", type=float, default=0.15,
+                   help="cores' worth of other processes' CPU a wave may see before it is repeated")
+    p.add_argument("--retries", type=int, default=3, help="times a disturbed wave is repeated before it is kept")
+    p.add_argument("--quiet-wait", type=float, default=60.0, help="seconds to wait for an idle machine per wave")
     p.add_argument("--ready-timeout", type=float, default=120.0, help="seconds a server gets to become ready")
     args = p.parse_args(argv)
     args.stream_counts = sorted({int(s) for s in args.streams.split(",") if s.strip()})
@@ -387,11 +432,13 @@ def main(argv: list[str] | None = None) -> None:
     warn_if_busy()
     print("environment")
     print_table(["what", "value"], environment(
-        {"model": f"{model.name} ({model.stat().st_size / 2**20:.1f} MiB)", "threads": str(THREADS),
+        {"rbee commit": rbee_revision(), "model": f"{model.name} ({model.stat().st_size / 2**20:.1f} MiB)", "threads": str(THREADS),
          "llama-server": llama_server_version(llama_server)},
         dists=("rbee", "llama-cpp-python", "aiohttp", "fastapi", "uvicorn"),
     ))
     results = {t.name: Measurements() for t in targets}
+    gate = QuietGate(not args.no_quiet_gate, max_wait=args.quiet_wait, max_foreign=args.max_foreign,
+                     budget=args.gate_budget)
     logdir = Path(tempfile.mkdtemp(prefix="rbee-bench-worker-"))
     started = time.monotonic()
     # Interleaved: each rep walks every stream count, and for each starts every server in turn, so a
@@ -400,9 +447,9 @@ def main(argv: list[str] | None = None) -> None:
         for n in args.stream_counts:
             for t in targets:
                 print(f"rep {rep + 1}/{args.reps}: {t.name}, {n} stream(s)", flush=True)
-                run_target(t, n, args, results[t.name], logdir)
+                run_target(t, n, args, results[t.name], logdir, gate)
     print(f"\nmeasured in {time.monotonic() - started:.0f} s; server logs in {logdir}")
-    report(targets, results, args.stream_counts, args)
+    report(targets, results, args.stream_counts, args, gate)
 
 
 if __name__ == "__main__":
