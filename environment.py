@@ -19,8 +19,8 @@ import parse
 from behave import fixture, register_type, use_fixture
 from behave.model import Feature
 
+from rbee.procfs import pid_alive
 from rbee.testing.cluster import Cluster
-from rbee.testing.process import pid_alive
 
 RUN_ID = uuid.uuid4().hex[:12]
 LOG_ROOT = Path(".logs") / time.strftime("%Y%m%d-%H%M%S")

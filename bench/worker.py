@@ -135,6 +135,9 @@ class Target:
     ready_path: str
     ready_check: Callable[[Any], bool]
     env: dict[str, str] = field(default_factory=dict)
+    # A new connection per request: llama_cpp.server (with sse-starlette 3) sometimes takes a reused
+    # keep-alive connection for a client disconnect and drops the stream it is serving.
+    fresh_connections: bool = False
 
     async def stream(self, session: aiohttp.ClientSession, base: str, prompt: str, tokens: int,
                      temperature: float) -> StreamResult:
@@ -148,42 +151,51 @@ class Target:
         elif self.name == LLAMA_SERVER:
             # cache_prompt off: ours has no prefix cache, and the prompts share their first tokens.
             body = {"prompt": prompt, "n_predict": tokens, "ignore_eos": True, "temperature": temperature,
-                    "cache_prompt": False, "stream": True}
+                    "repeat_penalty": 1.0, "cache_prompt": False, "stream": True}
             url = f"{base}/completion"
         else:
-            body = {"prompt": prompt, "max_tokens": tokens, "temperature": temperature, "stream": True}
+            # Its server defaults to repeat_penalty 1.1 (more work per token, and counting then drifts
+            # into EOS); the others default to 1.0.
+            body = {"prompt": prompt, "max_tokens": tokens, "temperature": temperature, "repeat_penalty": 1.0,
+                    "stream": True}
             url = f"{base}/v1/completions"
-        async with session.post(url, json=body) as resp:
-            if resp.status != 200:
-                finish = f"HTTP {resp.status}"
-                await resp.read()
-            else:
-                async for data in _sse_data(resp):
-                    if data == "[DONE]":
-                        break
-                    event = json.loads(data)
-                    if self.name == OURS:
-                        if "token" in event:
-                            first = first or time.perf_counter()
-                        elif event.get("done"):
-                            count, finish = event["total_tokens"], event.get("finish_reason", "?")
-                        elif "error" in event:
-                            finish = event["error"]["code"]
-                    elif self.name == LLAMA_SERVER:
-                        if event.get("content"):
-                            first = first or time.perf_counter()
-                        if event.get("stop"):
-                            count = event.get("tokens_predicted") or event.get("timings", {}).get("predicted_n", 0)
-                            finish = event.get("stop_type", "stop")
+        try:
+            async with session.post(url, json=body) as resp:
+                if resp.status != 200:
+                    finish = f"HTTP {resp.status}"
+                    await resp.read()
+                else:
+                    async for data in _sse_data(resp):
+                        if data == "[DONE]":
                             break
-                    else:
-                        choice = event["choices"][0]
-                        if choice.get("finish_reason") is None:
-                            count += 1
-                            if choice.get("text"):
+                        event = json.loads(data)
+                        if self.name == OURS:
+                            if "token" in event:
                                 first = first or time.perf_counter()
+                                count += 1  # until the done event says how many tokens these were
+                            elif event.get("done"):
+                                count, finish = event["total_tokens"], event.get("finish_reason", "?")
+                            elif "error" in event:
+                                finish = event["error"]["code"]
+                        elif self.name == LLAMA_SERVER:
+                            if event.get("content"):
+                                first = first or time.perf_counter()
+                                count += 1
+                            if event.get("stop"):
+                                count = event.get("tokens_predicted") or event.get("timings", {}).get(
+                                    "predicted_n", count)
+                                finish = event.get("stop_type", "stop")
+                                break
                         else:
-                            finish = choice["finish_reason"]
+                            choice = event["choices"][0]
+                            if choice.get("finish_reason") is None:
+                                count += 1
+                                if choice.get("text"):
+                                    first = first or time.perf_counter()
+                            else:
+                                finish = choice["finish_reason"]
+        except aiohttp.ClientError as exc:  # a peer that breaks a stream is counted, not fatal
+            finish = f"broken ({exc.__class__.__name__})"
         end = time.perf_counter()
         return StreamResult(ttft=None if first is None else first - start, first=first, end=end, start=start,
                             tokens=count, finish=finish)
@@ -217,6 +229,7 @@ def make_targets(args: argparse.Namespace, model: Path, llama_server: Path | Non
                              "--n_threads", str(THREADS), "--host", "127.0.0.1", "--port", str(port)],
             "/v1/models",
             lambda r: r.status_code == 200,
+            fresh_connections=True,
         ))
     return targets
 
@@ -225,6 +238,12 @@ def make_targets(args: argparse.Namespace, model: Path, llama_server: Path | Non
 
 
 _prompt_ids = itertools.count()
+
+
+def reset_prompts() -> None:
+    """Every server run starts the same sequence of prompts, so all of them decode the same text."""
+    global _prompt_ids
+    _prompt_ids = itertools.count()
 
 
 def prompt() -> str:
@@ -248,7 +267,7 @@ class Measurements:
 async def measure_once(target: Target, base: str, pgid: int, streams: int, args: argparse.Namespace,
                        m: Measurements, gate: QuietGate) -> None:
     timeout = aiohttp.ClientTimeout(total=600)
-    connector = aiohttp.TCPConnector(limit=0)
+    connector = aiohttp.TCPConnector(limit=0, force_close=target.fresh_connections)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         # Warm-up: first-request costs (graph allocation, page faults) are not what we compare.
         await target.stream(session, base, prompt(), 8, args.temperature)
@@ -279,6 +298,7 @@ async def measure_once(target: Target, base: str, pgid: int, streams: int, args:
 
 def run_target(target: Target, streams: int, args: argparse.Namespace, m: Measurements, logdir: Path,
                gate: QuietGate) -> None:
+    reset_prompts()
     port = free_port()
     child = Child(target.name, target.argv(port, streams), logdir / f"{target.name.replace(' ', '-')}.log",
                   env=target.env)

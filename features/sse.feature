@@ -19,5 +19,5 @@ Feature: Token streaming through the queen
     Then both answers have the same text
 
   Scenario: The first token arrives while generation is still running
-    When a client streams 64 tokens of "Write a long story about bees" through the queen
+    When a client streams exactly 64 tokens of "Write a long story about bees" through the queen
     Then the first token arrived well before the done event

@@ -13,9 +13,9 @@ from pathlib import Path
 from behave import given, then, when
 
 from rbee.keeper.config import OPTIONS
+from rbee.procfs import pid_alive
 from rbee.testing.clients import wait_until
 from rbee.testing.cluster import free_port
-from rbee.testing.process import pid_alive
 
 KEEPER = Path(sys.executable).with_name("rbee-keeper")  # the console script of this environment
 

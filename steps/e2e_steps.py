@@ -8,8 +8,8 @@ import sys
 
 from behave import given, then, when
 
+from rbee.procfs import pid_alive
 from rbee.testing.clients import wait_until
-from rbee.testing.process import pid_alive
 
 
 @given("the hive's worker is listed by the queen as idle")

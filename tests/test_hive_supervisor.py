@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import subprocess
-import time
 import sys
+import time
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import TypeVar

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
+from rbee.procfs import pid_alive
+
 log = logging.getLogger(__name__)
 _POLL_S = 0.2  # how often an adopted process is checked for exit (it is not our child: no waitpid)
 
@@ -74,15 +76,6 @@ class StateFile:
         except (OSError, ValueError, TypeError, AttributeError) as exc:
             log.warning("ignoring unreadable worker state file %s: %s", self.path, exc)
             return []
-
-
-def pid_alive(pid: int) -> bool:
-    """True if ``pid`` runs and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def runs_worker(pid: int, worker_id: str) -> bool:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from rbee.testing.process import pid_alive
+from rbee.procfs import pid_alive
 
 QUEEN_LOG = "queen-rbee"
 HIVE_LOG = "rbee-hive"

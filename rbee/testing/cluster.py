@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import socket
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,7 +138,7 @@ class Cluster:
         for proc in reversed(self.processes):
             try:
                 proc.stop(grace=15 * self.k)
-            except Exception as exc:  # keep stopping the rest
+            except (OSError, subprocess.SubprocessError) as exc:  # keep stopping the rest
                 errors.append(f"{proc.name}: {exc}")
         self.processes.clear()
         self.workers.clear()
