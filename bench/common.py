@@ -6,6 +6,7 @@ The bench scripts import this as a sibling module (``python bench/worker.py`` pu
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib.metadata
 import math
@@ -18,10 +19,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-
-import requests
 
 CACHE_DIR = Path(os.environ.get("RBEE_BENCH_CACHE", Path.home() / ".cache" / "rbee-bench"))
 
@@ -30,80 +29,27 @@ class BenchError(RuntimeError):
     pass
 
 
+def add_gate_args(p: argparse.ArgumentParser, unit: str) -> None:
+    """The quiet-gate flags both benchmarks share (``unit``: what one measurement is called)."""
+    p.add_argument("--gate-budget", type=float, default=1200.0,
+                   help="total seconds to spend waiting for an idle machine; past it, measure regardless")
+    p.add_argument("--no-quiet-gate", action="store_true",
+                   help="measure at once, even while other processes use the CPUs")
+    p.add_argument("--max-foreign", type=float, default=0.15,
+                   help=f"cores' worth of other processes' CPU a {unit} may see before it is repeated")
+    p.add_argument("--retries", type=int, default=3, help=f"times a disturbed {unit} is repeated")
+    p.add_argument("--quiet-wait", type=float, default=60.0, help=f"seconds to wait for an idle machine per {unit}")
+
+
+def gate_from_args(args: argparse.Namespace) -> QuietGate:
+    return QuietGate(not args.no_quiet_gate, max_wait=args.quiet_wait, max_foreign=args.max_foreign,
+                     budget=args.gate_budget)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-class Child:
-    """One server under test: start, poll readiness against a deadline while alive, stop (TERM, then KILL)."""
-
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> None:
-        self.name = name
-        self.argv = list(argv)
-        self.log_path = log_path
-        self.env = env
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Child:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(self.env or {})}
-        with open(self.log_path, "ab") as log:
-            # A session of its own, so the stop below can take the whole process group down.
-            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-        return self
-
-    @property
-    def pid(self) -> int:
-        if self.proc is None:
-            raise BenchError(f"{self.name} was not started")
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def wait_ready(self, url: str, check: Callable[[requests.Response], bool] | None = None,
-                   timeout: float = 120.0) -> None:
-        check = check or (lambda r: r.status_code == 200)
-        deadline = time.monotonic() + timeout
-        last = "no answer yet"
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise BenchError(f"{self.name} exited (code {self.proc.returncode if self.proc else '?'}) "
-                                 f"before it was ready. Log tail:\n{self.log_tail()}")
-            try:
-                r = requests.get(url, timeout=1)
-                if check(r):
-                    return
-                last = f"HTTP {r.status_code}: {r.text[:200]}"
-            except requests.RequestException as exc:
-                last = exc.__class__.__name__
-            time.sleep(0.05)  # poll interval
-        raise BenchError(f"{self.name} not ready within {timeout:.0f}s ({last}). Log tail:\n{self.log_tail()}")
-
-    def stop(self, grace: float = 10.0, sig: int = signal.SIGTERM) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(sig)
-            try:
-                self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                pass
-        # Whatever is left of the group (the process itself or children it forked) gets SIGKILL.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(5)
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -28,11 +28,12 @@ import requests
 from aiohttp import web
 from common import (
     BenchError,
-    Child,
     QuietGate,
+    add_gate_args,
     environment,
     exit_on_sigterm,
     free_port,
+    gate_from_args,
     group_cpu_seconds,
     median,
     percentile,
@@ -41,6 +42,8 @@ from common import (
     rbee_revision,
     warn_if_busy,
 )
+
+from rbee.testing.process import ServiceError, ServiceProcess
 
 SOURCE_ID = "bench-source"
 SOURCE_MODEL = "bench-source-model"
@@ -153,7 +156,7 @@ def nginx_version(binary: str | None) -> str:
 @dataclass
 class Paths:
     urls: dict[str, str] = field(default_factory=dict)  # name -> base URL of /v1/inference
-    children: list[Child] = field(default_factory=list)
+    children: list[ServiceProcess] = field(default_factory=list)
     relay_pgids: dict[str, int] = field(default_factory=dict)  # name -> process group doing the relaying
 
     def stop(self) -> None:
@@ -165,20 +168,21 @@ def start_paths(args: argparse.Namespace, tmp: Path, nginx: str | None) -> Paths
     paths = Paths()
     try:
         source_port = free_port()
-        source = Child("token source", [sys.executable, str(Path(__file__).resolve()), "--serve-source",
-                                        str(source_port), "--rate", str(args.rate)], tmp / "source.log")
+        source = ServiceProcess("token source", [sys.executable, str(Path(__file__).resolve()), "--serve-source",
+                                                 str(source_port), "--rate", str(args.rate)], tmp / "source.log",
+                                f"http://127.0.0.1:{source_port}/v1/health")
         paths.children.append(source.start())
-        source.wait_ready(f"http://127.0.0.1:{source_port}/v1/health", timeout=30)
+        source.wait_ready(30)
         source_url = f"http://127.0.0.1:{source_port}"
         paths.urls["direct"] = source_url
         paths.relay_pgids["direct"] = source.pid
 
         queen_port = free_port()
-        queen = Child("queen-rbee", [str(Path(sys.executable).parent / "queen-rbee"), "--port", str(queen_port)],
-                      tmp / "queen.log")
-        paths.children.append(queen.start())
         queen_url = f"http://127.0.0.1:{queen_port}"
-        queen.wait_ready(f"{queen_url}/health", timeout=60)
+        queen = ServiceProcess("queen-rbee", [str(Path(sys.executable).parent / "queen-rbee"), "--port",
+                                              str(queen_port)], tmp / "queen.log", f"{queen_url}/health")
+        paths.children.append(queen.start())
+        queen.wait_ready(60)
         r = requests.post(f"{queen_url}/v2/workers/register", timeout=10, json={
             "worker_id": SOURCE_ID, "url": source_url, "model_ref": SOURCE_MODEL, "slots_total": SOURCE_SLOTS})
         if r.status_code != 200:
@@ -191,10 +195,10 @@ def start_paths(args: argparse.Namespace, tmp: Path, nginx: str | None) -> Paths
             conf = tmp / "nginx.conf"
             conf.write_text(NGINX_CONF.format(workers=args.nginx_workers, tmp=tmp, source_port=source_port,
                                               port=nginx_port))
-            proxy = Child("nginx", [nginx, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")],
-                          tmp / "nginx.out")
+            proxy = ServiceProcess("nginx", [nginx, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")],
+                                   tmp / "nginx.out", f"http://127.0.0.1:{nginx_port}/v1/health")
             paths.children.append(proxy.start())
-            proxy.wait_ready(f"http://127.0.0.1:{nginx_port}/v1/health", timeout=30)
+            proxy.wait_ready(30)
             paths.urls["nginx"] = f"http://127.0.0.1:{nginx_port}"
             paths.relay_pgids["nginx"] = proxy.pid
         return paths
@@ -397,14 +401,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=5, help="repetitions of the throughput sweep")
     p.add_argument("--rate", type=float, default=0.0, help="source events/s per stream (0 = as fast as it can)")
     p.add_argument("--nginx-workers", type=int, default=1, help="nginx worker_processes (the queen is one process)")
-    p.add_argument("--gate-budget", type=float, default=1200.0,
-                   help="total seconds to spend waiting for an idle machine; past it, measure regardless")
-    p.add_argument("--no-quiet-gate", action="store_true",
-                   help="measure at once, even while other processes use the CPUs")
-    p.add_argument("--max-foreign", type=float, default=0.15,
-                   help="cores' worth of other processes' CPU a measurement may see before it is repeated")
-    p.add_argument("--retries", type=int, default=3, help="times a disturbed measurement is repeated")
-    p.add_argument("--quiet-wait", type=float, default=60.0, help="seconds to wait for an idle machine each time")
+    add_gate_args(p, "measurement")
     p.add_argument("--skip-nginx", action="store_true", help="do not run nginx")
     p.add_argument("--serve-source", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the child's own mode
     args = p.parse_args(argv)
@@ -426,8 +423,7 @@ def main(argv: list[str] | None = None) -> None:
     print_table(["what", "value"], environment({"rbee commit": rbee_revision(), "nginx": nginx_version(nginx)}, dists=("rbee", "aiohttp")))
     tmp = Path(tempfile.mkdtemp(prefix="rbee-bench-relay-"))
     paths = start_paths(args, tmp, nginx)
-    gate = QuietGate(not args.no_quiet_gate, max_wait=args.quiet_wait, max_foreign=args.max_foreign,
-                     budget=args.gate_budget)
+    gate = gate_from_args(args)
     try:
         asyncio.run(run_all(args, paths, gate))
     finally:
@@ -438,7 +434,7 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     try:
         main()
-    except BenchError as err:
+    except (BenchError, ServiceError) as err:
         raise SystemExit(f"bench failed: {err}") from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None

@@ -30,11 +30,12 @@ import aiohttp
 from common import (
     CACHE_DIR,
     BenchError,
-    Child,
     QuietGate,
+    add_gate_args,
     environment,
     exit_on_sigterm,
     free_port,
+    gate_from_args,
     median,
     percentile,
     print_table,
@@ -42,6 +43,8 @@ from common import (
     rbee_revision,
     warn_if_busy,
 )
+
+from rbee.testing.process import ServiceError, ServiceProcess
 
 OURS = "llm-worker-rbee"
 LLAMA_SERVER = "llama-server"
@@ -300,12 +303,13 @@ def run_target(target: Target, streams: int, args: argparse.Namespace, m: Measur
                gate: QuietGate) -> None:
     reset_prompts()
     port = free_port()
-    child = Child(target.name, target.argv(port, streams), logdir / f"{target.name.replace(' ', '-')}.log",
-                  env=target.env)
+    child = ServiceProcess(target.name, target.argv(port, streams),
+                           logdir / f"{target.name.replace(' ', '-')}.log",
+                           f"http://127.0.0.1:{port}{target.ready_path}", env=target.env,
+                           ready_check=target.ready_check)
     try:
         child.start()
-        child.wait_ready(f"http://127.0.0.1:{port}{target.ready_path}", target.ready_check,
-                         timeout=args.ready_timeout)
+        child.wait_ready(args.ready_timeout)
         asyncio.run(measure_once(target, f"http://127.0.0.1:{port}", child.pid, streams, args, m, gate))
     finally:
         child.stop()
@@ -415,14 +419,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--llama-server", type=Path, default=None, help="use this llama-server binary, build none")
     p.add_argument("--skip-llama-server", action="store_true", help="do not build or run llama-server")
     p.add_argument("--skip-llama-cpp-python", action="store_true", help="do not run llama_cpp.server")
-    p.add_argument("--gate-budget", type=float, default=1200.0,
-                   help="total seconds to spend waiting for an idle machine; past it, measure regardless")
-    p.add_argument("--no-quiet-gate", action="store_true",
-                   help="measure at once, even while other processes use the CPUs")
-    p.add_argument("--max-foreign", type=float, default=0.15,
-                   help="cores' worth of other processes' CPU a wave may see before it is repeated")
-    p.add_argument("--retries", type=int, default=3, help="times a disturbed wave is repeated before it is kept")
-    p.add_argument("--quiet-wait", type=float, default=60.0, help="seconds to wait for an idle machine per wave")
+    add_gate_args(p, "wave")
     p.add_argument("--ready-timeout", type=float, default=120.0, help="seconds a server gets to become ready")
     args = p.parse_args(argv)
     args.stream_counts = sorted({int(s) for s in args.streams.split(",") if s.strip()})
@@ -457,8 +454,7 @@ def main(argv: list[str] | None = None) -> None:
         dists=("rbee", "llama-cpp-python", "aiohttp", "fastapi", "uvicorn"),
     ))
     results = {t.name: Measurements() for t in targets}
-    gate = QuietGate(not args.no_quiet_gate, max_wait=args.quiet_wait, max_foreign=args.max_foreign,
-                     budget=args.gate_budget)
+    gate = gate_from_args(args)
     logdir = Path(tempfile.mkdtemp(prefix="rbee-bench-worker-"))
     started = time.monotonic()
     # Interleaved: each rep walks every stream count, and for each starts every server in turn, so a
@@ -475,7 +471,7 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     try:
         main()
-    except BenchError as err:
+    except (BenchError, ServiceError) as err:
         raise SystemExit(f"bench failed: {err}") from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None

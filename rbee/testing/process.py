@@ -79,18 +79,19 @@ class ServiceProcess:
         raise ServiceError(f"{self.name} not ready within {timeout:.0f}s ({last}). Log tail:\n{self.log_tail()}")
 
     def stop(self, grace: float = 15.0) -> int | None:
-        """SIGTERM, wait up to ``grace``, then SIGKILL the whole process group."""
+        """SIGTERM, wait up to ``grace``, then SIGKILL whatever is left of the process group."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        # Whatever is left of its process group (itself, or children it forked) gets SIGKILL.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
         return self.proc.returncode
 
     def log_tail(self, lines: int = 30) -> str:
