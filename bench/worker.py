@@ -4,6 +4,7 @@ Same GGUF, same thread count, one server at a time, with matching parallelism fo
 count. Prints the environment and one table of TTFT and tokens/s with ours/peer ratios.
 
     python bench/worker.py [--streams 1,2,4,8] [--tokens 128] [--skip-llama-server] [--skip-llama-cpp-python]
+    python bench/worker.py --gpu-layers 999 ...   # all layers on the GPU (bench/gpu.sh runs it there)
 
 See bench/README.md. This is a script, not a test: nothing under tests/ or features/ runs it.
 """
@@ -49,7 +50,6 @@ from rbee.testing.process import ServiceError, ServiceProcess
 OURS = "llm-worker-rbee"
 LLAMA_SERVER = "llama-server"
 LCP_SERVER = "llama-cpp-python server"
-THREADS = 2
 CTX_PER_SLOT = 2048
 
 
@@ -59,7 +59,12 @@ CTX_PER_SLOT = 2048
 def llama_cpp_python_version() -> str:
     import importlib.metadata
 
-    return importlib.metadata.version("llama-cpp-python")
+    try:
+        return importlib.metadata.version("llama-cpp-python")
+    except importlib.metadata.PackageNotFoundError:  # the package copied without its metadata (bench/gpu.sh)
+        import llama_cpp
+
+        return llama_cpp.__version__
 
 
 def llama_server_source(version: str) -> Path:
@@ -149,7 +154,9 @@ class Target:
         count = 0
         finish = "?"
         if self.name == OURS:
-            body = {"prompt": prompt, "max_tokens": tokens, "temperature": temperature, "stream": True}
+            # ignore_eos as llama-server is asked to: both run every stream to the full token count.
+            body = {"prompt": prompt, "max_tokens": tokens, "temperature": temperature, "ignore_eos": True,
+                    "stream": True}
             url = f"{base}/v1/inference"
         elif self.name == LLAMA_SERVER:
             # cache_prompt off: ours has no prefix cache, and the prompts share their first tokens.
@@ -205,13 +212,15 @@ class Target:
 
 
 def make_targets(args: argparse.Namespace, model: Path, llama_server: Path | None) -> list[Target]:
-    bindir = Path(sys.executable).parent
-    worker_bin = bindir / "llm-worker-rbee"
+    worker_bin = Path(sys.executable).parent / "llm-worker-rbee"
+    # Without the console script (rbee on PYTHONPATH rather than installed), the module is the same program.
+    worker = [str(worker_bin)] if worker_bin.is_file() else [sys.executable, "-m", "rbee.worker"]
+    threads, ngl = str(args.threads), str(args.gpu_layers)
     targets = [
         Target(
             OURS,
-            lambda port, n: [str(worker_bin), "--port", str(port), "--slots", str(n), "--model", str(model),
-                             "--threads", str(THREADS), "--ctx-size", str(CTX_PER_SLOT)],
+            lambda port, n: worker + ["--port", str(port), "--slots", str(n), "--model", str(model),
+                                      "--threads", threads, "--ctx-size", str(CTX_PER_SLOT), "--n-gpu-layers", ngl],
             "/v1/ready",
             lambda r: r.status_code == 200 and r.json().get("ready") is True,
         )
@@ -220,8 +229,8 @@ def make_targets(args: argparse.Namespace, model: Path, llama_server: Path | Non
         targets.append(Target(
             LLAMA_SERVER,
             lambda port, n: [str(llama_server), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
-                             "-t", str(THREADS), "-tb", str(THREADS), "--parallel", str(n),
-                             "-c", str(n * CTX_PER_SLOT)],
+                             "-t", threads, "-tb", threads, "--parallel", str(n),
+                             "-c", str(n * CTX_PER_SLOT), "-ngl", ngl],
             "/health",
             lambda r: r.status_code == 200,
         ))
@@ -229,7 +238,8 @@ def make_targets(args: argparse.Namespace, model: Path, llama_server: Path | Non
         targets.append(Target(
             LCP_SERVER,
             lambda port, n: [sys.executable, "-m", "llama_cpp.server", "--model", str(model),
-                             "--n_threads", str(THREADS), "--host", "127.0.0.1", "--port", str(port)],
+                             "--n_threads", threads, "--n_gpu_layers", ngl, "--host", "127.0.0.1",
+                             "--port", str(port)],
             "/v1/models",
             lambda r: r.status_code == 200,
             fresh_connections=True,
@@ -408,6 +418,15 @@ def llama_server_version(binary: Path | None) -> str:
         return "?"
 
 
+def gpu_name() -> str:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                             check=False, capture_output=True, text=True, timeout=30)
+        return out.stdout.strip() or "?"
+    except (OSError, subprocess.SubprocessError):
+        return "none found"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--streams", default="1,2,4,8", help="concurrent stream counts, comma separated")
@@ -415,6 +434,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=3, help="repetitions of the whole interleaved sweep")
     p.add_argument("--single-runs", type=int, default=3, help="sequential 1-stream requests per rep")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for every server")
+    p.add_argument("--gpu-layers", type=int, default=0, help="layers each server offloads to the GPU (999 = all)")
     p.add_argument("--model", type=Path, default=None, help="GGUF (default: the built-in SmolLM2-135M Q4_1)")
     p.add_argument("--llama-server", type=Path, default=None, help="use this llama-server binary, build none")
     p.add_argument("--skip-llama-server", action="store_true", help="do not build or run llama-server")
@@ -449,7 +470,9 @@ def main(argv: list[str] | None = None) -> None:
     warn_if_busy()
     print("environment")
     print_table(["what", "value"], environment(
-        {"rbee commit": rbee_revision(), "model": f"{model.name} ({model.stat().st_size / 2**20:.1f} MiB)", "threads": str(THREADS),
+        {"rbee commit": rbee_revision(), "model": f"{model.name} ({model.stat().st_size / 2**20:.1f} MiB)", "threads": str(args.threads),
+         "GPU layers": str(args.gpu_layers),
+         **({"GPU": gpu_name()} if args.gpu_layers else {}),
          "llama-server": llama_server_version(llama_server)},
         dists=("rbee", "llama-cpp-python", "aiohttp", "fastapi", "uvicorn"),
     ))

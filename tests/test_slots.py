@@ -144,3 +144,63 @@ def test_outbox_wakes_the_loop_once_per_burst():
         assert seen == list(range(100)) and wakeups == 1
 
     asyncio.run(scenario())
+
+
+def test_deferred_outbox_delivers_only_on_flush_in_order_and_once_per_flush():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        outbox, seen, delivered = Outbox(loop, deferred=True), [], asyncio.Event()
+
+        def decode_thread() -> None:  # as the engine: a step's events, then a flush, three times
+            for step in range(3):
+                for i in range(4):
+                    outbox.put(seen.append, (step, i))
+                outbox.flush()
+                outbox.flush()  # nothing new: no second wake-up
+            outbox.put(lambda: loop.call_soon(delivered.set))
+            outbox.flush()
+
+        outbox.put(seen.append, "early")
+        await asyncio.sleep(0.05)
+        assert seen == []  # nothing reaches the loop before a flush
+        t = threading.Thread(target=decode_thread)
+        t.start()
+        await asyncio.wait_for(delivered.wait(), 5)
+        t.join()
+        assert seen == ["early"] + [(s, i) for s in range(3) for i in range(4)]
+        outbox.close()
+        outbox.close()  # idempotent
+
+    asyncio.run(scenario())
+
+
+def test_pool_with_a_flushing_engine_streams_every_event():
+    class FlushingBackend(ThreadedBackend):
+        """Emits as the engine does: events queue, and a flush after each one sends them."""
+
+        def set_flush(self, flush) -> None:
+            self.flush = flush
+
+        def submit(self, job) -> None:
+            request_id, emit, on_finish, n = job
+
+            def emit_and_flush(event) -> None:
+                emit(event)
+                self.flush()
+
+            super().submit((request_id, emit_and_flush, lambda: (on_finish(), self.flush()), n))
+
+    async def scenario():
+        pool = SlotPool(FlushingBackend(), 2)
+        gens = [pool.start(r, _job(r, 20)) for r in ("a", "b")]
+        async def collect(gen):
+            return [e async for e in gen.events()]
+
+        streams = await asyncio.wait_for(asyncio.gather(*map(collect, gens)), 10)
+        for events in streams:
+            assert [e["index"] for e in events if "token" in e] == list(range(20))
+            assert events[-1]["done"] is True
+        assert pool.table.available == 2
+        pool.close()
+
+    asyncio.run(scenario())

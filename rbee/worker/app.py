@@ -276,6 +276,7 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     await asyncio.get_running_loop().run_in_executor(None, app[ENGINE].close)
+    app[POOL].close()
 
 
 def create_app(settings: WorkerSettings, config: EngineConfig) -> web.Application:

@@ -21,10 +21,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import llama_cpp as lc
-from llama_cpp import _ggml
+from llama_cpp import _ctypes_extensions
 
 from rbee.worker import threadpool
 from rbee.worker.jobs import ContextOverflow, EngineConfig, EngineError, Job, Sampling
@@ -60,6 +61,21 @@ def _forward_llama_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
         _llama_log.debug(text.decode("utf-8", "replace").rstrip())
 
 
+def _nothing() -> None:
+    pass
+
+
+def _libggml() -> ctypes.CDLL:
+    """The ggml library llama.cpp runs on: LLAMA_CPP_LIB_PATH's when set (a CUDA build, say), as
+    llama_cpp itself honours it for libllama; else the one in llama_cpp's package."""
+    override = os.environ.get("LLAMA_CPP_LIB_PATH")
+    if override:
+        return _ctypes_extensions.load_shared_library("ggml", Path(override))
+    from llama_cpp import _ggml
+
+    return _ggml.libggml
+
+
 def _init_backend() -> None:
     global _backend_initialised
     with _backend_ready:
@@ -88,6 +104,7 @@ class Engine:
         self._eog: frozenset[int] = frozenset()
         self._eog_bias: Any = None
         self._progress_cb: Any = None
+        self._flush: Callable[[], None] = _nothing
         self.metadata: dict[str, Any] = {}
 
     # ------------------------------------------------------------ lifecycle (blocking: run off the loop)
@@ -122,7 +139,7 @@ class Engine:
         if cfg.poll >= 0:
             # llama-server drives its context through a persistent ggml threadpool; without one, ggml
             # builds a throw-away pool for every graph it computes.
-            self._pool = threadpool.attach(_ggml.libggml, lc.llama_cpp._lib, ctx, self.threads, cfg.poll)
+            self._pool = threadpool.attach(_libggml(), lc.llama_cpp._lib, ctx, self.threads, cfg.poll)
         self._batch = lc.llama_batch_init(cfg.batch_size, 0, 1)
         for i in range(cfg.batch_size):  # every row belongs to one sequence and wants no logits unless told
             self._batch.n_seq_id[i] = 1
@@ -191,6 +208,11 @@ class Engine:
             n = lc.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, True)
         return list(buf[:n])
 
+    def set_flush(self, flush: Callable[[], None]) -> None:
+        """``flush()`` is called on the decode thread whenever the events emitted so far should go out:
+        before each llama_decode (so they are sent while it computes) and before the loop waits."""
+        self._flush = flush
+
     def submit(self, job: Job) -> None:
         if len(job.prompt_tokens) >= self.config.ctx_size:
             raise ContextOverflow(len(job.prompt_tokens), self.config.ctx_size)
@@ -207,6 +229,7 @@ class Engine:
         if not self._alive:  # the loop has stopped (or is stopping): nobody else will read the inbox
             with self._stopping:
                 self._drain_inbox(block=False)
+                self._flush()
 
     # ------------------------------------------------------------ decode loop
 
@@ -225,10 +248,13 @@ class Engine:
                 for seq in list(self._active.values()):
                     self._finish(seq, "cancelled")
                 self._drain_inbox(block=False)  # whatever arrived meanwhile is answered, never left waiting
+                self._flush()
 
     def _drain_inbox(self, block: bool) -> bool:
         """Apply queued commands; False when asked to stop."""
         while True:
+            if block:
+                self._flush()
             try:
                 kind, arg = self._inbox.get() if block else self._inbox.get_nowait()
             except queue.Empty:
@@ -287,6 +313,7 @@ class Engine:
             else:
                 del pending[:take]
         batch.n_tokens = n
+        self._flush()  # the last step's tokens go out while this one computes
         rc = lc.llama_decode(self._ctx, batch)
         for _, row in rows:
             logits[row] = 0

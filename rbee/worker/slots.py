@@ -7,12 +7,22 @@ Events travel from the decode thread to the loop through one :class:`Outbox` per
 event of a burst wakes the loop once, and everything emitted until the loop gets round to it rides
 along. One wake-up per decode step instead of one per token per stream keeps the loop thread (which
 competes for the same cores as llama.cpp's threads) cheap.
+
+With an engine that says when its burst is over (``set_flush``), the outbox does not wake the loop
+on each event at all: the engine flushes once a step, right before it calls into llama.cpp, so the
+loop writes the step's tokens while llama.cpp computes the next ones (with the GIL free) instead of
+in between. The wake-up itself must not let go of the GIL either: asyncio's own
+(``call_soon_threadsafe``) sends on a socket, which releases it, and the loop thread, woken on
+another core, takes it and writes every stream before the decode thread gets it back. So on Linux
+the outbox wakes the loop through its own eventfd, written by a libc call that keeps the GIL.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import os
 import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
@@ -65,25 +75,96 @@ class Backend(Protocol):
     def cancel(self, request_id: str, on_done: Callable[[bool], None]) -> None: ...
 
 
-class Outbox:
-    """Calls from any thread, run on the loop in order, with one loop wake-up per burst."""
+def _gil_holding_write() -> Callable[[int, Any, int], int] | None:
+    """libc ``write`` called without releasing the GIL (ctypes.PyDLL), where there is one."""
+    try:
+        write = ctypes.PyDLL(None).write
+    except (OSError, AttributeError):
+        return None
+    write.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+    write.restype = ctypes.c_ssize_t
+    return write
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+
+class _EventFdWaker:
+    """Runs ``callback`` on the loop when :meth:`wake` is called from another thread, keeping the GIL."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None],
+                 write: Callable[[int, Any, int], int]) -> None:
         self._loop = loop
+        self._fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._one = ctypes.c_uint64(1)
+        self._write = write
+        self._callback = callback
+        loop.add_reader(self._fd, self._readable)
+
+    def wake(self) -> None:
+        self._write(self._fd, ctypes.byref(self._one), 8)  # a closed fd (shutting down) just fails
+
+    def _readable(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.eventfd_read(self._fd)
+        self._callback()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            with contextlib.suppress(RuntimeError):  # the loop is closed already
+                self._loop.remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+
+
+class Outbox:
+    """Calls from any thread, run on the loop in order, with one loop wake-up per burst.
+
+    ``deferred``: :meth:`put` only queues, and nothing reaches the loop until someone calls
+    :meth:`flush` (the engine, once a step and before it blocks); then the wake-up keeps the GIL
+    where the platform allows (see the module's docstring).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, deferred: bool = False) -> None:
+        self._loop = loop
+        self._deferred = deferred
         self._lock = threading.Lock()
         self._pending: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
+        self._woken = False  # a wake-up is on its way: what is put now rides along with it
+        self._waker: _EventFdWaker | None = None
+        write = _gil_holding_write() if deferred and hasattr(os, "eventfd") else None
+        if write is not None:
+            self._waker = _EventFdWaker(loop, self._deliver, write)
 
     def put(self, fn: Callable[..., None], *args: Any) -> None:
         with self._lock:
             self._pending.append((fn, args))
-            if len(self._pending) > 1:  # a wake-up is already on its way
+            if self._deferred or self._woken:
                 return
+            self._woken = True
+        self._wake()
+
+    def flush(self) -> None:
+        """Hand what was put so far to the loop (one wake-up; none when there is nothing new)."""
+        with self._lock:
+            if not self._pending or self._woken:
+                return
+            self._woken = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waker is not None:
+            self._waker.wake()
+            return
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening any more
             self._loop.call_soon_threadsafe(self._deliver)
+
+    def close(self) -> None:
+        """Stop listening (on the loop, once nothing emits any more)."""
+        if self._waker is not None:
+            self._waker.close()
 
     def _deliver(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, []
+            self._woken = False
         for fn, args in pending:
             fn(*args)
 
@@ -143,7 +224,10 @@ class SlotPool:
             raise RbeeError(ErrorCode.DRAINING, "This worker is shutting down. Send the request to another worker.")
         slot = self.table.acquire(request_id)
         if self._outbox is None:
-            self._outbox = Outbox(asyncio.get_running_loop())
+            set_flush = getattr(self.engine, "set_flush", None)
+            self._outbox = Outbox(asyncio.get_running_loop(), deferred=set_flush is not None)
+            if set_flush is not None:
+                set_flush(self._outbox.flush)
         outbox = self._outbox
         gen = Generation(outbox)
 
@@ -157,6 +241,11 @@ class SlotPool:
             self._finished(request_id, slot, gen)
             raise
         return gen
+
+    def close(self) -> None:
+        """After the engine has stopped: release the outbox's wake-up channel."""
+        if self._outbox is not None:
+            self._outbox.close()
 
     def _finished(self, request_id: str, slot: int, gen: Generation) -> None:
         self.table.release(slot)
