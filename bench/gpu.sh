@@ -7,6 +7,7 @@
 #          typing-extensions) for rbee; fastapi, starlette, sse-starlette, starlette-context,
 #          pydantic-settings, python-dotenv, uvicorn, opentelemetry-api for llama_cpp.server
 # Extra arguments go to bench/worker.py. Output: the table on stdout, and in $OUT/bench.txt when OUT is set.
+#   bash bench/gpu.sh --trace [tracewave args] -- [worker args]   runs bench/tracewave.py there instead.
 set -euo pipefail
 G=${G:-$PWD/.gpu}
 OUT=${OUT:-$(mktemp -d)}
@@ -22,6 +23,10 @@ export LLAMA_CPP_LIB_PATH=$G/lib
 MODEL=${MODEL:-/tmp/rbee-smollm2-shaped.gguf}
 [ -f "$MODEL" ] || python3 "$G/mkmodel.py" "$G" "$MODEL"
 export PYTHONUNBUFFERED=1
+if [ "${1:-}" = "--trace" ]; then
+  shift
+  exec python3 bench/tracewave.py --model "$MODEL" "$@"
+fi
 # llama.cpp's own raw decode rate on this model, for scale (no server, no HTTP).
 "$G/bin/llama-bench" -m "$MODEL" -ngl 99 -p 0 -n 256 -r 3 2>&1 | tee "$OUT/llama-bench.txt" || true
 python3 bench/worker.py --model "$MODEL" --gpu-layers 999 --llama-server "$G/bin/llama-server" \

@@ -65,8 +65,7 @@ eng.Engine.submit = wrap("submit", eng.Engine.submit)
 
 def dump(path: str = sys.argv[1]) -> None:
     with open(path, "w") as f:
-        for e in events:
-            f.write(json.dumps(e) + "\n")
+        f.writelines(json.dumps(e) + "\n" for e in events)
 
 
 atexit.register(dump)

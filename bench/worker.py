@@ -1,7 +1,8 @@
 """Benchmark llm-worker-rbee against llama.cpp's llama-server and llama-cpp-python's server.
 
-Same GGUF, same thread count, one server at a time, with matching parallelism for each stream
-count. Prints the environment and one table of TTFT and tokens/s with ours/peer ratios.
+Same GGUF, same thread count, matching parallelism for each stream count. For each stream count all
+servers are started, idle ones using no CPU, and take turns: one wave each per round. Prints the
+environment and one table of TTFT and tokens/s with ours/peer ratios, plain and paired per round.
 
     python bench/worker.py [--streams 1,2,4,8] [--tokens 128] [--skip-llama-server] [--skip-llama-cpp-python]
     python bench/worker.py --gpu-layers 999 ...   # all layers on the GPU (bench/gpu.sh runs it there)
@@ -250,20 +251,17 @@ def make_targets(args: argparse.Namespace, model: Path, llama_server: Path | Non
 # ---------------------------------------------------------------- the measurement
 
 
-_prompt_ids = itertools.count()
+class Prompts:
+    """Each server gets the same sequence of prompts, so all of them decode the same text."""
 
+    def __init__(self) -> None:
+        self._ids = itertools.count()
 
-def reset_prompts() -> None:
-    """Every server run starts the same sequence of prompts, so all of them decode the same text."""
-    global _prompt_ids
-    _prompt_ids = itertools.count()
-
-
-def prompt() -> str:
-    # A count that greedy decoding continues far past 128 tokens, so no stream ends early on EOS, and
-    # short (17 tokens), so TTFT is not all prefill. Prompts differ per request.
-    n = 100 + next(_prompt_ids) * 37 % 800
-    return f"Count: {n}, {n + 1}, {n + 2},"
+    def next(self) -> str:
+        # A count that greedy decoding continues far past 128 tokens, so no stream ends early on EOS,
+        # and short (17 tokens), so TTFT is not all prefill. Prompts differ per request.
+        n = 100 + next(self._ids) * 37 % 800
+        return f"Count: {n}, {n + 1}, {n + 2},"
 
 
 @dataclass
@@ -277,52 +275,92 @@ class Measurements:
     discarded: int = 0  # waves repeated because others disturbed them
 
 
-async def measure_once(target: Target, base: str, pgid: int, streams: int, args: argparse.Namespace,
-                       m: Measurements, gate: QuietGate) -> None:
+@dataclass
+class Server:
+    """One running server under test, with its own client session and prompt sequence."""
+
+    target: Target
+    base: str
+    pgid: int
+    session: aiohttp.ClientSession | None = None
+    prompts: Prompts = field(default_factory=Prompts)
+
+
+async def wave(server: Server, streams: int, args: argparse.Namespace, m: Measurements, gate: QuietGate) -> float:
+    """N streams sent at once, kept if nobody else disturbed them; returns its tokens/s."""
+    target, session = server.target, server.session
+    assert session is not None
+    for attempt in range(args.retries + 1):
+        await asyncio.to_thread(gate.wait)
+        gate.begin(server.pgid)
+        t0 = time.perf_counter()
+        results = await asyncio.gather(
+            *(target.stream(session, server.base, server.prompts.next(), args.tokens, args.temperature)
+              for _ in range(streams))
+        )
+        wall = max(r.end for r in results) - t0
+        if attempt == args.retries or not gate.disturbed():
+            break
+        m.discarded += 1
+    m.foreign.append(gate.foreign())
+    rate = sum(r.tokens for r in results) / wall
+    m.aggregate.setdefault(streams, []).append(rate)
+    m.ttft.setdefault(streams, []).extend(r.ttft for r in results if r.ttft is not None)
+    m.short[streams] = m.short.get(streams, 0) + sum(r.tokens < args.tokens for r in results)
+    counts = m.finishes.setdefault(streams, {})
+    for r in results:
+        counts[r.finish] = counts.get(r.finish, 0) + 1
+    if streams == 1:
+        m.single.extend(results)
+    return rate
+
+
+async def measure(servers: list[Server], streams: int, args: argparse.Namespace, results: dict[str, Measurements],
+                  paired: list[dict[str, float]], gate: QuietGate) -> None:
+    """Round after round, one wave on each server in turn (the order rotating), so that a drift in
+    the machine's speed lands on all of them alike and each round gives a paired comparison."""
     timeout = aiohttp.ClientTimeout(total=600)
-    connector = aiohttp.TCPConnector(limit=0, force_close=target.fresh_connections)
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-        # Warm-up: first-request costs (graph allocation, page faults) are not what we compare.
-        await target.stream(session, base, prompt(), 8, args.temperature)
-        waves = args.single_runs if streams == 1 else 1
-        for _ in range(waves):
-            for attempt in range(args.retries + 1):
-                await asyncio.to_thread(gate.wait)
-                gate.begin(pgid)
-                t0 = time.perf_counter()
-                results = await asyncio.gather(
-                    *(target.stream(session, base, prompt(), args.tokens, args.temperature) for _ in range(streams))
-                )
-                wall = max(r.end for r in results) - t0
-                if attempt == args.retries or not gate.disturbed():
-                    break
-                m.discarded += 1
-            m.foreign.append(gate.foreign())
-            total = sum(r.tokens for r in results)
-            m.aggregate.setdefault(streams, []).append(total / wall)
-            m.ttft.setdefault(streams, []).extend(r.ttft for r in results if r.ttft is not None)
-            m.short[streams] = m.short.get(streams, 0) + sum(r.tokens < args.tokens for r in results)
-            counts = m.finishes.setdefault(streams, {})
-            for r in results:
-                counts[r.finish] = counts.get(r.finish, 0) + 1
-            if streams == 1:
-                m.single.extend(results)
-
-
-def run_target(target: Target, streams: int, args: argparse.Namespace, m: Measurements, logdir: Path,
-               gate: QuietGate) -> None:
-    reset_prompts()
-    port = free_port()
-    child = ServiceProcess(target.name, target.argv(port, streams),
-                           logdir / f"{target.name.replace(' ', '-')}.log",
-                           f"http://127.0.0.1:{port}{target.ready_path}", env=target.env,
-                           ready_check=target.ready_check)
     try:
-        child.start()
-        child.wait_ready(args.ready_timeout)
-        asyncio.run(measure_once(target, f"http://127.0.0.1:{port}", child.pid, streams, args, m, gate))
+        for server in servers:
+            connector = aiohttp.TCPConnector(limit=0, force_close=server.target.fresh_connections)
+            server.session = aiohttp.ClientSession(timeout=timeout, connector=connector)
+            # Warm-up: first-request costs (graph allocation, page faults) are not what we compare.
+            await server.target.stream(server.session, server.base, server.prompts.next(), 8, args.temperature)
+        rounds = args.reps * (args.single_runs if streams == 1 else 1)
+        for r in range(rounds):
+            k = r % len(servers)
+            rates = {}
+            for server in servers[k:] + servers[:k]:
+                rates[server.target.name] = await wave(server, streams, args, results[server.target.name], gate)
+            paired.append(rates)
+            print(f"  {streams} stream(s), round {r + 1}/{rounds}: "
+                  + ", ".join(f"{name} {rate:.1f}" for name, rate in rates.items()), flush=True)
     finally:
-        child.stop()
+        for server in servers:
+            if server.session is not None:
+                await server.session.close()
+
+
+def run_stream_count(targets: list[Target], streams: int, args: argparse.Namespace,
+                     results: dict[str, Measurements], paired: list[dict[str, float]], logdir: Path,
+                     gate: QuietGate) -> None:
+    """Start every server with parallelism ``streams`` (idle ones use no CPU), measure, stop them."""
+    children: list[tuple[Target, ServiceProcess, int]] = []
+    try:
+        for t in targets:
+            port = free_port()
+            child = ServiceProcess(t.name, t.argv(port, streams),
+                                   logdir / f"{t.name.replace(' ', '-')}-{streams}.log",
+                                   f"http://127.0.0.1:{port}{t.ready_path}", env=t.env, ready_check=t.ready_check)
+            children.append((t, child, port))
+            child.start()
+        for _, child, _ in children:
+            child.wait_ready(args.ready_timeout)
+        servers = [Server(t, f"http://127.0.0.1:{port}", child.pid) for t, child, port in children]
+        asyncio.run(measure(servers, streams, args, results, paired, gate))
+    finally:
+        for _, child, _ in children:
+            child.stop()
 
 
 # ---------------------------------------------------------------- report
@@ -346,8 +384,13 @@ def summarise(m: Measurements, streams: list[int]) -> dict[str, float]:
     return out
 
 
-def report(targets: list[Target], results: dict[str, Measurements], streams: list[int],
-           args: argparse.Namespace, gate: QuietGate) -> None:
+def paired_ratio(rounds: list[dict[str, float]], peer: str) -> float:
+    """Median over rounds of ours/peer within the round: the steadier figure on a drifting machine."""
+    return median([r[OURS] / r[peer] for r in rounds if r.get(OURS) and r.get(peer)])
+
+
+def report(targets: list[Target], results: dict[str, Measurements], paired: dict[int, list[dict[str, float]]],
+           streams: list[int], args: argparse.Namespace, gate: QuietGate) -> None:
     summary = {t.name: summarise(results[t.name], streams) for t in targets}
     headers = ["system", "TTFT p50, 1 stream (ms)", "decode tok/s, 1 stream"] + \
               [f"{n} stream{'s' if n > 1 else ''} tok/s" for n in streams]
@@ -363,10 +406,14 @@ def report(targets: list[Target], results: dict[str, Measurements], streams: lis
             rows.append([f"ours / {peer}", ratio(ours["ttft_p50_ms"], p["ttft_p50_ms"]),
                          ratio(ours["decode_1"], p["decode_1"])]
                         + [ratio(ours[f"agg_{n}"], p[f"agg_{n}"]) for n in streams])
+            rows.append([f"ours / {peer}, paired", "", ""]
+                        + [f"{paired_ratio(paired.get(n, []), peer):.2f}×" for n in streams])
     print()
     print(f"tokens/s = tokens delivered / wall clock from sending the request(s) to the last event, TTFT "
-          f"included; median (min–max) of {args.reps} rep(s); 1 stream: {args.single_runs} request(s) a rep, "
-          f"{args.tokens} tokens a stream, temperature {args.temperature}")
+          f"included; median (min–max) over rounds: {args.reps} at N streams, {args.reps * args.single_runs} "
+          f"at 1 stream; {args.tokens} tokens a stream, temperature {args.temperature}. All servers are up "
+          "at once and take turns, one wave each per round; 'paired' is the median over rounds of the "
+          "ratio within a round")
     print_table(headers, rows)
     print()
     print("TTFT by stream count, ms: p50 / max over every stream of every wave (all of a wave's requests are "
@@ -380,16 +427,17 @@ def report(targets: list[Target], results: dict[str, Measurements], streams: lis
     print()
     checks = []
     if LLAMA_SERVER in summary:
-        ls = summary[LLAMA_SERVER]
         if 1 in streams:
-            checks.append(("1 stream ≥ 0.95× llama-server", ours["agg_1"], 0.95 * ls["agg_1"]))
+            checks.append(("1 stream ≥ 0.95× llama-server", LLAMA_SERVER, 1, 0.95))
         if 4 in streams:
-            checks.append(("4 streams ≥ 0.9× llama-server --parallel 4", ours["agg_4"], 0.9 * ls["agg_4"]))
+            checks.append(("4 streams ≥ 0.9× llama-server --parallel 4", LLAMA_SERVER, 4, 0.9))
     if LCP_SERVER in summary and 4 in streams:
-        checks.append(("4 streams ≥ 2× llama-cpp-python server", ours["agg_4"], 2 * summary[LCP_SERVER]["agg_4"]))
-    for label, got, need in checks:
+        checks.append(("4 streams ≥ 2× llama-cpp-python server", LCP_SERVER, 4, 2.0))
+    for label, peer, n, need in checks:
+        got = paired_ratio(paired.get(n, []), peer)
+        medians = ours[f"agg_{n}"] / summary[peer][f"agg_{n}"]
         verdict = "met" if got >= need else "NOT met"
-        print(f"target {label}: ours {fmt(got)} tok/s, needs ≥ {fmt(need)} → {verdict}")
+        print(f"target {label}: paired {got:.3f}× (ratio of medians {medians:.3f}×) → {verdict}")
     if gate.enabled:
         spent = " (its budget ran out: later measurements went ahead regardless)" if not gate.active else ""
         print(f"quiet gate: waited {gate.waited:.0f} s in all for an idle machine{spent} "
@@ -474,21 +522,18 @@ def main(argv: list[str] | None = None) -> None:
          "GPU layers": str(args.gpu_layers),
          **({"GPU": gpu_name()} if args.gpu_layers else {}),
          "llama-server": llama_server_version(llama_server)},
-        dists=("rbee", "llama-cpp-python", "aiohttp", "fastapi", "uvicorn"),
+        dists=("rbee", "llama-cpp-python", "aiohttp", "uvloop", "fastapi", "uvicorn"),
     ))
     results = {t.name: Measurements() for t in targets}
     gate = gate_from_args(args)
     logdir = Path(tempfile.mkdtemp(prefix="rbee-bench-worker-"))
     started = time.monotonic()
-    # Interleaved: each rep walks every stream count, and for each starts every server in turn, so a
-    # drift in the machine's speed lands on all of them alike.
-    for rep in range(args.reps):
-        for n in args.stream_counts:
-            for t in targets:
-                print(f"rep {rep + 1}/{args.reps}: {t.name}, {n} stream(s)", flush=True)
-                run_target(t, n, args, results[t.name], logdir, gate)
+    paired: dict[int, list[dict[str, float]]] = {}
+    for n in args.stream_counts:
+        print(f"{n} stream(s): starting {', '.join(t.name for t in targets)}", flush=True)
+        run_stream_count(targets, n, args, results, paired.setdefault(n, []), logdir, gate)
     print(f"\nmeasured in {time.monotonic() - started:.0f} s; server logs in {logdir}")
-    report(targets, results, args.stream_counts, args, gate)
+    report(targets, results, paired, args.stream_counts, args, gate)
 
 
 if __name__ == "__main__":

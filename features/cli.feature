@@ -19,7 +19,7 @@ Feature: rbee-keeper, the command line people type
 
   @llama @fixture.trio
   Scenario: Ctrl+C cancels the request and frees the worker's slot
-    When the user starts rbee-keeper infer "Tell me a very long story about bees" for 2000 tokens
+    When the user starts rbee-keeper infer "Count from 1 to 1000: 1, 2, 3," for 2000 tokens
     And the user presses Ctrl+C once rbee-keeper has printed the first token
     Then rbee-keeper exits with code 130
     And the cluster's worker has all slots free again within 5 seconds

@@ -9,7 +9,7 @@ from pathlib import Path
 from rbee import logs
 from rbee.hive.app import HiveSettings, create_app
 from rbee.settings import add_flag
-from rbee.web import run
+from rbee.web import EVENT_LOOPS, run
 
 
 def default_data_dir() -> Path:
@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> None:
              help="workers outlive a hive that dies abruptly; the restarted hive adopts them")
     add_flag(p, "--worker-ports", default=None, help="port range for workers, e.g. 8081-8199 (default: any free)")
     add_flag(p, "--ram-budget-mb", type=int, default=0, help="memory all workers may use (0 = what is free)")
+    add_flag(p, "--event-loop", default="auto", choices=EVENT_LOOPS,
+             help="event loop (auto: uvloop where installed)")
     add_flag(p, "--log-level", default="INFO", help="logging level")
     a = p.parse_args(argv)
     ports = _port_range(p, a.worker_ports)
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         max_restarts=a.max_restarts, keep_workers_on_crash=a.keep_workers_on_crash, worker_ports=ports,
         ram_budget_mb=a.ram_budget_mb,
     )
-    run(create_app(settings), a.host, a.port)
+    run(create_app(settings), a.host, a.port, a.event_loop)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from rbee import logs
 from rbee.queen.app import create_app
 from rbee.queen.settings import QueenSettings
 from rbee.settings import add_flag
-from rbee.web import run
+from rbee.web import EVENT_LOOPS, run
 
 
 def parse_args(argv: list[str] | None = None) -> QueenSettings:
@@ -27,6 +27,8 @@ def parse_args(argv: list[str] | None = None) -> QueenSettings:
     add_flag(p, "--rate-limit-rpm", type=int, default=0, help="requests per minute per API key (0 = off)")
     add_flag(p, "--rate-limit-concurrent", type=int, default=0, help="generations at once per API key (0 = off)")
     add_flag(p, "--log-prompts", action="store_true", default=False, help="log prompts (off by default)")
+    add_flag(p, "--event-loop", default="auto", choices=EVENT_LOOPS,
+             help="event loop (auto: uvloop where installed)")
     add_flag(p, "--log-level", default="INFO", help="logging level")
     a = p.parse_args(argv)
     keys = list(a.api_key)
@@ -38,12 +40,13 @@ def parse_args(argv: list[str] | None = None) -> QueenSettings:
         queue_size=a.queue_size, queue_timeout=a.queue_timeout, heartbeat_timeout=a.heartbeat_timeout,
         remove_after=a.remove_after, stall_timeout=a.stall_timeout,
         rate_limit_rpm=a.rate_limit_rpm, rate_limit_concurrent=a.rate_limit_concurrent, log_prompts=a.log_prompts,
+        event_loop=a.event_loop,
     )
 
 
 def main(argv: list[str] | None = None) -> None:
     settings = parse_args(argv)
-    run(create_app(settings), settings.host, settings.port)
+    run(create_app(settings), settings.host, settings.port, settings.event_loop)
 
 
 if __name__ == "__main__":

@@ -18,3 +18,4 @@ class QueenSettings(BaseModel):
     rate_limit_rpm: int = Field(0, ge=0, description="Requests per minute per key on /v1 routes; 0 = off.")
     rate_limit_concurrent: int = Field(0, ge=0, description="Generations running at once per key; 0 = off.")
     log_prompts: bool = Field(False, description="Log prompts and messages (off: they never reach the logs).")
+    event_loop: str = Field("auto", description="Event loop: auto (uvloop where installed), uvloop or asyncio.")

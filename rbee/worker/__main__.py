@@ -6,11 +6,10 @@ import argparse
 import socket
 import sys
 
-from aiohttp import web
-
 from rbee import logs, models
 from rbee.errors import RbeeError
 from rbee.settings import add_flag
+from rbee.web import EVENT_LOOPS, run
 from rbee.worker.app import LIFECYCLE, WorkerSettings, create_app
 from rbee.worker.engine import EngineConfig
 
@@ -31,6 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     add_flag(p, "--cluster-key", default=None,
              help="shared key: sent with the ready callback; required on inference, cancel and shutdown")
     add_flag(p, "--drain-timeout", type=float, default=30.0, help="seconds running requests get on shutdown")
+    add_flag(p, "--event-loop", default="auto", choices=EVENT_LOOPS,
+             help="event loop (auto: uvloop where installed)")
     add_flag(p, "--log-level", default="INFO", help="logging level")
     a = p.parse_args(argv)
     logs.setup("llm-worker-rbee", a.log_level)
@@ -56,8 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     app = create_app(settings, config)
     # handler_cancellation: a client that hangs up cancels its handler, which frees its slot at once,
     # even when nothing is being written to it (a long prompt, a non-streamed answer).
-    web.run_app(app, host=a.host, port=a.port, print=None, shutdown_timeout=5.0, handle_signals=True,
-                handler_cancellation=True)
+    run(app, a.host, a.port, a.event_loop, handler_cancellation=True)
     if app[LIFECYCLE].error:
         print(f"llm-worker-rbee: {app[LIFECYCLE].error}", file=sys.stderr)
         sys.exit(1)
