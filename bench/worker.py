@@ -38,6 +38,7 @@ from common import (
     exit_on_sigterm,
     free_port,
     gate_from_args,
+    group_cpu_seconds,
     median,
     percentile,
     print_table,
@@ -273,6 +274,7 @@ class Measurements:
     ttft: dict[int, list[float]] = field(default_factory=dict)  # streams -> every stream's TTFT (s)
     foreign: list[float] = field(default_factory=list)  # other people's CPU (cores) during kept waves
     discarded: int = 0  # waves repeated because others disturbed them
+    cpu_ms_per_token: dict[int, list[float]] = field(default_factory=dict)  # streams -> server CPU per token
 
 
 @dataclass
@@ -293,17 +295,22 @@ async def wave(server: Server, streams: int, args: argparse.Namespace, m: Measur
     for attempt in range(args.retries + 1):
         await asyncio.to_thread(gate.wait)
         gate.begin(server.pgid)
+        cpu0 = group_cpu_seconds(server.pgid)
         t0 = time.perf_counter()
         results = await asyncio.gather(
             *(target.stream(session, server.base, server.prompts.next(), args.tokens, args.temperature)
               for _ in range(streams))
         )
         wall = max(r.end for r in results) - t0
+        cpu = group_cpu_seconds(server.pgid) - cpu0
         if attempt == args.retries or not gate.disturbed():
             break
         m.discarded += 1
     m.foreign.append(gate.foreign())
-    rate = sum(r.tokens for r in results) / wall
+    tokens = sum(r.tokens for r in results)
+    rate = tokens / wall
+    if tokens:
+        m.cpu_ms_per_token.setdefault(streams, []).append(cpu / tokens * 1000)
     m.aggregate.setdefault(streams, []).append(rate)
     m.ttft.setdefault(streams, []).extend(r.ttft for r in results if r.ttft is not None)
     m.short[streams] = m.short.get(streams, 0) + sum(r.tokens < args.tokens for r in results)
@@ -424,6 +431,12 @@ def report(targets: list[Target], results: dict[str, Measurements], paired: dict
         ttft_rows.append([t.name] + [f"{percentile(per.get(n, []), 50) * 1000:.0f} / {max(per.get(n, [math.nan])) * 1000:.0f}"
                                      for n in streams])
     print_table(["system"] + [f"{n} stream{'s' if n > 1 else ''}" for n in streams], ttft_rows)
+    print()
+    print("CPU per token, ms (all of the server's processes and threads, spin-waiting included; median over "
+          "waves): what each token costs the machine, steadier than tokens/s when other tenants drift")
+    print_table(["system"] + [f"{n} stream{'s' if n > 1 else ''}" for n in streams],
+                [[t.name] + [fmt(median(results[t.name].cpu_ms_per_token.get(n, [])), 2) for n in streams]
+                 for t in targets])
     print()
     checks = []
     if LLAMA_SERVER in summary:
