@@ -45,4 +45,5 @@ Feature: Provisioning models and workers on a hive
     And the hive has told the queen it is alive
     When a person asks the fleet "Say hello" for 8 tokens of model "hf:test-org/smol:smol.gguf" from the command line
     Then the command line printed generated text and exited with success
+    And while it waited the command line said a hive was getting "hf:test-org/smol:smol.gguf" ready
     And the queen lists an idle worker for "hf:test-org/smol:smol.gguf" on the hive

@@ -6,8 +6,9 @@ comment lines (``: queued position=3``) may appear between them.
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import Any
 
 DONE = "[DONE]"
@@ -60,6 +61,27 @@ async def aiter_data(lines: AsyncIterator[bytes]) -> AsyncIterator[str]:
             buf.append(line[5:].removeprefix(" "))
     if buf:
         yield "\n".join(buf)
+
+
+def iter_messages(chunks: Iterable[bytes]) -> Iterator[tuple[str, str]]:
+    """``("data", payload)`` for each event and ``("comment", text)`` for each comment line, from the
+    raw chunks of a stream as they arrive (``requests``' ``iter_content(chunk_size=None)``)."""
+    tail = b""
+    data: list[str] = []
+    for chunk in itertools.chain(chunks, [b"\n"]):  # the end of the stream ends its last line
+        *lines, tail = (tail + chunk).split(b"\n")
+        for raw in lines:
+            line = raw.rstrip(b"\r").decode("utf-8")
+            if not line:
+                if data:
+                    yield "data", "\n".join(data)
+                    data = []
+            elif line.startswith(":"):
+                yield "comment", line[1:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].removeprefix(" "))
+    if data:
+        yield "data", "\n".join(data)
 
 
 def parse(data: str) -> dict[str, Any] | None:

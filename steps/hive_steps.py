@@ -335,6 +335,14 @@ def step_keeper_model(context, prompt, n, model):
     )
 
 
+@then('while it waited the command line said a hive was getting "{model:Q}" ready')
+def step_cold_notes(context, model):
+    # The queen streams `: provisioning model=… elapsed_s=…` comments during the cold start; the keeper
+    # turns them into notes on stderr, before the answer's first token reached stdout.
+    notes = [ln for ln in context.cli.stderr.splitlines() if "getting it ready" in ln]
+    assert notes and model in notes[0] and "0 s so far" in notes[0], context.cli.stderr
+
+
 @then('the queen lists an idle worker for "{model:Q}" on the hive')
 def step_cold_worker(context, model):
     workers = context.cluster.queen.workers(model=model)

@@ -130,3 +130,21 @@ def test_a_remote_queen_that_does_not_answer_is_an_error_not_an_autostart():
 def test_keep_prefers_the_port_the_user_aimed_at():
     assert infer._loopback_port("http://127.0.0.1:28080") == 28080
     assert infer._loopback_port("http://example.com:28080") is None
+
+
+def test_queue_and_provisioning_comments_become_a_few_notes_and_tokens_still_print():
+    notes: list[str] = []
+    comments = b"".join(
+        f": provisioning model=hf:org/m:m.gguf elapsed_s={s}\n\n".encode() for s in range(0, 32)
+    ) + b": queued position=2\n\n: queued position=2\n\n: queued position=1\n\n"
+    stdout = io.StringIO()
+    outcome = infer.read_answer(response(comments + sse(*TOKENS, DONE)), 0.0, False, stdout,
+                                infer.WaitNotes(notes.append))
+    assert outcome.complete and stdout.getvalue() == "Once upon"
+    provisioning = [n for n in notes if "getting it ready" in n]
+    assert [n.rsplit("— ", 1)[1] for n in provisioning] == ["0 s so far", "15 s so far", "30 s so far"]
+    assert all("hf:org/m:m.gguf" in n for n in provisioning)
+    assert [n for n in notes if "waiting in line" in n] == [
+        "rbee-keeper: every worker is busy; waiting in line (position 2)",
+        "rbee-keeper: every worker is busy; waiting in line (position 1)",
+    ]

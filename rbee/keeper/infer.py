@@ -32,7 +32,8 @@ from rbee.keeper.failures import (
 )
 from rbee.keeper.local import LocalTrio, TrioPlan, free_port, port_is_free
 from rbee.keeper.output import Output
-from rbee.testing.clients import QueenClient, iter_events
+from rbee.sse import iter_messages
+from rbee.testing.clients import QueenClient
 
 RETRY_DELAYS_S = (1.0, 2.0, 4.0)
 BUSY_CODES = frozenset({ErrorCode.NO_IDLE_WORKERS, ErrorCode.ALL_SLOTS_BUSY})
@@ -172,12 +173,42 @@ def open_with_retries(client: QueenClient, body: dict[str, Any], out: Output,
     raise AssertionError("unreachable")
 
 
-def read_answer(response: requests.Response, started: float, raw_json: bool, stdout: TextIO) -> StreamOutcome:
+class WaitNotes:
+    """Says on stderr why the answer has not started: the queen's SSE comments while a request waits
+    (``queued position=N``, ``provisioning model=M elapsed_s=S``), without a line every second."""
+
+    PROVISIONING_EVERY_S = 15
+
+    def __init__(self, note: Callable[[str], None]) -> None:
+        self._note = note
+        self._position: str | None = None
+        self._provisioning_next = 0
+
+    def __call__(self, comment: str) -> None:
+        kind, _, rest = comment.partition(" ")
+        fields = dict(part.split("=", 1) for part in rest.split() if "=" in part)
+        if kind == "queued" and fields.get("position") != self._position:
+            self._position = fields.get("position")
+            self._note(f"rbee-keeper: every worker is busy; waiting in line (position {self._position})")
+        elif kind == "provisioning":
+            elapsed = int(fields.get("elapsed_s", "0")) if fields.get("elapsed_s", "").isdigit() else 0
+            if elapsed >= self._provisioning_next:
+                self._provisioning_next = elapsed + self.PROVISIONING_EVERY_S
+                self._note(f"rbee-keeper: no worker serves {fields.get('model', 'this model')} yet; a hive is "
+                           f"getting it ready (download, then a worker start) — {elapsed} s so far")
+
+
+def read_answer(response: requests.Response, started: float, raw_json: bool, stdout: TextIO,
+                on_comment: Callable[[str], None] | None = None) -> StreamOutcome:
     """Print the stream as it comes; Ctrl+C (KeyboardInterrupt) closes it, which is the cancel."""
     outcome = StreamOutcome(started=started, worker=response.headers.get("X-Rbee-Worker"),
                             request_id=response.headers.get("X-Request-Id"))
     try:
-        for data in iter_events(response):
+        for kind, data in iter_messages(response.iter_content(chunk_size=None)):
+            if kind == "comment":
+                if on_comment is not None:
+                    on_comment(data)
+                continue
             if data == "[DONE]":
                 outcome.terminated = True
                 break
@@ -235,7 +266,7 @@ def report(outcome: StreamOutcome, opts: InferOptions, out: Output, stdout: Text
 
 def ask(client: QueenClient, opts: InferOptions, out: Output, stdout: TextIO) -> int:
     response, started = open_with_retries(client, request_body(opts), out)
-    return report(read_answer(response, started, opts.json, stdout), opts, out, stdout)
+    return report(read_answer(response, started, opts.json, stdout, WaitNotes(out.note)), opts, out, stdout)
 
 
 # ---------------------------------------------------------------- the command

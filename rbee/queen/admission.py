@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from rbee.errors import ErrorCode, RbeeError
 from rbee.queen.registry import Lease, Registry
 
-OnQueued = Callable[[int], Awaitable[None]]
+OnWait = Callable[[str], Awaitable[None]]  # a note for a waiting client, sent as an SSE comment
 
 
 @dataclass
@@ -56,7 +56,7 @@ class AdmissionQueue:
         return max(1, min(60, math.ceil((len(self) + 1) / rate)))
 
     async def admit(self, model: str | None, key: str = "", exclude: frozenset[str] = frozenset(),
-                    on_queued: OnQueued | None = None) -> tuple[Lease, float]:
+                    on_wait: OnWait | None = None) -> tuple[Lease, float]:
         """A lease, and how many seconds we waited for it. Raises the right 503/404 when it can't."""
         if not self._by_key:
             try:
@@ -74,7 +74,7 @@ class AdmissionQueue:
         self._by_key.setdefault(key, deque()).append(waiter)
         self.pump()
         try:
-            lease = await self._wait(waiter, on_queued)
+            lease = await self._wait(waiter, on_wait)
         except BaseException:
             # Timed out or the client left: a lease handed over in the meantime goes back at once.
             if waiter.future.done() and not waiter.future.cancelled():
@@ -85,11 +85,11 @@ class AdmissionQueue:
             self._forget(waiter)
         return lease, time.monotonic() - waiter.since
 
-    async def _wait(self, waiter: _Waiter, on_queued: OnQueued | None) -> Lease:
+    async def _wait(self, waiter: _Waiter, on_wait: OnWait | None) -> Lease:
         deadline = waiter.since + self.timeout
         while not waiter.future.done():
-            if on_queued is not None:  # each second: the place in line, and a keep-alive for proxies
-                await on_queued(self.position(waiter))
+            if on_wait is not None:  # each second: the place in line, and a keep-alive for proxies
+                await on_wait(f"queued position={self.position(waiter)}")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break

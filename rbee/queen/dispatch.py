@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 
 from rbee.errors import ErrorCode, RbeeError
-from rbee.queen.admission import AdmissionQueue, OnQueued
+from rbee.queen.admission import AdmissionQueue, OnWait
 from rbee.queen.registry import Lease, Registry
 from rbee.sse import DONE_FRAME, frame
 
@@ -76,13 +76,13 @@ class Dispatcher:
     # ------------------------------------------------------------ opening
 
     async def open(self, body: dict[str, Any], *, model: str | None, request_id: str, api_key: str | None = None,
-                   on_queued: OnQueued | None = None) -> Upstream:
+                   on_wait: OnWait | None = None) -> Upstream:
         tried: set[str] = set()
         last_error: RbeeError | None = None
         queued_s = 0.0
         for attempt in range(self.max_attempts):
             try:
-                lease, waited = await self._admit(model, api_key or "", frozenset(tried), on_queued)
+                lease, waited = await self._admit(model, api_key or "", frozenset(tried), on_wait)
             except RbeeError as err:
                 if last_error is not None and err.code in (ErrorCode.NO_IDLE_WORKERS, ErrorCode.NO_WORKERS):
                     raise last_error from None  # say what actually went wrong with the workers we tried
@@ -104,15 +104,31 @@ class Dispatcher:
         raise last_error
 
     async def _admit(self, model: str | None, key: str, tried: frozenset[str],
-                     on_queued: OnQueued | None) -> tuple[Lease, float]:
+                     on_wait: OnWait | None) -> tuple[Lease, float]:
         """Admission; when no worker serves ``model`` yet, a cold start on a hive (if one can), then again."""
         try:
-            return await self.queue.admit(model, key, tried, on_queued)
+            return await self.queue.admit(model, key, tried, on_wait)
         except RbeeError as err:
             cold = err.code in (ErrorCode.MODEL_NOT_FOUND, ErrorCode.NO_WORKERS) and not tried
-            if not (cold and model and self.cold_start is not None and await self.cold_start(model)):
+            if not (cold and model and self.cold_start is not None and await self._cold_start(model, on_wait)):
                 raise
-        return await self.queue.admit(model, key, tried, on_queued)
+        return await self.queue.admit(model, key, tried, on_wait)
+
+    async def _cold_start(self, model: str, on_wait: OnWait | None) -> bool:
+        """The cold start, telling a waiting client each second that its model is being provisioned
+        (a download can take minutes; a streaming client and any proxy in between hear it is alive)."""
+        assert self.cold_start is not None
+        task = asyncio.ensure_future(self.cold_start(model))
+        started = time.monotonic()
+        try:
+            while True:
+                if on_wait is not None:
+                    await on_wait(f"provisioning model={model} elapsed_s={int(time.monotonic() - started)}")
+                done, _ = await asyncio.wait({task}, timeout=1.0)
+                if done:
+                    return task.result()
+        finally:
+            task.cancel()  # only our wait: the spawn itself is shared and shielded (ColdStarter.provide)
 
     async def _connect(self, lease: Lease, body: dict[str, Any], request_id: str, queued_ms: int) -> Upstream:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=self.stall_timeout)

@@ -40,19 +40,19 @@ async def inference(request: web.Request) -> web.StreamResponse:
     body = job.model_dump(mode="json", exclude_none=True)
     response: web.StreamResponse | None = None
 
-    async def on_queued(position: int) -> None:
-        # Streaming clients hear their place in line as SSE comments while they wait.
+    async def on_wait(note: str) -> None:
+        # Streaming clients hear why they wait (their place in line, a model being provisioned) as SSE comments.
         nonlocal response
         if not job.stream:
             return
         if response is None:
             response = web.StreamResponse(headers={**SSE_HEADERS, "X-Request-Id": request_id})
             await response.prepare(request)
-        await response.write(frame_comment(f"queued position={position}"))
+        await response.write(frame_comment(note))
 
     try:
         upstream = await dispatcher.open(body, model=job.model, request_id=request_id,
-                                         api_key=caller_of(request), on_queued=on_queued)
+                                         api_key=caller_of(request), on_wait=on_wait)
     except RbeeError as err:
         if response is None:
             raise
