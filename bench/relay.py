@@ -43,7 +43,7 @@ from common import (
     warn_if_busy,
 )
 
-from rbee.testing.process import ServiceError, ServiceProcess
+from rbee.process import ServiceError, ServiceProcess
 
 SOURCE_ID = "bench-source"
 SOURCE_MODEL = "bench-source-model"

@@ -18,7 +18,7 @@ from pathlib import Path
 import aiohttp
 from common import free_port
 
-from rbee.testing.process import ServiceProcess
+from rbee.process import ServiceProcess
 
 
 async def stream(session: aiohttp.ClientSession, base: str, n: int, tokens: int) -> tuple[float, int]:

@@ -47,7 +47,7 @@ from common import (
     warn_if_busy,
 )
 
-from rbee.testing.process import ServiceError, ServiceProcess
+from rbee.process import ServiceError, ServiceProcess
 
 OURS = "llm-worker-rbee"
 LLAMA_SERVER = "llama-server"

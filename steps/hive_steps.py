@@ -15,8 +15,9 @@ import requests
 from behave import given, then, when
 
 from rbee import models
+from rbee.client import iter_events
 from rbee.procfs import pid_alive
-from rbee.testing.clients import iter_events, wait_until
+from rbee.testing.clients import wait_until
 
 _spec = importlib.util.spec_from_file_location(
     "make_tiny_gguf", Path(__file__).resolve().parents[1] / "fixtures" / "make_tiny_gguf.py")

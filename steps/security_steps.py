@@ -8,7 +8,8 @@ import re
 import requests
 from behave import given, then, when
 
-from rbee.testing.clients import QueenClient, WorkerClient, wait_until
+from rbee.client import QueenClient, WorkerClient
+from rbee.testing.clients import wait_until
 from rbee.testing.cluster import start_fake_worker
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")

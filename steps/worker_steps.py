@@ -11,15 +11,9 @@ import time
 
 from behave import given, then, when
 
+from rbee.client import WorkerClient
 from rbee.models import default_model_path
-from rbee.testing.clients import (
-    BackgroundStream,
-    HangingRequest,
-    WorkerClient,
-    at_once,
-    follow_events,
-    wait_until,
-)
+from rbee.testing.clients import BackgroundStream, HangingRequest, at_once, follow_events, wait_until
 from rbee.testing.cluster import launch_worker
 
 COUNTING = "1, 2, 3, 4, 5,"

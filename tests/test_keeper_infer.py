@@ -135,7 +135,7 @@ def test_keep_prefers_the_port_the_user_aimed_at():
 def test_queue_and_provisioning_comments_become_a_few_notes_and_tokens_still_print():
     notes: list[str] = []
     comments = b"".join(
-        f": provisioning model=hf:org/m:m.gguf elapsed_s={s}\n\n".encode() for s in range(0, 32)
+        f": provisioning model=hf:org/m:m.gguf elapsed_s={s}\n\n".encode() for s in range(32)
     ) + b": queued position=2\n\n: queued position=2\n\n: queued position=1\n\n"
     stdout = io.StringIO()
     outcome = infer.read_answer(response(comments + sse(*TOKENS, DONE)), 0.0, False, stdout,

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 
 import requests
 
+from rbee.client import QueenClient
 from rbee.keeper import state
 from rbee.keeper.failures import EXIT_ERROR, EXIT_OK, KeeperError
 from rbee.keeper.local import LocalTrio, TrioPlan
 from rbee.keeper.output import Output
 from rbee.models import DEFAULT_MODEL_REF
-from rbee.testing.clients import QueenClient
 
 WATCH_INTERVAL_S = 0.5
 KEEPER_STOP_S = 60.0  # `up` stopping its hive (which drains workers) and its queen

@@ -7,9 +7,9 @@ from typing import Any
 
 import requests
 
+from rbee.client import QueenClient
 from rbee.keeper.failures import EXIT_ERROR, EXIT_OK, KeeperError, from_response, unreachable
 from rbee.keeper.output import Output
-from rbee.testing.clients import QueenClient
 
 START_A_QUEEN = "start one with `rbee-keeper up`, or pass --queen-url (env RBEE_QUEEN_URL)"
 

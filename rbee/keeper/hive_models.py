@@ -7,10 +7,10 @@ from typing import Any
 
 import requests
 
+from rbee.client import HiveClient, iter_events
 from rbee.errors import ErrorCode
 from rbee.keeper.failures import EXIT_OK, KeeperError, envelope_of, from_envelope, from_response, unreachable
 from rbee.keeper.output import Output, human_bytes
-from rbee.testing.clients import HiveClient, iter_events
 
 START_A_HIVE = "start one with `rbee-keeper up`, or pass --hive-url (env RBEE_HIVE_URL)"
 

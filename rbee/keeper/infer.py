@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 
 import requests
 
+from rbee.client import QueenClient
 from rbee.errors import ErrorCode
 from rbee.keeper import state
 from rbee.keeper.failures import (
@@ -33,7 +34,6 @@ from rbee.keeper.failures import (
 from rbee.keeper.local import LocalTrio, TrioPlan, free_port, port_is_free
 from rbee.keeper.output import Output
 from rbee.sse import iter_messages
-from rbee.testing.clients import QueenClient
 
 RETRY_DELAYS_S = (1.0, 2.0, 4.0)
 BUSY_CODES = frozenset({ErrorCode.NO_IDLE_WORKERS, ErrorCode.ALL_SLOTS_BUSY})

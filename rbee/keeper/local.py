@@ -17,12 +17,12 @@ from pathlib import Path
 
 import requests
 
+from rbee.client import HiveClient, QueenClient
 from rbee.keeper.config import OPTIONS
 from rbee.keeper.failures import KeeperError, envelope_of
 from rbee.keeper.state import HIVE_LOG, QUEEN_LOG, ClusterRecord, ProcessRecord
+from rbee.process import ServiceError, ServiceProcess, python_module
 from rbee.protocol import WorkerInfo, WorkerState
-from rbee.testing.clients import HiveClient, QueenClient
-from rbee.testing.process import ServiceError, ServiceProcess, python_module
 
 QUEEN_READY_S = 20.0
 HIVE_READY_S = 20.0

@@ -13,8 +13,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from rbee.testing.clients import HiveClient, QueenClient, WorkerClient, wait_until
-from rbee.testing.process import ServiceProcess
+from rbee.client import HiveClient, QueenClient, WorkerClient
+from rbee.process import ServiceProcess
+from rbee.testing.clients import wait_until
 
 
 def free_port() -> int:
