@@ -40,7 +40,7 @@ Feature: Provisioning models and workers on a hive
 
   @llama @slow
   Scenario: A request for a model no worker serves starts one on a hive, end to end
-    Given a model hub that serves "test-org/smol" with the file "smol.gguf" holding the default model's weights
+    Given a model hub that serves "test-org/smol" with the file "smol.gguf" holding the default model's weights over a slow link
     And a hive that downloads models from that hub
     And the hive has told the queen it is alive
     When a person asks the fleet "Say hello" for 8 tokens of model "hf:test-org/smol:smol.gguf" from the command line

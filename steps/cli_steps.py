@@ -20,12 +20,18 @@ from rbee.testing.cluster import free_port
 KEEPER = Path(sys.executable).with_name("rbee-keeper")  # the console script of this environment
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class KeeperRun:
     """One rbee-keeper process; stdout and stderr are read on threads, so a step can wait for output."""
 
     def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        # Ctrl+C reaches it as at a terminal, even when this suite runs where SIGINT is ignored (a
+        # background job of a script), which a child would otherwise inherit.
         self.proc = subprocess.Popen([str(KEEPER), *argv], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env=env)
+                                     stderr=subprocess.PIPE, env=env, preexec_fn=_default_sigint)
         self._out: list[str] = []
         self._err: list[str] = []
         self.printed = threading.Event()  # something arrived on stdout

@@ -116,17 +116,20 @@ class Dispatcher:
 
     async def _cold_start(self, model: str, on_wait: OnWait | None) -> bool:
         """The cold start, telling a waiting client each second that its model is being provisioned
-        (a download can take minutes; a streaming client and any proxy in between hear it is alive)."""
+        (a download can take minutes; a streaming client and any proxy in between hear it is alive).
+
+        The first note comes after a second: a cold start that ends sooner (no hive can try, or a hive
+        refuses at once) still answers with a plain HTTP error rather than an error event in a stream."""
         assert self.cold_start is not None
         task = asyncio.ensure_future(self.cold_start(model))
         started = time.monotonic()
         try:
             while True:
-                if on_wait is not None:
-                    await on_wait(f"provisioning model={model} elapsed_s={int(time.monotonic() - started)}")
                 done, _ = await asyncio.wait({task}, timeout=1.0)
                 if done:
                     return task.result()
+                if on_wait is not None:
+                    await on_wait(f"provisioning model={model} elapsed_s={int(time.monotonic() - started)}")
         finally:
             task.cancel()  # only our wait: the spawn itself is shared and shielded (ColdStarter.provide)
 

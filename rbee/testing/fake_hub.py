@@ -11,6 +11,7 @@ file: ``drop`` (the first GET closes the connection at 40 %), ``gated`` (403 wit
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import re
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 from aiohttp import web
 
 _CHUNK = 1 << 20
+SLOW_LINK_S = 2.0  # fault "slow": this long between the headers and the body, as a slow link
 
 
 class FakeHub:
@@ -66,6 +68,8 @@ class FakeHub:
         resp.content_length = size - start
         await resp.prepare(request)
         stop = size
+        if fault == "slow":
+            await asyncio.sleep(SLOW_LINK_S)
         if fault == "drop":
             self.faults.pop(name)  # once
             stop = int(size * 0.4)
@@ -106,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="fake_hub", description=__doc__)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--file", action="append", default=[], help="org/repo/file.gguf=/local/path")
-    p.add_argument("--fault", action="append", default=[], help="org/repo/file.gguf=drop|gated")
+    p.add_argument("--fault", action="append", default=[], help="org/repo/file.gguf=drop|gated|slow")
     p.add_argument("--token", default=None, help="the token a gated file needs")
     a = p.parse_args(argv)
     files = {k: Path(v) for k, v in _pairs(a.file, "--file").items()}

@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> None:
     add_flag(p, "--ctx-size", type=int, default=2048, help="context length per slot, in tokens")
     add_flag(p, "--threads", type=int, default=0, help="CPU threads (0 = one per core)")
     add_flag(p, "--n-gpu-layers", type=int, default=0, help="layers to offload to the GPU (-1 = all)")
+    add_flag(p, "--poll", type=int, default=50,
+             help="how hard llama.cpp's threads spin-wait for work, 0-100 (llama-server's --poll); -1 = no threadpool")
     add_flag(p, "--callback-url", default=None, help="hive URL to tell when ready")
     add_flag(p, "--cluster-key", default=None,
              help="shared key: sent with the ready callback; required on inference, cancel and shutdown")
@@ -37,6 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     logs.setup("llm-worker-rbee", a.log_level)
     if not 1 <= a.slots <= 64:
         p.error("--slots must be between 1 and 64")
+    if not -1 <= a.poll <= 100:
+        p.error("--poll must be between 0 and 100, or -1 for no threadpool")
     try:
         path = models.local_path(a.model)
     except RbeeError as err:
@@ -53,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         device=a.device, callback_url=a.callback_url, cluster_key=a.cluster_key, drain_timeout=a.drain_timeout,
     )
     config = EngineConfig(model_path=path, slots=a.slots, ctx_size=a.ctx_size, threads=a.threads,
-                          n_gpu_layers=a.n_gpu_layers)
+                          n_gpu_layers=a.n_gpu_layers, poll=a.poll)
     app = create_app(settings, config)
     # handler_cancellation: a client that hangs up cancels its handler, which frees its slot at once,
     # even when nothing is being written to it (a long prompt, a non-streamed answer).

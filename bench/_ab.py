@@ -1,0 +1,572 @@
+"""Benchmark llm-worker-rbee against llama.cpp's llama-server and llama-cpp-python's server.
+
+Same GGUF, same thread count, matching parallelism for each stream count. For each stream count all
+servers are started, idle ones using no CPU, and take turns: one wave each per round. Prints the
+environment and one table of TTFT and tokens/s with ours/peer ratios, plain and paired per round.
+
+    python bench/worker.py [--streams 1,2,4,8] [--tokens 128] [--skip-llama-server] [--skip-llama-cpp-python]
+    python bench/worker.py --gpu-layers 999 ...   # all layers on the GPU (bench/gpu.sh runs it there)
+
+See bench/README.md. This is a script, not a test: nothing under tests/ or features/ runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import math
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from common import (
+    CACHE_DIR,
+    BenchError,
+    QuietGate,
+    add_gate_args,
+    environment,
+    exit_on_sigterm,
+    free_port,
+    gate_from_args,
+    group_cpu_seconds,
+    median,
+    percentile,
+    print_table,
+    ratio,
+    rbee_revision,
+    warn_if_busy,
+)
+
+from rbee.process import ServiceError, ServiceProcess
+
+OURS = "llm-worker-rbee"
+LLAMA_SERVER = "llama-server"
+LCP_SERVER = "llama-cpp-python server"
+CTX_PER_SLOT = 2048
+
+
+# ---------------------------------------------------------------- llama-server, built on first use
+
+
+def llama_cpp_python_version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("llama-cpp-python")
+    except importlib.metadata.PackageNotFoundError:  # the package copied without its metadata (bench/gpu.sh)
+        import llama_cpp
+
+        return llama_cpp.__version__
+
+
+def llama_server_source(version: str) -> Path:
+    return CACHE_DIR / f"llama_cpp_python-{version}" / "vendor" / "llama.cpp"
+
+
+def ensure_llama_server(version: str) -> Path:
+    """The llama-server binary built from the llama.cpp inside the llama-cpp-python sdist of ``version``.
+
+    Built once into CACHE_DIR (about 9 minutes on 2 cores), exactly as shared/BENCHMARKS.md says.
+    """
+    src = llama_server_source(version)
+    binary = src / "build" / "bin" / "llama-server"
+    if binary.is_file():
+        return binary
+    for tool in ("cmake", "ninja"):
+        if shutil.which(tool) is None:
+            raise BenchError(f"{tool} is needed to build llama-server (apt-get install -y cmake ninja-build g++), "
+                             "or pass --skip-llama-server.")
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    log_path = CACHE_DIR / "build-llama-server.log"
+    started = time.monotonic()
+    print(f"building llama-server from the llama-cpp-python {version} sdist (first use, ~9 min on 2 cores); "
+          f"log: {log_path}", flush=True)
+    with open(log_path, "ab") as log:
+        def step(*argv: str | Path, cwd: Path | None = None) -> None:
+            rc = subprocess.call([str(a) for a in argv], cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL)
+            if rc != 0:
+                raise BenchError(f"`{' '.join(map(str, argv))}` failed (exit {rc}); see {log_path}")
+
+        if not (src / "CMakeLists.txt").is_file():
+            sdist_dir = CACHE_DIR / "sdist"
+            sdist = sdist_dir / f"llama_cpp_python-{version}.tar.gz"
+            if not sdist.is_file():
+                step(sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                     f"llama-cpp-python=={version}", "-d", sdist_dir)
+            with tarfile.open(sdist) as tar:
+                tar.extractall(CACHE_DIR, filter="data")
+        step("cmake", "-B", "build", "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF",
+             "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=ON",
+             "-DBUILD_SHARED_LIBS=ON", cwd=src)
+        step("cmake", "--build", "build", "-j2", "--target", "llama-server", cwd=src)
+    print(f"llama-server built in {time.monotonic() - started:.0f} s", flush=True)
+    return binary
+
+
+# ---------------------------------------------------------------- one stream, as each server speaks it
+
+
+@dataclass
+class StreamResult:
+    ttft: float | None  # seconds from sending the request to the first token's text
+    first: float | None  # perf_counter of the first token
+    end: float  # perf_counter when the stream ended
+    start: float
+    tokens: int
+    finish: str
+
+    @property
+    def wall(self) -> float:
+        return self.end - self.start
+
+
+async def _sse_data(resp: aiohttp.ClientResponse) -> AsyncIterator[str]:
+    async for raw in resp.content:
+        line = raw.rstrip(b"\r\n")
+        if line.startswith(b"data:"):
+            yield line[5:].strip().decode()
+
+
+@dataclass
+class Target:
+    name: str
+    argv: Callable[[int, int], list[str]]  # (port, parallel) -> command line
+    ready_path: str
+    ready_check: Callable[[Any], bool]
+    env: dict[str, str] = field(default_factory=dict)
+    # A new connection per request: llama_cpp.server (with sse-starlette 3) sometimes takes a reused
+    # keep-alive connection for a client disconnect and drops the stream it is serving.
+    fresh_connections: bool = False
+
+    async def stream(self, session: aiohttp.ClientSession, base: str, prompt: str, tokens: int,
+                     temperature: float) -> StreamResult:
+        start = time.perf_counter()
+        first: float | None = None
+        count = 0
+        finish = "?"
+        if self.name.startswith("ours") or self.name == OURS:
+            # ignore_eos as llama-server is asked to: both run every stream to the full token count.
+            body = {"prompt": prompt, "max_tokens": tokens, "temperature": temperature, "ignore_eos": True,
+                    "stream": True}
+            url = f"{base}/v1/inference"
+        elif self.name == LLAMA_SERVER:
+            # cache_prompt off: ours has no prefix cache, and the prompts share their first tokens.
+            body = {"prompt": prompt, "n_predict": tokens, "ignore_eos": True, "temperature": temperature,
+                    "repeat_penalty": 1.0, "cache_prompt": False, "stream": True}
+            url = f"{base}/completion"
+        else:
+            # Its server defaults to repeat_penalty 1.1 (more work per token, and counting then drifts
+            # into EOS); the others default to 1.0.
+            body = {"prompt": prompt, "max_tokens": tokens, "temperature": temperature, "repeat_penalty": 1.0,
+                    "stream": True}
+            url = f"{base}/v1/completions"
+        try:
+            async with session.post(url, json=body) as resp:
+                if resp.status != 200:
+                    finish = f"HTTP {resp.status}"
+                    await resp.read()
+                else:
+                    async for data in _sse_data(resp):
+                        if data == "[DONE]":
+                            break
+                        event = json.loads(data)
+                        if self.name == OURS or self.name.startswith("ours"):
+                            if "token" in event:
+                                first = first or time.perf_counter()
+                                count += 1  # until the done event says how many tokens these were
+                            elif event.get("done"):
+                                count, finish = event["total_tokens"], event.get("finish_reason", "?")
+                            elif "error" in event:
+                                finish = event["error"]["code"]
+                        elif self.name == LLAMA_SERVER:
+                            if event.get("content"):
+                                first = first or time.perf_counter()
+                                count += 1
+                            if event.get("stop"):
+                                count = event.get("tokens_predicted") or event.get("timings", {}).get(
+                                    "predicted_n", count)
+                                finish = event.get("stop_type", "stop")
+                                break
+                        else:
+                            choice = event["choices"][0]
+                            if choice.get("finish_reason") is None:
+                                count += 1
+                                if choice.get("text"):
+                                    first = first or time.perf_counter()
+                            else:
+                                finish = choice["finish_reason"]
+        except aiohttp.ClientError as exc:  # a peer that breaks a stream is counted, not fatal
+            finish = f"broken ({exc.__class__.__name__})"
+        end = time.perf_counter()
+        return StreamResult(ttft=None if first is None else first - start, first=first, end=end, start=start,
+                            tokens=count, finish=finish)
+
+
+def make_targets(args: argparse.Namespace, model: Path, llama_server: Path | None) -> list[Target]:
+    worker_bin = Path(sys.executable).parent / "llm-worker-rbee"
+    # Without the console script (rbee on PYTHONPATH rather than installed), the module is the same program.
+    worker = [str(worker_bin)] if worker_bin.is_file() else [sys.executable, "-m", "rbee.worker"]
+    threads, ngl = str(args.threads), str(args.gpu_layers)
+    targets = [
+        Target(
+            OURS,
+            lambda port, n: worker + ["--port", str(port), "--slots", str(n), "--model", str(model),
+                                      "--threads", threads, "--ctx-size", str(CTX_PER_SLOT), "--n-gpu-layers", ngl],
+            "/v1/ready",
+            lambda r: r.status_code == 200 and r.json().get("ready") is True,
+        )
+    ]
+    targets.append(Target(
+            "ours-poll0",
+            lambda port, n: worker + ["--port", str(port), "--slots", str(n), "--model", str(model),
+                                      "--threads", threads, "--ctx-size", str(CTX_PER_SLOT), "--poll", "0"],
+            "/v1/ready",
+            lambda r: r.status_code == 200 and r.json().get("ready") is True,
+        ))
+    targets.append(Target(
+            "ours-poll100",
+            lambda port, n: worker + ["--port", str(port), "--slots", str(n), "--model", str(model),
+                                      "--threads", threads, "--ctx-size", str(CTX_PER_SLOT), "--poll", "100"],
+            "/v1/ready",
+            lambda r: r.status_code == 200 and r.json().get("ready") is True,
+        ))
+    if llama_server is not None:
+        targets.append(Target(
+            LLAMA_SERVER,
+            lambda port, n: [str(llama_server), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
+                             "-t", threads, "-tb", threads, "--parallel", str(n),
+                             "-c", str(n * CTX_PER_SLOT), "-ngl", ngl],
+            "/health",
+            lambda r: r.status_code == 200,
+        ))
+    if not args.skip_llama_cpp_python:
+        targets.append(Target(
+            LCP_SERVER,
+            lambda port, n: [sys.executable, "-m", "llama_cpp.server", "--model", str(model),
+                             "--n_threads", threads, "--n_gpu_layers", ngl, "--host", "127.0.0.1",
+                             "--port", str(port)],
+            "/v1/models",
+            lambda r: r.status_code == 200,
+            fresh_connections=True,
+        ))
+    return targets
+
+
+# ---------------------------------------------------------------- the measurement
+
+
+class Prompts:
+    """Each server gets the same sequence of prompts, so all of them decode the same text."""
+
+    def __init__(self) -> None:
+        self._ids = itertools.count()
+
+    def next(self) -> str:
+        # A count that greedy decoding continues far past 128 tokens, so no stream ends early on EOS,
+        # and short (17 tokens), so TTFT is not all prefill. Prompts differ per request.
+        n = 100 + next(self._ids) * 37 % 800
+        return f"Count: {n}, {n + 1}, {n + 2},"
+
+
+@dataclass
+class Measurements:
+    single: list[StreamResult] = field(default_factory=list)  # 1-stream runs
+    aggregate: dict[int, list[float]] = field(default_factory=dict)  # streams -> tokens/s per wave
+    short: dict[int, int] = field(default_factory=dict)  # streams -> streams that ended before --tokens
+    finishes: dict[int, dict[str, int]] = field(default_factory=dict)
+    ttft: dict[int, list[float]] = field(default_factory=dict)  # streams -> every stream's TTFT (s)
+    foreign: list[float] = field(default_factory=list)  # other people's CPU (cores) during kept waves
+    discarded: int = 0  # waves repeated because others disturbed them
+    cpu_ms_per_token: dict[int, list[float]] = field(default_factory=dict)  # streams -> server CPU per token
+
+
+@dataclass
+class Server:
+    """One running server under test, with its own client session and prompt sequence."""
+
+    target: Target
+    base: str
+    pgid: int
+    session: aiohttp.ClientSession | None = None
+    prompts: Prompts = field(default_factory=Prompts)
+
+
+async def wave(server: Server, streams: int, args: argparse.Namespace, m: Measurements, gate: QuietGate) -> float:
+    """N streams sent at once, kept if nobody else disturbed them; returns its tokens/s."""
+    target, session = server.target, server.session
+    assert session is not None
+    for attempt in range(args.retries + 1):
+        await asyncio.to_thread(gate.wait)
+        gate.begin(server.pgid)
+        cpu0 = group_cpu_seconds(server.pgid)
+        t0 = time.perf_counter()
+        results = await asyncio.gather(
+            *(target.stream(session, server.base, server.prompts.next(), args.tokens, args.temperature)
+              for _ in range(streams))
+        )
+        wall = max(r.end for r in results) - t0
+        cpu = group_cpu_seconds(server.pgid) - cpu0
+        if attempt == args.retries or not gate.disturbed():
+            break
+        m.discarded += 1
+    m.foreign.append(gate.foreign())
+    tokens = sum(r.tokens for r in results)
+    rate = tokens / wall
+    if tokens:
+        m.cpu_ms_per_token.setdefault(streams, []).append(cpu / tokens * 1000)
+    m.aggregate.setdefault(streams, []).append(rate)
+    m.ttft.setdefault(streams, []).extend(r.ttft for r in results if r.ttft is not None)
+    m.short[streams] = m.short.get(streams, 0) + sum(r.tokens < args.tokens for r in results)
+    counts = m.finishes.setdefault(streams, {})
+    for r in results:
+        counts[r.finish] = counts.get(r.finish, 0) + 1
+    if streams == 1:
+        m.single.extend(results)
+    return rate
+
+
+async def measure(servers: list[Server], streams: int, args: argparse.Namespace, results: dict[str, Measurements],
+                  paired: list[dict[str, float]], gate: QuietGate) -> None:
+    """Round after round, one wave on each server in turn (the order rotating), so that a drift in
+    the machine's speed lands on all of them alike and each round gives a paired comparison."""
+    timeout = aiohttp.ClientTimeout(total=600)
+    try:
+        for server in servers:
+            connector = aiohttp.TCPConnector(limit=0, force_close=server.target.fresh_connections)
+            server.session = aiohttp.ClientSession(timeout=timeout, connector=connector)
+            # Warm-up: first-request costs (graph allocation, page faults) are not what we compare.
+            await server.target.stream(server.session, server.base, server.prompts.next(), 8, args.temperature)
+        rounds = args.reps * (args.single_runs if streams == 1 else 1)
+        for r in range(rounds):
+            k = r % len(servers)
+            rates = {}
+            for server in servers[k:] + servers[:k]:
+                rates[server.target.name] = await wave(server, streams, args, results[server.target.name], gate)
+            paired.append(rates)
+            print(f"  {streams} stream(s), round {r + 1}/{rounds}: "
+                  + ", ".join(f"{name} {rate:.1f}" for name, rate in rates.items()), flush=True)
+    finally:
+        for server in servers:
+            if server.session is not None:
+                await server.session.close()
+
+
+def run_stream_count(targets: list[Target], streams: int, args: argparse.Namespace,
+                     results: dict[str, Measurements], paired: list[dict[str, float]], logdir: Path,
+                     gate: QuietGate) -> None:
+    """Start every server with parallelism ``streams`` (idle ones use no CPU), measure, stop them."""
+    children: list[tuple[Target, ServiceProcess, int]] = []
+    try:
+        for t in targets:
+            port = free_port()
+            child = ServiceProcess(t.name, t.argv(port, streams),
+                                   logdir / f"{t.name.replace(' ', '-')}-{streams}.log",
+                                   f"http://127.0.0.1:{port}{t.ready_path}", env=t.env, ready_check=t.ready_check)
+            children.append((t, child, port))
+            child.start()
+        for _, child, _ in children:
+            child.wait_ready(args.ready_timeout)
+        servers = [Server(t, f"http://127.0.0.1:{port}", child.pid) for t, child, port in children]
+        asyncio.run(measure(servers, streams, args, results, paired, gate))
+    finally:
+        for _, child, _ in children:
+            child.stop()
+
+
+# ---------------------------------------------------------------- report
+
+
+def fmt(x: float, digits: int = 1) -> str:
+    return "—" if math.isnan(x) else f"{x:.{digits}f}"
+
+
+def summarise(m: Measurements, streams: list[int]) -> dict[str, float]:
+    ttfts = [r.ttft for r in m.single if r.ttft is not None]
+    decode = [(r.tokens - 1) / (r.end - r.first) for r in m.single if r.first is not None and r.tokens > 1
+              and r.end > r.first]
+    out = {"ttft_p50_ms": percentile(ttfts, 50) * 1000 if ttfts else float("nan"),
+           "decode_1": median(decode)}
+    for n in streams:
+        waves = m.aggregate.get(n, [])
+        out[f"agg_{n}"] = median(waves)
+        out[f"min_{n}"] = min(waves, default=math.nan)
+        out[f"max_{n}"] = max(waves, default=math.nan)
+    return out
+
+
+def paired_ratio(rounds: list[dict[str, float]], peer: str) -> float:
+    """Median over rounds of ours/peer within the round: the steadier figure on a drifting machine."""
+    return median([r[OURS] / r[peer] for r in rounds if r.get(OURS) and r.get(peer)])
+
+
+def report(targets: list[Target], results: dict[str, Measurements], paired: dict[int, list[dict[str, float]]],
+           streams: list[int], args: argparse.Namespace, gate: QuietGate) -> None:
+    summary = {t.name: summarise(results[t.name], streams) for t in targets}
+    headers = ["system", "TTFT p50, 1 stream (ms)", "decode tok/s, 1 stream"] + \
+              [f"{n} stream{'s' if n > 1 else ''} tok/s" for n in streams]
+    rows = []
+    for t in targets:
+        s = summary[t.name]
+        rows.append([t.name, fmt(s["ttft_p50_ms"]), fmt(s["decode_1"])]
+                    + [f"{fmt(s[f'agg_{n}'])} ({fmt(s[f'min_{n}'], 0)}–{fmt(s[f'max_{n}'], 0)})" for n in streams])
+    ours = summary[OURS]
+    for peer in ("ours-poll0", "ours-poll100", LLAMA_SERVER, LCP_SERVER):
+        if peer in summary:
+            p = summary[peer]
+            rows.append([f"ours / {peer}", ratio(ours["ttft_p50_ms"], p["ttft_p50_ms"]),
+                         ratio(ours["decode_1"], p["decode_1"])]
+                        + [ratio(ours[f"agg_{n}"], p[f"agg_{n}"]) for n in streams])
+            rows.append([f"ours / {peer}, paired", "", ""]
+                        + [f"{paired_ratio(paired.get(n, []), peer):.2f}×" for n in streams])
+    print()
+    print(f"tokens/s = tokens delivered / wall clock from sending the request(s) to the last event, TTFT "
+          f"included; median (min–max) over rounds: {args.reps} at N streams, {args.reps * args.single_runs} "
+          f"at 1 stream; {args.tokens} tokens a stream, temperature {args.temperature}. All servers are up "
+          "at once and take turns, one wave each per round; 'paired' is the median over rounds of the "
+          "ratio within a round")
+    print_table(headers, rows)
+    print()
+    print("TTFT by stream count, ms: p50 / max over every stream of every wave (all of a wave's requests are "
+          "sent at once, so at N streams the prompts queue behind each other's prefill)")
+    ttft_rows = []
+    for t in targets:
+        per = results[t.name].ttft
+        ttft_rows.append([t.name] + [f"{percentile(per.get(n, []), 50) * 1000:.0f} / {max(per.get(n, [math.nan])) * 1000:.0f}"
+                                     for n in streams])
+    print_table(["system"] + [f"{n} stream{'s' if n > 1 else ''}" for n in streams], ttft_rows)
+    print()
+    print("CPU per token, ms (all of the server's processes and threads, spin-waiting included; median over "
+          "waves): what each token costs the machine, steadier than tokens/s when other tenants drift")
+    print_table(["system"] + [f"{n} stream{'s' if n > 1 else ''}" for n in streams],
+                [[t.name] + [fmt(median(results[t.name].cpu_ms_per_token.get(n, [])), 2) for n in streams]
+                 for t in targets])
+    print()
+    checks = []
+    if LLAMA_SERVER in summary:
+        if 1 in streams:
+            checks.append(("1 stream ≥ 0.95× llama-server", LLAMA_SERVER, 1, 0.95))
+        if 4 in streams:
+            checks.append(("4 streams ≥ 0.9× llama-server --parallel 4", LLAMA_SERVER, 4, 0.9))
+    if LCP_SERVER in summary and 4 in streams:
+        checks.append(("4 streams ≥ 2× llama-cpp-python server", LCP_SERVER, 4, 2.0))
+    for label, peer, n, need in checks:
+        got = paired_ratio(paired.get(n, []), peer)
+        medians = ours[f"agg_{n}"] / summary[peer][f"agg_{n}"]
+        verdict = "met" if got >= need else "NOT met"
+        print(f"target {label}: paired {got:.3f}× (ratio of medians {medians:.3f}×) → {verdict}")
+    if gate.enabled:
+        spent = " (its budget ran out: later measurements went ahead regardless)" if not gate.active else ""
+        print(f"quiet gate: waited {gate.waited:.0f} s in all for an idle machine{spent} "
+              f"(gave up waiting {gate.gave_up}×); "
+              "waves repeated because other processes used CPU during them: "
+              + ", ".join(f"{t.name} {results[t.name].discarded}" for t in targets)
+              + "; other processes' CPU during kept waves, median/max (cores): "
+              + ", ".join(f"{t.name} {median(results[t.name].foreign):.2f}/{max(results[t.name].foreign):.2f}"
+                          for t in targets))
+    for t in targets:
+        m = results[t.name]
+        short = {n: c for n, c in m.short.items() if c}
+        if short:
+            print(f"note: {t.name} streams that ended before {args.tokens} tokens, by stream count: {short}; "
+                  f"finish reasons: {m.finishes}")
+
+
+def llama_server_version(binary: Path | None) -> str:
+    if binary is None:
+        return "skipped"
+    try:
+        out = subprocess.run([str(binary), "--version"], check=False, capture_output=True, text=True, timeout=30)
+        lines = (out.stdout + out.stderr).strip().splitlines()
+        return " ".join(ln for ln in lines if ln.startswith("version") or "built with" in ln) or lines[-1]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return "?"
+
+
+def gpu_name() -> str:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                             check=False, capture_output=True, text=True, timeout=30)
+        return out.stdout.strip() or "?"
+    except (OSError, subprocess.SubprocessError):
+        return "none found"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--streams", default="1,2,4,8", help="concurrent stream counts, comma separated")
+    p.add_argument("--tokens", type=int, default=128, help="tokens per stream")
+    p.add_argument("--reps", type=int, default=3, help="repetitions of the whole interleaved sweep")
+    p.add_argument("--single-runs", type=int, default=3, help="sequential 1-stream requests per rep")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for every server")
+    p.add_argument("--gpu-layers", type=int, default=0, help="layers each server offloads to the GPU (999 = all)")
+    p.add_argument("--model", type=Path, default=None, help="GGUF (default: the built-in SmolLM2-135M Q4_1)")
+    p.add_argument("--llama-server", type=Path, default=None, help="use this llama-server binary, build none")
+    p.add_argument("--skip-llama-server", action="store_true", help="do not build or run llama-server")
+    p.add_argument("--skip-llama-cpp-python", action="store_true", help="do not run llama_cpp.server")
+    add_gate_args(p, "wave")
+    p.add_argument("--ready-timeout", type=float, default=120.0, help="seconds a server gets to become ready")
+    args = p.parse_args(argv)
+    args.stream_counts = sorted({int(s) for s in args.streams.split(",") if s.strip()})
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    exit_on_sigterm()
+    from rbee import models
+
+    model = (args.model or models.default_model_path()).resolve()
+    version = llama_cpp_python_version()
+    llama_server: Path | None = None
+    if not args.skip_llama_server:
+        llama_server = args.llama_server or ensure_llama_server(version)
+    targets = make_targets(args, model, llama_server)
+    if not args.skip_llama_cpp_python:
+        try:
+            import fastapi  # noqa: F401
+            import sse_starlette  # noqa: F401
+            import uvicorn  # noqa: F401
+        except ImportError:
+            raise SystemExit("llama_cpp.server needs its extras: pip install fastapi uvicorn sse-starlette "
+                             "starlette-context pydantic-settings (or pass --skip-llama-cpp-python)") from None
+
+    warn_if_busy()
+    print("environment")
+    print_table(["what", "value"], environment(
+        {"rbee commit": rbee_revision(), "model": f"{model.name} ({model.stat().st_size / 2**20:.1f} MiB)", "threads": str(args.threads),
+         "GPU layers": str(args.gpu_layers),
+         **({"GPU": gpu_name()} if args.gpu_layers else {}),
+         "llama-server": llama_server_version(llama_server)},
+        dists=("rbee", "llama-cpp-python", "aiohttp", "uvloop", "fastapi", "uvicorn"),
+    ))
+    results = {t.name: Measurements() for t in targets}
+    gate = gate_from_args(args)
+    logdir = Path(tempfile.mkdtemp(prefix="rbee-bench-worker-"))
+    started = time.monotonic()
+    paired: dict[int, list[dict[str, float]]] = {}
+    for n in args.stream_counts:
+        print(f"{n} stream(s): starting {', '.join(t.name for t in targets)}", flush=True)
+        run_stream_count(targets, n, args, results, paired.setdefault(n, []), logdir, gate)
+    print(f"\nmeasured in {time.monotonic() - started:.0f} s; server logs in {logdir}")
+    report(targets, results, paired, args.stream_counts, args, gate)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (BenchError, ServiceError) as err:
+        raise SystemExit(f"bench failed: {err}") from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
