@@ -76,6 +76,20 @@ def _libggml() -> ctypes.CDLL:
     return _ggml.libggml
 
 
+def _keeping_gil(fn: Any) -> Any:
+    """The same llama.cpp function, called without releasing the GIL (ctypes.PyDLL).
+
+    For the decode loop's short calls (sampling: tens of microseconds). ctypes lets go of the GIL
+    around every foreign call; then the event-loop thread takes it to write tokens, and the decode
+    thread waits for it back after each of them — once per sequence per step. Kept for llama_decode,
+    where the loop should run.
+    """
+    lib = lc.llama_cpp._lib
+    held = getattr(ctypes.PyDLL(lib._name, handle=lib._handle), fn.__name__)
+    held.argtypes, held.restype = fn.argtypes, fn.restype
+    return held
+
+
 def _init_backend() -> None:
     global _backend_initialised
     with _backend_ready:
@@ -104,6 +118,7 @@ class Engine:
         self._eog: frozenset[int] = frozenset()
         self._eog_bias: Any = None
         self._progress_cb: Any = None
+        self._sample: Any = None
         self._flush: Callable[[], None] = _nothing
         self.metadata: dict[str, Any] = {}
 
@@ -146,6 +161,7 @@ class Engine:
             self._batch.logits[i] = 0
         n_vocab = lc.llama_vocab_n_tokens(self._vocab)
         self._eog = frozenset(t for t in range(n_vocab) if lc.llama_vocab_is_eog(self._vocab, t))
+        self._sample = _keeping_gil(lc.llama_sampler_sample)
         self.metadata = self._read_metadata()
         if on_progress is not None:
             on_progress(1.0)
@@ -322,7 +338,7 @@ class Engine:
                 self._fail(seq, f"llama_decode failed (code {rc}); the context may be full. Retry with less text.")
             return
         ctx = self._ctx
-        sample = lc.llama_sampler_sample
+        sample = self._sample
         for seq, row in rows:
             self._on_token(seq, sample(seq.sampler, ctx, row))
 
