@@ -147,8 +147,8 @@ def step_infer(context, prompt, n):
 
 @when('the user starts rbee-keeper infer "{prompt:Q}" for {n:d} tokens')
 def step_start_infer(context, prompt, n):
-    # Greedy: a sampled answer may end at once (EOS) before the step that interrupts it.
-    _start(context, "infer", "--prompt", prompt, "--max-tokens", str(n), "--temperature", "0")
+    # Greedy, raw text to continue: an answer that ended at once (EOS) would not be there to interrupt.
+    _start(context, "infer", "--prompt", prompt, "--max-tokens", str(n), "--temperature", "0", "--raw")
 
 
 @when("the user presses Ctrl+C once rbee-keeper has printed the first token")

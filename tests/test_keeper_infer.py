@@ -38,10 +38,17 @@ def opts(**kw) -> InferOptions:
     return InferOptions(prompt="hi", queen_url="http://q", **kw)
 
 
-def test_body_carries_only_what_was_given():
-    assert infer.request_body(opts()) == {"prompt": "hi", "max_tokens": 100, "temperature": 0.7, "stream": True}
+def test_body_is_a_chat_turn_carrying_only_what_was_given():
+    assert infer.request_body(opts()) == {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 100,
+                                          "temperature": 0.7, "stream": True}
     body = infer.request_body(opts(system="Be brief.", seed=7, model="m"))
-    assert body["prompt"] == "Be brief.\n\nhi" and body["seed"] == 7 and body["model"] == "m"
+    assert body["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    assert body["seed"] == 7 and body["model"] == "m" and "prompt" not in body
+
+
+def test_raw_sends_plain_text_to_continue():
+    body = infer.request_body(opts(raw=True, system="Be brief."))
+    assert body["prompt"] == "Be brief.\n\nhi" and "messages" not in body
 
 
 TOKENS = [{"token": "Once", "index": 0}, {"token": " upon", "index": 1}]

@@ -22,7 +22,7 @@ from rbee.keeper.output import Output
 from rbee.settings import add_flag, env_name
 
 EXIT_TERMINATED = 128 + signal.SIGTERM
-BOOL_FLAGS = ("json", "keep", "no_autostart", "follow")
+BOOL_FLAGS = ("json", "keep", "no_autostart", "follow", "raw")
 
 Handler = Callable[[argparse.Namespace, Resolved, Output], int]
 
@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     _option(p, "max_tokens", metavar="N")
     _option(p, "temperature", metavar="T")
     add_flag(p, "--seed", type=int, default=None, metavar="S", help="sampling seed, for repeatable answers")
-    add_flag(p, "--system", default=None, metavar="TEXT", help="system text put before the prompt")
+    add_flag(p, "--system", default=None, metavar="TEXT", help="a system message before the prompt")
+    _switch(p, "--raw", "send the prompt as plain text to continue, without the model's chat template")
     _switch(p, "--json", "print the raw stream events, one JSON object per line")
     _switch(p, "--keep", "when a local cluster had to be started, leave it running (stop: rbee-keeper down)")
     _option(p, "no_autostart")
@@ -144,7 +145,7 @@ def _read_prompt(raw: str) -> str:
 def _infer(args: argparse.Namespace, cfg: Resolved, out: Output) -> int:
     opts = infer.InferOptions(
         prompt=_read_prompt(args.prompt), queen_url=cfg.queen_url, model=cfg.model, max_tokens=cfg.max_tokens,
-        temperature=cfg.temperature, seed=args.seed, system=args.system, json=args.json, keep=args.keep,
+        temperature=cfg.temperature, seed=args.seed, system=args.system, raw=args.raw, json=args.json, keep=args.keep,
         api_key=cfg.api_key, no_autostart=cfg.no_autostart, slots=cfg.slots, queen_port=cfg.queen_port,
         hive_port=cfg.hive_port,
     )

@@ -49,6 +49,7 @@ class InferOptions:
     temperature: float = 0.7
     seed: int | None = None
     system: str | None = None
+    raw: bool = False  # the prompt as plain text to continue, without the model's chat template
     json: bool = False
     keep: bool = False
     api_key: str | None = None
@@ -59,10 +60,14 @@ class InferOptions:
 
 
 def request_body(opts: InferOptions) -> dict[str, Any]:
-    """The queen's /v1/inference body. ``/v1/inference`` takes raw text, so a system text goes in front."""
-    prompt = f"{opts.system.rstrip()}\n\n{opts.prompt}" if opts.system else opts.prompt
-    body: dict[str, Any] = {"prompt": prompt, "max_tokens": opts.max_tokens, "temperature": opts.temperature,
-                            "stream": True}
+    """The queen's /v1/inference body: a chat turn (the worker renders it with the GGUF's own chat
+    template, as instruct models expect), or with ``raw`` plain text to continue."""
+    body: dict[str, Any] = {"max_tokens": opts.max_tokens, "temperature": opts.temperature, "stream": True}
+    if opts.raw:
+        body["prompt"] = f"{opts.system.rstrip()}\n\n{opts.prompt}" if opts.system else opts.prompt
+    else:
+        system = [{"role": "system", "content": opts.system}] if opts.system else []
+        body["messages"] = [*system, {"role": "user", "content": opts.prompt}]
     if opts.seed is not None:
         body["seed"] = opts.seed
     if opts.model:
