@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -68,6 +69,10 @@ FIXTURES = {"fixture.queen": queen, "fixture.trio": trio}
 
 def before_all(context):
     os.environ["RBEE_TEST_RUN"] = RUN_ID  # inherited by every process we start, and by theirs
+    # Run as a background job of a script, this process starts with SIGINT ignored, and so would
+    # every program it starts: the Ctrl+C scenarios need it to act as it does at a terminal.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     context.config.setup_logging()
 
 

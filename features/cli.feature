@@ -30,6 +30,15 @@ Feature: rbee-keeper, the command line people type
     Then rbee-keeper exits with code 0
     And rbee-keeper's table lists the cluster's worker as idle
 
+  @llama @fixture.trio
+  Scenario: The hive's models and the queen's hives are listed, as tables and as JSON
+    When the user lists the hive's models with rbee-keeper
+    Then rbee-keeper exits with code 0
+    And rbee-keeper's table lists the default model
+    When the user lists the queen's hives with rbee-keeper as JSON
+    Then rbee-keeper exits with code 0
+    And rbee-keeper's JSON lists the cluster's hive as alive
+
   @llama
   Scenario: Without a queen, infer starts a local cluster for the one request and stops it after
     Given rbee-keeper points at a queen that is not running

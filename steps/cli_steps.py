@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from behave import given, then, when
 
+from rbee import models
 from rbee.keeper.config import OPTIONS
 from rbee.procfs import pid_alive
 from rbee.testing.clients import wait_until
@@ -20,18 +22,12 @@ from rbee.testing.cluster import free_port
 KEEPER = Path(sys.executable).with_name("rbee-keeper")  # the console script of this environment
 
 
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 class KeeperRun:
     """One rbee-keeper process; stdout and stderr are read on threads, so a step can wait for output."""
 
     def __init__(self, argv: list[str], env: dict[str, str]) -> None:
-        # Ctrl+C reaches it as at a terminal, even when this suite runs where SIGINT is ignored (a
-        # background job of a script), which a child would otherwise inherit.
         self.proc = subprocess.Popen([str(KEEPER), *argv], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env=env, preexec_fn=_default_sigint)
+                                     stderr=subprocess.PIPE, env=env)
         self._out: list[str] = []
         self._err: list[str] = []
         self.printed = threading.Event()  # something arrived on stdout
@@ -211,6 +207,31 @@ def step_slots_free(context, seconds):
         return worker is not None and worker.state == "idle" and worker.slots_available == worker.slots_total
 
     wait_until(all_free, seconds * _k(context), what="the worker idle with every slot free")
+
+
+@when("the user lists the hive's models with rbee-keeper")
+def step_models_list(context):
+    _run(context, "models", "list")
+
+
+@when("the user lists the queen's hives with rbee-keeper as JSON")
+def step_hives_list_json(context):
+    _run(context, "hives", "list", "--json")
+
+
+@then("rbee-keeper's table lists the default model")
+def step_table_lists_default_model(context):
+    rows = [line.split() for line in context.keeper.stdout.splitlines()]
+    assert rows and rows[0][:3] == ["model", "provider", "size"], rows
+    assert any(r[0] == models.DEFAULT_MODEL_REF for r in rows[1:]), rows
+
+
+@then("rbee-keeper's JSON lists the cluster's hive as alive")
+def step_json_lists_hive(context):
+    hives = json.loads(context.keeper.stdout)["hives"]
+    hive = next((h for h in hives if h.get("hive_id") == "test-hive"), None)
+    assert hive is not None and hive.get("url") == context.cluster.hive.base_url, hives
+    assert hive["live"] is True and hive["workers"] >= 1, hive
 
 
 @then("rbee-keeper's table lists the cluster's worker as idle")

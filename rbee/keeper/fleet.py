@@ -9,7 +9,7 @@ import requests
 
 from rbee.client import QueenClient
 from rbee.keeper.failures import EXIT_ERROR, EXIT_OK, KeeperError, from_response, unreachable
-from rbee.keeper.output import Output
+from rbee.keeper.output import Output, list_reply
 
 START_A_QUEEN = "start one with `rbee-keeper up`, or pass --queen-url (env RBEE_QUEEN_URL)"
 
@@ -34,15 +34,11 @@ def worker_rows(workers: list[dict[str, Any]]) -> list[list[Any]]:
 
 
 def workers_list(client: QueenClient, out: Output, as_json: bool = False) -> int:
-    data = _ok_json(client, "get", "/v2/workers/list")
-    if as_json:
-        out.say(json.dumps(data))
-        return EXIT_OK
-    workers = data.get("workers", [])
-    if not workers:
-        out.say(f"no workers are registered with the queen at {client.base_url}; start one with `rbee-keeper up`")
-        return EXIT_OK
-    out.table(["id", "node", "model", "state", "slots", "url"], worker_rows(workers))
+    workers = list_reply(_call(client, "get", "/v2/workers/list"), out, as_json, "workers",
+                         f"no workers are registered with the queen at {client.base_url}; start one with "
+                         "`rbee-keeper up`")
+    if workers:
+        out.table(["id", "node", "model", "state", "slots", "url"], worker_rows(workers))
     return EXIT_OK
 
 
@@ -79,18 +75,10 @@ def hives_list(client: QueenClient, out: Output, as_json: bool = False) -> int:
                  "GET /v2/hives/list)")
         out.note("rbee-keeper: next: `rbee-keeper workers list` shows each worker's node")
         return EXIT_ERROR
-    if r.status_code >= 300:
-        raise from_response(r)
-    data = r.json()
-    if as_json:
-        out.say(json.dumps(data))
-        return EXIT_OK
-    hives = data.get("hives", [])
-    if not hives:
-        out.say("no hives are known to the queen")
-        return EXIT_OK
-    columns = list(dict.fromkeys(k for h in hives for k in h))  # whatever the queen reports, in its order
-    out.table(columns, [[_cell(h.get(c)) for c in columns] for h in hives])
+    hives = list_reply(r, out, as_json, "hives", "no hives are known to the queen")
+    if hives:
+        columns = list(dict.fromkeys(k for h in hives for k in h))  # whatever the queen reports, in its order
+        out.table(columns, [[_cell(h.get(c)) for c in columns] for h in hives])
     return EXIT_OK
 
 

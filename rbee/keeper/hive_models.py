@@ -10,7 +10,7 @@ import requests
 from rbee.client import HiveClient, iter_events
 from rbee.errors import ErrorCode
 from rbee.keeper.failures import EXIT_OK, KeeperError, envelope_of, from_envelope, from_response, unreachable
-from rbee.keeper.output import Output, human_bytes
+from rbee.keeper.output import Output, human_bytes, list_reply
 
 START_A_HIVE = "start one with `rbee-keeper up`, or pass --hive-url (env RBEE_HIVE_URL)"
 
@@ -23,20 +23,12 @@ def _call(client: HiveClient, method: str, path: str, **kw: Any) -> requests.Res
 
 
 def models_list(client: HiveClient, out: Output, as_json: bool = False) -> int:
-    r = _call(client, "get", "/v1/models")
-    if r.status_code >= 300:
-        raise from_response(r)
-    data = r.json()
-    if as_json:
-        out.say(json.dumps(data))
-        return EXIT_OK
-    entries = data.get("models", [])
-    if not entries:
-        out.say("this hive has no models; fetch one with `rbee-keeper models download REF`")
-        return EXIT_OK
-    out.table(["model", "provider", "size", "path"],
-              [[m.get("model_ref"), m.get("provider"), _size(m.get("size_bytes")), m.get("local_path")]
-               for m in entries])
+    entries = list_reply(_call(client, "get", "/v1/models"), out, as_json, "models",
+                         "this hive has no models; fetch one with `rbee-keeper models download REF`")
+    if entries:
+        out.table(["model", "provider", "size", "path"],
+                  [[m.get("model_ref"), m.get("provider"), _size(m.get("size_bytes")), m.get("local_path")]
+                   for m in entries])
     return EXIT_OK
 
 

@@ -6,11 +6,13 @@ no colour, no box drawing, no wrapping, and progress as occasional lines.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Self, TextIO
 
+import requests
 from rich import box
 from rich.console import Console
 from rich.progress import (
@@ -24,7 +26,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from rbee.keeper.failures import KeeperError
+from rbee.keeper.failures import KeeperError, from_response
 
 PLAIN_WIDTH = 10_000  # no wrapping when the reader is a program
 
@@ -131,3 +133,18 @@ def plain_progress_line(label: str, done: int, total: int, speed_mbps: float | N
         parts.append(f"{human_bytes(bytes_per_s)}/s")
         parts.append(f"ETA {max(0, total - done) / bytes_per_s:.0f} s")
     return f"{label}: {percent:.0f}% ({', '.join(parts)})"
+
+
+def list_reply(r: requests.Response, out: Output, as_json: bool, key: str, empty: str) -> list[dict[str, Any]]:
+    """The items of a service's list answer, to show as a table; none left to show when ``--json``
+    printed the answer whole, or when there were none (then ``empty`` says so and what to do)."""
+    if r.status_code >= 300:
+        raise from_response(r)
+    data = r.json()
+    if as_json:
+        out.say(json.dumps(data))
+        return []
+    items = data.get(key, [])
+    if not items:
+        out.say(empty)
+    return items
