@@ -99,10 +99,6 @@ class StreamResult:
     tokens: int
     finish: str
 
-    @property
-    def wall(self) -> float:
-        return self.end - self.start
-
 
 async def _sse_data(resp: aiohttp.ClientResponse) -> AsyncIterator[str]:
     async for raw in resp.content:
