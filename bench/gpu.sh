@@ -4,10 +4,11 @@
 # Run from the repository root on that machine, with (both git-ignored, carried by the device tool):
 #   .gpu/  a copy of shared/gpu, plus pylib/ = llama_cpp from the venv without its lib/ and diskcache
 #   .whl/  cp312 wheels the machine lacks: pydantic (+ core, annotated-types, typing-inspection,
-#          typing-extensions) for rbee; fastapi, starlette, sse-starlette, starlette-context,
+#          typing-extensions) and sseclient-py for rbee; fastapi, starlette, sse-starlette, starlette-context,
 #          pydantic-settings, python-dotenv, uvicorn, opentelemetry-api for llama_cpp.server
 # Extra arguments go to bench/worker.py. Output: the table on stdout, and in $OUT/bench.txt when OUT is set.
-#   bash bench/gpu.sh --trace [tracewave args] -- [worker args]   runs bench/tracewave.py there instead.
+#   bash bench/gpu.sh --trace [tracewave args] -- [worker args]   runs bench/tracewave.py there instead;
+#   bash bench/gpu.sh --exec CMD...                                 runs CMD with the same environment.
 set -euo pipefail
 G=${G:-$PWD/.gpu}
 OUT=${OUT:-$(mktemp -d)}
@@ -23,6 +24,10 @@ export LLAMA_CPP_LIB_PATH=$G/lib
 MODEL=${MODEL:-/tmp/rbee-smollm2-shaped.gguf}
 [ -f "$MODEL" ] || python3 "$G/mkmodel.py" "$G" "$MODEL"
 export PYTHONUNBUFFERED=1
+if [ "${1:-}" = "--exec" ]; then  # any command, with this environment (e.g. python3 bench/gpu_smoke.py "$MODEL")
+  shift
+  exec "$@"
+fi
 if [ "${1:-}" = "--trace" ]; then
   shift
   exec python3 bench/tracewave.py --model "$MODEL" "$@"

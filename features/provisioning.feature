@@ -26,6 +26,11 @@ Feature: Provisioning models and workers on a hive
     When the hive is asked to start a worker on "hf:test-org/gated:tiny.gguf" and wait
     Then the hive refuses with 403 "MODEL_ACCESS_DENIED" saying "HF_TOKEN"
 
+  Scenario: The hive lists the devices its workers can use, as llama.cpp sees them
+    Given a hive
+    When a client asks the hive for its devices
+    Then the hive lists the CPU with its memory, and every device it lists is one a worker can be started on
+
   Scenario Outline: A worker the hive cannot run is refused before it starts, naming what is available
     Given a hive with a memory budget of <budget> MiB
     When the hive is asked to start a worker on the default model with backend "<backend>" and device <device>
@@ -34,7 +39,7 @@ Feature: Provisioning models and workers on a hive
 
     Examples:
       | budget | backend | device | status | code             | hint             |
-      | 0      | cuda    | 0      | 400    | INVALID_BACKEND  | Available: cpu   |
+      | 0      | npu     | 0      | 400    | INVALID_BACKEND  | Available: cpu   |
       | 0      | cpu     | 3      | 400    | DEVICE_NOT_FOUND | Available devices: 0 |
       | 64     | cpu     | 0      | 507    | INSUFFICIENT_RAM | MiB available    |
 

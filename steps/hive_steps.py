@@ -176,6 +176,23 @@ def step_download(context, ref):
     assert context.response.status_code in (200, 202), context.response.text
 
 
+@when("a client asks the hive for its devices")
+def step_devices(context):
+    r = context.cluster.hive.get("/v1/devices", timeout=_k(context, 60))
+    assert r.status_code == 200, r.text
+    context.devices = r.json()["devices"]
+
+
+@then("the hive lists the CPU with its memory, and every device it lists is one a worker can be started on")
+def step_devices_listed(context):
+    cpu = [d for d in context.devices if d["backend"] == "cpu"]
+    assert len(cpu) == 1 and cpu[0]["memory_total"] > 0, context.devices
+    for d in context.devices:  # what it lists passes its own preflight: an unknown one is refused (below)
+        r = context.cluster.hive.post("/v1/workers/spawn", json={"backend": d["backend"], "device": d["index"],
+                                                                 "model_ref": "file:///nonexistent.gguf"})
+        assert r.status_code != 400 or r.json()["error"]["code"] not in ("INVALID_BACKEND", "DEVICE_NOT_FOUND"), r.text
+
+
 @given('the hive has downloaded "{ref:Q}"')
 def step_downloaded(context, ref):
     step_download(context, ref)

@@ -60,3 +60,30 @@ def test_a_missing_device_lists_the_backends_devices() -> None:
         preflight.check_backend("cpu", 2)
     assert caught.value.code == ErrorCode.DEVICE_NOT_FOUND
     assert caught.value.details["available"] == [0]
+
+
+def test_the_worker_programs_devices_become_backends_with_the_cpu_always_there() -> None:
+    import asyncio
+    import json
+    import sys
+
+    listing = {"devices": [{"backend": "cuda", "index": 1, "name": "CUDA1"},
+                           {"backend": "cuda", "index": 0, "name": "CUDA0"}]}
+    fake_worker = [sys.executable, "-c", f"import sys; assert sys.argv[1] == '--list-devices'; "
+                                         f"print({json.dumps(json.dumps(listing))})"]
+    devices = asyncio.run(preflight.detect_devices(fake_worker))
+    assert preflight.backends_of(devices) == {"cpu": (0,), "cuda": (0, 1)}
+    preflight.check_backend("cuda", 1, preflight.backends_of(devices))  # offered now
+    # A worker program that can't say (crashes, prints nonsense, is missing) leaves the CPU alone.
+    for broken in ([sys.executable, "-c", "print('not json')"], [sys.executable, "-c", "raise SystemExit(3)"],
+                   ["/nonexistent/llm-worker-rbee"]):
+        assert preflight.backends_of(asyncio.run(preflight.detect_devices(broken))) == {"cpu": (0,)}
+
+
+def test_the_real_worker_program_lists_at_least_the_cpu() -> None:
+    import asyncio
+    import sys
+
+    devices = asyncio.run(preflight.detect_devices([sys.executable, "-m", "rbee.worker"]))
+    # Not the fallback: llama.cpp itself says how much memory the CPU device has.
+    assert any(d["backend"] == "cpu" and d["memory_total"] > 0 for d in devices), devices

@@ -61,6 +61,7 @@ SETTINGS = web.AppKey("settings", HiveSettings)
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 LINK = web.AppKey("queen_link", QueenLink)
+DEVICES = web.AppKey("devices", asyncio.Task)  # preflight.detect_devices, asked once at start
 
 routes = web.RouteTableDef()
 
@@ -76,6 +77,12 @@ async def list_workers(request: web.Request) -> web.Response:
     return json_response({"workers": [w.view().model_dump(mode="json") for w in workers]})
 
 
+@routes.get("/v1/devices")
+async def devices(request: web.Request) -> web.Response:
+    """The compute devices workers here can use, as llama.cpp reports them."""
+    return json_response({"devices": await request.app[DEVICES]})
+
+
 @routes.post("/v1/workers/spawn")
 async def spawn(request: web.Request) -> web.Response:
     """202 at once with the starting worker; with ``wait`` (body or ``?wait=true``), 200 once it is ready
@@ -85,7 +92,7 @@ async def spawn(request: web.Request) -> web.Response:
     _check_cluster_key(request)
     body = await read_model(request, SpawnRequest)
     wait = body.wait or request.query.get("wait", "").lower() in ("1", "true", "yes")
-    preflight.check_backend(body.backend, body.device)  # before any download
+    preflight.check_backend(body.backend, body.device, preflight.backends_of(await app[DEVICES]))  # before any download
     ref = body.model_ref or models.DEFAULT_MODEL_REF
     # The default model, file:// refs and catalogued models are local at once; others download first.
     entry = await app[PROVISIONER].ensure_local(ref)
@@ -177,9 +184,11 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             task.add_done_callback(pending.discard)
 
         supervisor.on_exit = on_exit
+        app[DEVICES] = asyncio.get_running_loop().create_task(preflight.detect_devices(supervisor.worker_command))
         await reconcile(watch)
         loop = asyncio.get_running_loop().create_task(_watch_loop(app, watch))
         yield
+        app[DEVICES].cancel()  # still asking, at a quick shutdown: its child is killed
         loop.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await loop

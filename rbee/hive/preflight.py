@@ -1,13 +1,18 @@
 """Checks before a worker is spawned: a backend and device this hive has, and RAM for the model.
 
 A spawn that would fail anyway fails here, at once, with an answer that says what *is* available,
-instead of a worker that dies half way through loading. No aiohttp; reads ``/proc/meminfo`` only.
+instead of a worker that dies half way through loading. The devices are what the worker program
+itself reports (``llm-worker-rbee --list-devices``: the llama.cpp build it runs on), asked once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rbee.errors import ErrorCode, RbeeError
 
@@ -16,7 +21,9 @@ MEMINFO = Path("/proc/meminfo")
 # a fixed allowance on top of a share of the file size.
 OVERHEAD_BYTES = 256 * 1024 * 1024
 OVERHEAD_FRACTION = 0.2
-BACKENDS: dict[str, tuple[int, ...]] = {"cpu": (0,)}  # backend -> device indexes this hive can use
+BACKENDS: dict[str, tuple[int, ...]] = {"cpu": (0,)}  # backend -> device indexes: what any hive has
+CPU_ONLY = [{"backend": "cpu", "index": 0, "name": "CPU", "description": "", "memory_total": 0, "memory_free": 0}]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -78,3 +85,36 @@ def check(need: Need, *, meminfo: Path = MEMINFO, backends: dict[str, tuple[int,
 
 def _mib(n: int) -> int:
     return n // (1024 * 1024)
+
+
+async def detect_devices(worker_command: list[str], timeout: float = 60.0) -> list[dict[str, Any]]:
+    """The devices the worker program can use (its ``--list-devices``); the CPU alone when it can't say."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *worker_command, "--list-devices", stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    except OSError as exc:
+        log.warning("could not ask the worker program for its devices (%s); offering the CPU only", exc)
+        return CPU_ONLY
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        devices = json.loads(out)["devices"]
+        assert isinstance(devices, list) and all("backend" in d and "index" in d for d in devices)
+    except (TimeoutError, ValueError, KeyError, TypeError, AssertionError) as exc:
+        log.warning("the worker program did not list its devices (%s); offering the CPU only",
+                    exc.__class__.__name__)
+        return CPU_ONLY
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    log.info("devices", extra={"fields": {"devices": [f"{d['backend']}:{d['index']}" for d in devices]}})
+    return devices
+
+
+def backends_of(devices: list[dict[str, Any]]) -> dict[str, tuple[int, ...]]:
+    """backend -> its device indexes; the CPU is always there."""
+    found: dict[str, set[int]] = {"cpu": {0}}
+    for d in devices:
+        found.setdefault(str(d["backend"]), set()).add(int(d["index"]))
+    return {backend: tuple(sorted(indexes)) for backend, indexes in found.items()}

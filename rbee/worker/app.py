@@ -112,7 +112,8 @@ async def info(request: web.Request) -> web.Response:
             "model_path": str(cfg.model_path),
             "model": engine.metadata,
             "settings": {"slots": cfg.slots, "ctx_size": cfg.ctx_size, "threads": engine.threads,
-                         "batch_size": cfg.batch_size, "backend": settings.backend, "device": settings.device},
+                         "batch_size": cfg.batch_size, "backend": settings.backend, "device": settings.device,
+                         "n_gpu_layers": cfg.n_gpu_layers},
         }
     )
 

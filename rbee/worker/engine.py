@@ -17,6 +17,7 @@ import ctypes
 import logging
 import os
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from rbee.worker.textstream import TextStream
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ContextOverflow", "Engine", "EngineConfig", "EngineError", "Job", "Sampling"]
+__all__ = ["ContextOverflow", "Device", "Engine", "EngineConfig", "EngineError", "Job", "Sampling", "list_devices"]
 
 
 @dataclass(slots=True)
@@ -99,6 +100,51 @@ def _init_backend() -> None:
             _backend_initialised = True
 
 
+@dataclass(frozen=True)
+class Device:
+    """A compute device llama.cpp can use: ``backend`` and ``index`` as a hive and a worker name it
+    (``cuda``/0 for llama.cpp's ``CUDA0``), with what llama.cpp says of it."""
+
+    backend: str
+    index: int
+    name: str
+    description: str
+    memory_total: int
+    memory_free: int
+
+
+_DEVICE_CPU, _DEVICE_GPU, _DEVICE_IGPU = 0, 1, 2  # enum ggml_backend_dev_type
+
+
+def list_devices() -> list[Device]:
+    """The CPU and every GPU this llama.cpp build sees (ggml's device registry, through ctypes)."""
+    _init_backend()
+    ggml = _libggml()
+    ggml.ggml_backend_dev_count.argtypes, ggml.ggml_backend_dev_count.restype = [], ctypes.c_size_t
+    ggml.ggml_backend_dev_get.argtypes, ggml.ggml_backend_dev_get.restype = [ctypes.c_size_t], ctypes.c_void_p
+    for fn in (ggml.ggml_backend_dev_name, ggml.ggml_backend_dev_description):
+        fn.argtypes, fn.restype = [ctypes.c_void_p], ctypes.c_char_p
+    ggml.ggml_backend_dev_type.argtypes, ggml.ggml_backend_dev_type.restype = [ctypes.c_void_p], ctypes.c_int
+    ggml.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t),
+                                             ctypes.POINTER(ctypes.c_size_t)]
+    ggml.ggml_backend_dev_memory.restype = None
+    found = []
+    for i in range(ggml.ggml_backend_dev_count()):
+        dev = ggml.ggml_backend_dev_get(i)
+        kind = ggml.ggml_backend_dev_type(dev)
+        if kind not in (_DEVICE_CPU, _DEVICE_GPU, _DEVICE_IGPU):
+            continue  # accelerators that only help the CPU (BLAS), remote devices
+        name = (ggml.ggml_backend_dev_name(dev) or b"?").decode()
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        ggml.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        match = re.fullmatch(r"(.*?)(\d*)", name)
+        backend = "cpu" if kind == _DEVICE_CPU else (match.group(1) if match else name).lower()
+        index = 0 if kind == _DEVICE_CPU or not match or not match.group(2) else int(match.group(2))
+        found.append(Device(backend, index, name, (ggml.ggml_backend_dev_description(dev) or b"").decode(),
+                            total.value, free.value))
+    return found
+
+
 class Engine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
@@ -132,6 +178,9 @@ class Engine:
             raise EngineError(f"model file not found: {cfg.model_path}")
         mparams = lc.llama_model_default_params()
         mparams.n_gpu_layers = cfg.n_gpu_layers
+        if cfg.n_gpu_layers:
+            mparams.main_gpu = cfg.main_gpu
+            mparams.split_mode = 0  # LLAMA_SPLIT_MODE_NONE: the one device asked for, not every GPU
         mparams.use_mmap = cfg.use_mmap
         if on_progress is not None:
 

@@ -22,6 +22,7 @@ class EngineConfig:
     batch_size: int = 2048
     ubatch_size: int = 512
     n_gpu_layers: int = 0
+    main_gpu: int = 0  # which GPU, when layers are offloaded
     flash_attn: bool = True
     kv_unified: bool = False  # one KV stream per slot, as llama-server --parallel N: attention reads only its own cells
     use_mmap: bool = True
