@@ -57,3 +57,11 @@ Feature: rbee-keeper, the command line people type
     Then rbee-keeper exits with code 0
     And rbee-keeper up ends by itself with code 0
     And no program that rbee-keeper started is still running
+
+  @llama
+  Scenario: A local worker on a backend this machine lacks is refused, naming the ones it has
+    Given rbee-keeper points at a queen that is not running
+    When the user runs rbee-keeper infer "Hello" for 8 tokens on backend "npu"
+    Then rbee-keeper exits with code 1
+    And rbee-keeper's error says "Backend 'npu' is not available" and names "Available: cpu"
+    And no program that rbee-keeper started is still running

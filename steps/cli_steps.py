@@ -141,6 +141,11 @@ def step_infer(context, prompt, n):
     _run(context, "infer", "--prompt", prompt, "--max-tokens", str(n), "--temperature", "0")
 
 
+@when('the user runs rbee-keeper infer "{prompt:Q}" for {n:d} tokens on backend "{backend:Q}"')
+def step_infer_backend(context, prompt, n, backend):
+    _run(context, "infer", "--prompt", prompt, "--max-tokens", str(n), "--backend", backend)
+
+
 @when('the user starts rbee-keeper infer "{prompt:Q}" for {n:d} tokens')
 def step_start_infer(context, prompt, n):
     # Greedy, raw text to continue: an answer that ended at once (EOS) would not be there to interrupt.
@@ -254,6 +259,13 @@ def step_up_ready(context):
 def step_up_ends(context, code):
     got = context.up.wait(60 * _k(context))
     assert got == code, (got, context.up.stderr[-2000:])
+
+
+@then('rbee-keeper\'s error says "{what:Q}" and names "{hint:Q}"')
+def step_error_says(context, what, hint):
+    error = next((ln for ln in context.keeper.stderr.splitlines() if "error:" in ln), "")
+    assert what in error and hint in error, context.keeper.stderr
+    assert not context.keeper.stdout, context.keeper.stdout
 
 
 @then("no program that rbee-keeper started is still running")

@@ -69,8 +69,8 @@ def test_the_worker_programs_devices_become_backends_with_the_cpu_always_there()
 
     listing = {"devices": [{"backend": "cuda", "index": 1, "name": "CUDA1"},
                            {"backend": "cuda", "index": 0, "name": "CUDA0"}]}
-    fake_worker = [sys.executable, "-c", f"import sys; assert sys.argv[1] == '--list-devices'; "
-                                         f"print({json.dumps(json.dumps(listing))})"]
+    code = f"import sys; assert sys.argv[1] == '--list-devices'; print({json.dumps(json.dumps(listing))})"
+    fake_worker = [sys.executable, "-c", code]
     devices = asyncio.run(preflight.detect_devices(fake_worker))
     assert preflight.backends_of(devices) == {"cpu": (0,), "cuda": (0, 1)}
     preflight.check_backend("cuda", 1, preflight.backends_of(devices))  # offered now

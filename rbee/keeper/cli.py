@@ -88,11 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     _switch(p, "--keep", "when a local cluster had to be started, leave it running (stop: rbee-keeper down)")
     _option(p, "no_autostart")
     _option(p, "slots", metavar="N", help="slots of the worker started when no queen answers")
+    _option(p, "backend", metavar="NAME", help="backend of the worker started when no queen answers (cpu, cuda…)")
 
     p = _sub(subs, "up", "run queen + hive + one worker here, in the foreground", _up)
     _option(p, "queen_port", metavar="PORT")
     _option(p, "hive_port", metavar="PORT")
     _option(p, "slots", metavar="N")
+    _option(p, "backend", metavar="NAME")
     _option(p, "model", metavar="REF", help="model for the worker (default: the built-in default model)")
     _sub(subs, "down", "stop what `rbee-keeper up` (or infer --keep) started", _down)
     _sub(subs, "status", "what runs locally, and its health", _status, [queen])
@@ -146,7 +148,7 @@ def _infer(args: argparse.Namespace, cfg: Resolved, out: Output) -> int:
     opts = infer.InferOptions(
         prompt=_read_prompt(args.prompt), queen_url=cfg.queen_url, model=cfg.model, max_tokens=cfg.max_tokens,
         temperature=cfg.temperature, seed=args.seed, system=args.system, raw=args.raw, json=args.json, keep=args.keep,
-        api_key=cfg.api_key, no_autostart=cfg.no_autostart, slots=cfg.slots, queen_port=cfg.queen_port,
+        api_key=cfg.api_key, no_autostart=cfg.no_autostart, slots=cfg.slots, backend=cfg.backend, queen_port=cfg.queen_port,
         hive_port=cfg.hive_port,
     )
     return infer.run(opts, out)
@@ -156,7 +158,7 @@ def _up(args: argparse.Namespace, cfg: Resolved, out: Output) -> int:
     if not 1 <= cfg.slots <= 64:
         raise KeeperError(f"--slots must be between 1 and 64 (got {cfg.slots})", exit_code=EXIT_USAGE)
     return cluster.up(cluster.UpOptions(queen_port=cfg.queen_port, hive_port=cfg.hive_port, slots=cfg.slots,
-                                        model=cfg.model), out)
+                                        model=cfg.model, backend=cfg.backend), out)
 
 
 def _down(args: argparse.Namespace, cfg: Resolved, out: Output) -> int:

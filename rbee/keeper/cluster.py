@@ -28,6 +28,7 @@ class UpOptions:
     hive_port: int = 9200
     slots: int = 1
     model: str | None = None
+    backend: str = "cpu"
 
 
 def up(opts: UpOptions, out: Output) -> int:
@@ -36,7 +37,7 @@ def up(opts: UpOptions, out: Output) -> int:
         raise KeeperError(f"rbee is already up (queen {existing.queen.url}, hive {existing.hive.url})",
                           "use it, or stop it first with `rbee-keeper down`")
     plan = TrioPlan(queen_port=opts.queen_port, hive_port=opts.hive_port, log_dir=state.log_dir(),
-                    model=opts.model, slots=opts.slots)
+                    model=opts.model, slots=opts.slots, backend=opts.backend)
     _refuse_if_taken(plan.queen_url, "/health", "something", "--queen-port")
     _refuse_if_taken(plan.hive_url, "/v1/health", "something", "--hive-port")
     out.note(f"rbee-keeper: starting queen, hive and a worker on {opts.model or DEFAULT_MODEL_REF} "

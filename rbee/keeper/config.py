@@ -52,6 +52,7 @@ OPTIONS: dict[str, Option] = {o.key: o for o in (
     Option("queen_port", int, 8080, "port for the queen that `up` starts"),
     Option("hive_port", int, 9200, "port for the hive that `up` starts"),
     Option("slots", int, 1, "concurrent requests the local worker serves"),
+    Option("backend", str, "cpu", "compute backend of the local worker: cpu, or a GPU one the hive lists (cuda…)"),
     Option("no_autostart", bool, False, "never start a local cluster when no queen answers"),
 )}
 

@@ -55,6 +55,7 @@ class InferOptions:
     api_key: str | None = None
     no_autostart: bool = False
     slots: int = 1
+    backend: str = "cpu"
     queen_port: int = 8080
     hive_port: int = 9200
 
@@ -302,7 +303,7 @@ def ephemeral_plan(opts: InferOptions) -> TrioPlan:
         queen_port = wanted if port_is_free(wanted) else queen_port
         hive_port = opts.hive_port if port_is_free(opts.hive_port) else hive_port
     return TrioPlan(queen_port=queen_port, hive_port=hive_port, log_dir=state.log_dir(), model=opts.model,
-                    slots=opts.slots)
+                    slots=opts.slots, backend=opts.backend)
 
 
 def is_loopback(url: str) -> bool:

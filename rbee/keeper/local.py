@@ -37,6 +37,7 @@ class TrioPlan:
     log_dir: Path
     model: str | None = None
     slots: int = 1
+    backend: str = "cpu"
     host: str = "127.0.0.1"
 
     @property
@@ -111,7 +112,8 @@ class LocalTrio:
             raise
 
     def _spawn_worker(self) -> WorkerInfo:
-        body = {"slots": self.plan.slots, **({"model_ref": self.plan.model} if self.plan.model else {})}
+        body = {"slots": self.plan.slots, "backend": self.plan.backend,
+                **({"model_ref": self.plan.model} if self.plan.model else {})}
         r = self.hive.spawn(**body)
         if r.status_code != 202:
             error = envelope_of(r)
