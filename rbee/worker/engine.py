@@ -17,7 +17,6 @@ import ctypes
 import logging
 import os
 import queue
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -28,7 +27,8 @@ from typing import Any
 import llama_cpp as lc
 from llama_cpp import _ctypes_extensions
 
-from rbee.worker import threadpool
+from rbee.worker import devices, threadpool
+from rbee.worker.devices import Device
 from rbee.worker.jobs import ContextOverflow, EngineConfig, EngineError, Job, Sampling
 from rbee.worker.textstream import TextStream
 
@@ -100,49 +100,10 @@ def _init_backend() -> None:
             _backend_initialised = True
 
 
-@dataclass(frozen=True)
-class Device:
-    """A compute device llama.cpp can use: ``backend`` and ``index`` as a hive and a worker name it
-    (``cuda``/0 for llama.cpp's ``CUDA0``), with what llama.cpp says of it."""
-
-    backend: str
-    index: int
-    name: str
-    description: str
-    memory_total: int
-    memory_free: int
-
-
-_DEVICE_CPU, _DEVICE_GPU, _DEVICE_IGPU = 0, 1, 2  # enum ggml_backend_dev_type
-
-
 def list_devices() -> list[Device]:
-    """The CPU and every GPU this llama.cpp build sees (ggml's device registry, through ctypes)."""
+    """The CPU and every GPU this llama.cpp build sees."""
     _init_backend()
-    ggml = _libggml()
-    ggml.ggml_backend_dev_count.argtypes, ggml.ggml_backend_dev_count.restype = [], ctypes.c_size_t
-    ggml.ggml_backend_dev_get.argtypes, ggml.ggml_backend_dev_get.restype = [ctypes.c_size_t], ctypes.c_void_p
-    for fn in (ggml.ggml_backend_dev_name, ggml.ggml_backend_dev_description):
-        fn.argtypes, fn.restype = [ctypes.c_void_p], ctypes.c_char_p
-    ggml.ggml_backend_dev_type.argtypes, ggml.ggml_backend_dev_type.restype = [ctypes.c_void_p], ctypes.c_int
-    ggml.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t),
-                                             ctypes.POINTER(ctypes.c_size_t)]
-    ggml.ggml_backend_dev_memory.restype = None
-    found = []
-    for i in range(ggml.ggml_backend_dev_count()):
-        dev = ggml.ggml_backend_dev_get(i)
-        kind = ggml.ggml_backend_dev_type(dev)
-        if kind not in (_DEVICE_CPU, _DEVICE_GPU, _DEVICE_IGPU):
-            continue  # accelerators that only help the CPU (BLAS), remote devices
-        name = (ggml.ggml_backend_dev_name(dev) or b"?").decode()
-        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-        ggml.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
-        match = re.fullmatch(r"(.*?)(\d*)", name)
-        backend = "cpu" if kind == _DEVICE_CPU else (match.group(1) if match else name).lower()
-        index = 0 if kind == _DEVICE_CPU or not match or not match.group(2) else int(match.group(2))
-        found.append(Device(backend, index, name, (ggml.ggml_backend_dev_description(dev) or b"").decode(),
-                            total.value, free.value))
-    return found
+    return devices.enumerate_devices(_libggml())
 
 
 class Engine:
