@@ -14,6 +14,14 @@ Feature: Provisioning models and workers on a hive
     And the hub was asked to resume the file where the transfer dropped
     And the hive's catalog lists "hf:test-org/tiny:tiny.gguf" as a "hf" model with its size and checksum
 
+  Scenario: rbee-keeper downloads a model through the hive, following its progress to the end
+    Given a model hub that serves "test-org/tiny" with the file "tiny.gguf" and drops the first transfer at 40 %
+    And a hive that downloads models from that hub
+    When the user downloads "hf:test-org/tiny:tiny.gguf" with rbee-keeper
+    Then rbee-keeper exits with code 0
+    And rbee-keeper said "hf:test-org/tiny:tiny.gguf is ready" with the path of a file that exists
+    And the hive's catalog lists "hf:test-org/tiny:tiny.gguf" as a "hf" model
+
   Scenario: A model the hub does not have is a clear error
     Given a model hub that serves "test-org/tiny" with the file "tiny.gguf"
     And a hive that downloads models from that hub

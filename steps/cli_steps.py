@@ -214,6 +214,18 @@ def step_slots_free(context, seconds):
     wait_until(all_free, seconds * _k(context), what="the worker idle with every slot free")
 
 
+@when('the user downloads "{ref:Q}" with rbee-keeper')
+def step_models_download(context, ref):
+    _run(context, "models", "download", ref)
+
+
+@then('rbee-keeper said "{text:Q}" with the path of a file that exists')
+def step_said_path(context, text):
+    line = next((ln for ln in context.keeper.stdout.splitlines() if text in ln), None)
+    assert line is not None, f"stdout:\n{context.keeper.stdout}\nstderr:\n{context.keeper.stderr[-2000:]}"
+    assert Path(line.rsplit(": ", 1)[1].strip()).is_file(), line
+
+
 @when("the user lists the hive's models with rbee-keeper")
 def step_models_list(context):
     _run(context, "models", "list")

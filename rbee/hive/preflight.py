@@ -99,8 +99,9 @@ async def detect_devices(worker_command: list[str], timeout: float = 60.0) -> li
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)
         devices = json.loads(out)["devices"]
-        assert isinstance(devices, list) and all("backend" in d and "index" in d for d in devices)
-    except (TimeoutError, ValueError, KeyError, TypeError, AssertionError) as exc:
+        if not isinstance(devices, list) or not all("backend" in d and "index" in d for d in devices):
+            raise ValueError("not a device list")
+    except (TimeoutError, ValueError, KeyError, TypeError) as exc:
         log.warning("the worker program did not list its devices (%s); offering the CPU only",
                     exc.__class__.__name__)
         return CPU_ONLY

@@ -7,10 +7,11 @@ from typing import Any
 
 import requests
 
-from rbee.client import HiveClient, iter_events
+from rbee.client import HiveClient
 from rbee.errors import ErrorCode
 from rbee.keeper.failures import EXIT_OK, KeeperError, envelope_of, from_envelope, from_response, unreachable
 from rbee.keeper.output import Output, human_bytes, list_reply
+from rbee.sse import iter_messages
 
 START_A_HIVE = "start one with `rbee-keeper up`, or pass --hive-url (env RBEE_HIVE_URL)"
 
@@ -61,7 +62,9 @@ def follow(stream: requests.Response, ref: str, out: Output) -> str:
     """Show the progress events until ``complete`` (its local path) or an error (raised)."""
     with out.download_progress(ref) as bar:
         try:
-            for data in iter_events(stream):
+            for kind, data in iter_messages(stream.iter_content(chunk_size=None)):
+                if kind == "comment":
+                    continue
                 if data == "[DONE]":
                     break
                 event = json.loads(data)

@@ -197,7 +197,8 @@ class WaitNotes:
             self._position = fields.get("position")
             self._note(f"rbee-keeper: every worker is busy; waiting in line (position {self._position})")
         elif kind == "provisioning":
-            elapsed = int(fields.get("elapsed_s", "0")) if fields.get("elapsed_s", "").isdigit() else 0
+            elapsed_s = fields.get("elapsed_s", "")
+            elapsed = int(elapsed_s) if elapsed_s.isdigit() else 0
             if elapsed >= self._provisioning_next:
                 self._provisioning_next = elapsed + self.PROVISIONING_EVERY_S
                 self._note(f"rbee-keeper: no worker serves {fields.get('model', 'this model')} yet; a hive is "

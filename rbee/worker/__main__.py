@@ -62,9 +62,9 @@ def main(argv: list[str] | None = None) -> None:
               "file:// ref (download hf: refs with `rbee-keeper models download`).", file=sys.stderr)
         sys.exit(2)
     if a.backend != "cpu":
-        devices = [d for d in list_devices() if d.backend == a.backend]
-        if not any(d.index == a.device for d in devices):
-            have = ", ".join(f"{d.backend}:{d.index}" for d in list_devices())
+        devices = list_devices()
+        if not any(d.backend == a.backend and d.index == a.device for d in devices):
+            have = ", ".join(f"{d.backend}:{d.index}" for d in devices)
             print(f"llm-worker-rbee: no device {a.backend}:{a.device} in this llama.cpp build (it has {have}). "
                   "Use --backend cpu, or install llama-cpp-python built for that backend.", file=sys.stderr)
             sys.exit(2)
