@@ -14,6 +14,7 @@ cells are dropped at once.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import queue
@@ -66,6 +67,7 @@ def _nothing() -> None:
     pass
 
 
+@functools.cache
 def _libggml() -> ctypes.CDLL:
     """The ggml library llama.cpp runs on: LLAMA_CPP_LIB_PATH's when set (a CUDA build, say), as
     llama_cpp itself honours it for libllama; else the one in llama_cpp's package."""
