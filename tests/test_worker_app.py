@@ -15,8 +15,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from rbee.models import default_model_path
 from rbee.worker import app as worker_app
-from rbee.worker.app import WorkerSettings, create_app
+from rbee.worker.app import create_app
 from rbee.worker.engine import Engine, EngineConfig
+from rbee.worker.settings import WorkerSettings
 
 
 def _settings() -> WorkerSettings:

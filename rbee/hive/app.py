@@ -8,53 +8,22 @@ import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Literal
 
 import aiohttp
 from aiohttp import web
-from pydantic import BaseModel, Field
 
 from rbee import __version__, models
 from rbee.errors import ErrorCode, RbeeError
 from rbee.hive import preflight
 from rbee.hive.models_api import CATALOG, PROVISIONER, setup_models
 from rbee.hive.queen_link import QueenLink
+from rbee.hive.settings import HiveSettings
 from rbee.hive.supervisor import ManagedWorker, Supervisor, WorkerSpec
 from rbee.hive.watch import Watch, reconcile
 from rbee.protocol import SpawnRequest, WorkerReady
 from rbee.web import json_response, make_app, read_model
 
 log = logging.getLogger(__name__)
-
-
-class HiveSettings(BaseModel):
-    host: str = "127.0.0.1"
-    port: int = Field(9200, ge=0, le=65535)
-    queen_url: str = Field(description="Where workers are registered.")
-    node_name: str = "local"
-    models_dir: Path = Field(description="Where downloaded models and the catalog live.")
-    log_dir: Path = Field(description="One log file per spawned worker.")
-    hf_base_url: str = "https://huggingface.co"
-    cluster_key: str | None = None
-    heartbeat_interval: float = Field(1.0, gt=0)
-    stop_grace: float = Field(10.0, ge=0, description="Seconds a worker gets to drain before SIGKILL.")
-    spawn_timeout: float = Field(120.0, gt=0, description="Seconds a spawned worker gets to become ready.")
-    idle_timeout: float = Field(0.0, ge=0, description="Stop a worker that served nothing this long; 0 = never.")
-    restart: Literal["no", "on-failure"] = Field("no", description="Restart a worker that exits with an error.")
-    max_restarts: int = Field(3, ge=0, description="Restarts per worker, at most.")
-    keep_workers_on_crash: bool = Field(False, description="Workers outlive a hive that dies abruptly; the "
-                                        "restarted hive adopts them.")
-    worker_ports: tuple[int, int] | None = Field(None, description="Port range for workers (default: any free).")
-    ram_budget_mb: int = Field(0, ge=0, description="Memory all workers of this hive may use; 0 = what is free.")
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def state_path(self) -> Path:
-        return self.models_dir / "workers.json"
 
 
 SETTINGS = web.AppKey("settings", HiveSettings)

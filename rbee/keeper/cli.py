@@ -15,11 +15,11 @@ from types import FrameType
 from typing import Any
 
 from rbee.client import HiveClient, QueenClient
+from rbee.flags import add_flag, env_name
 from rbee.keeper import cluster, config, fleet, hive_models, infer, logfiles, state
 from rbee.keeper.config import OPTIONS, ConfigError, Resolved
 from rbee.keeper.failures import EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, EXIT_USAGE, KeeperError
 from rbee.keeper.output import Output
-from rbee.settings import add_flag, env_name
 
 EXIT_TERMINATED = 128 + signal.SIGTERM
 BOOL_FLAGS = ("json", "keep", "no_autostart", "follow", "raw")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rbee.settings import env_name
+from rbee.flags import env_name
 
 SYSTEM_CONFIG = Path("/etc/rbee/config.toml")
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})

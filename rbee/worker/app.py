@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, Field
 
 from rbee import __version__, chat
 from rbee.auth import cluster_key_middleware
@@ -22,25 +21,10 @@ from rbee.web import json_response, make_app, read_model
 from rbee.worker import metrics as worker_metrics
 from rbee.worker.engine import ContextOverflow, Engine, EngineConfig, EngineError, Job, Sampling
 from rbee.worker.lifecycle import Lifecycle, announce, exit_gracefully
+from rbee.worker.settings import WorkerSettings
 from rbee.worker.slots import SlotPool
 
 log = logging.getLogger(__name__)
-
-
-class WorkerSettings(BaseModel):
-    worker_id: str = Field(description="Id this worker registers under.")
-    model_ref: str = Field(description="The ref the model was asked for by (reported to the hive/queen).")
-    host: str = "127.0.0.1"
-    port: int = Field(ge=0, le=65535)
-    backend: str = "cpu"
-    device: int = 0
-    callback_url: str | None = Field(None, description="Hive endpoint told when the model is loaded.")
-    cluster_key: str | None = None
-    drain_timeout: float = Field(30.0, ge=0, description="Seconds running requests get to finish on shutdown.")
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
 
 SETTINGS = web.AppKey("settings", WorkerSettings)

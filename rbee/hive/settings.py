@@ -1,0 +1,76 @@
+"""rbee-hive's settings: each declared once here; its flags and RBEE_* variables derive from them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BeforeValidator, Field
+
+from rbee.flags import NOT_A_FLAG, Flag
+from rbee.server_settings import ServerSettings
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "rbee"
+
+
+def _parse_port_range(value: Any) -> Any:
+    """``8081-8199`` (or one port, ``8081``) as ``(8081, 8199)``; an empty text is no range."""
+    if not isinstance(value, str):
+        return value
+    if not value:
+        return None
+    low, _, high = value.partition("-")
+    try:
+        return int(low), int(high or low)
+    except ValueError:
+        raise ValueError("takes FIRST-LAST, e.g. 8081-8199") from None
+
+
+def _check_port_range(ports: tuple[int, int] | None) -> tuple[int, int] | None:
+    if ports is not None and not 1 <= ports[0] <= ports[1] <= 65535:
+        raise ValueError("needs 1 <= FIRST <= LAST <= 65535")
+    return ports
+
+
+def _logs_beside_models(data: dict[str, Any]) -> Path:
+    return Path(data.get("models_dir") or default_data_dir() / "models").parent / "logs"
+
+
+class HiveSettings(ServerSettings):
+    port: int = Field(9200, ge=0, le=65535, description="Port to listen on (0 = any free port).")
+    queen_url: Annotated[str, AfterValidator(lambda url: url.rstrip("/")), Flag(metavar="URL")] = Field(
+        description="queen-rbee URL to register workers with.")
+    node_name: str = Field("local", description="This machine's name in the fleet.")
+    models_dir: Annotated[Path, AfterValidator(Path.expanduser), Flag(metavar="DIR")] = Field(
+        default_factory=lambda: default_data_dir() / "models",
+        description="Where downloaded models and the catalog live.")
+    log_dir: Annotated[Path, Flag(metavar="DIR")] = Field(
+        default_factory=_logs_beside_models,
+        description="Worker log folder, one file per spawned worker (default: <models-dir>/../logs).")
+    hf_base_url: str = Field("https://huggingface.co", description="Hugging Face base URL.")
+    cluster_key: str | None = Field(None, description="Key shared among queen, hives and workers.")
+    spawn_timeout: float = Field(120.0, gt=0, description="Seconds a spawned worker gets to become ready.")
+    idle_timeout: float = Field(0.0, ge=0, description="Stop a worker that served nothing this long (0 = never).")
+    restart: Literal["no", "on-failure"] = Field("no", description="Restart a worker that exits with an error.")
+    max_restarts: int = Field(3, ge=0, description="Restarts per worker, at most.")
+    keep_workers_on_crash: bool = Field(False, description="Workers outlive a hive that dies abruptly; the "
+                                        "restarted hive adopts them.")
+    worker_ports: Annotated[tuple[int, int] | None, BeforeValidator(_parse_port_range),
+                            AfterValidator(_check_port_range), Flag(metavar="FIRST-LAST")] = Field(
+        None, description="Port range for workers, e.g. 8081-8199 (default: any free port).")
+    ram_budget_mb: int = Field(0, ge=0, description="Memory all workers of this hive may use (0 = what is free).")
+    heartbeat_interval: Annotated[float, NOT_A_FLAG] = Field(1.0, gt=0, description="Seconds between heartbeats.")
+    stop_grace: Annotated[float, NOT_A_FLAG] = Field(
+        10.0, ge=0, description="Seconds a worker gets to drain before SIGKILL.")
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def state_path(self) -> Path:
+        return self.models_dir / "workers.json"
