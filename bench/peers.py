@@ -14,13 +14,15 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from common import CACHE_DIR, BenchError
+
+from rbee import sse
 
 OURS = "llm-worker-rbee"
 LLAMA_SERVER = "llama-server"
@@ -100,13 +102,6 @@ class StreamResult:
     finish: str
 
 
-async def _sse_data(resp: aiohttp.ClientResponse) -> AsyncIterator[str]:
-    async for raw in resp.content:
-        line = raw.rstrip(b"\r\n")
-        if line.startswith(b"data:"):
-            yield line[5:].strip().decode()
-
-
 @dataclass
 class Target:
     name: str
@@ -146,7 +141,7 @@ class Target:
                     finish = f"HTTP {resp.status}"
                     await resp.read()
                 else:
-                    async for data in _sse_data(resp):
+                    async for data in sse.aiter_data(resp.content.iter_any()):
                         if data == "[DONE]":
                             break
                         event = json.loads(data)

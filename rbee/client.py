@@ -15,6 +15,7 @@ from typing import Any
 import requests
 import sseclient
 
+from rbee.peer import auth_headers
 from rbee.protocol import WorkerInfo, WorkerList
 
 DEFAULT_TIMEOUT = 10.0
@@ -84,8 +85,7 @@ class Client:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.session = requests.Session()
-        if api_key:
-            self.session.headers["Authorization"] = f"Bearer {api_key}"
+        self.session.headers.update(auth_headers(api_key))
 
     def _url(self, path: str) -> str:
         return f"{self.base_url}{path}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -18,6 +19,12 @@ from pydantic import (
 
 ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 Identifier = Annotated[str, Field(pattern=ID_PATTERN, description="[A-Za-z0-9._-]{1,64}")]
+_ID = re.compile(ID_PATTERN, re.ASCII)
+
+
+def is_identifier(text: str) -> bool:
+    """The contract's id rule (worker, hive and request ids): ASCII letters, digits, ``._-``, 1-64."""
+    return _ID.fullmatch(text) is not None
 # Model refs: hf:org/repo[:file.gguf], file:///abs/path.gguf, https://.../x.gguf, or a plain name.
 ModelRef = Annotated[str, Field(min_length=1, max_length=1024, pattern=r"^[^\x00-\x1f\s]+$")]
 
@@ -66,10 +73,6 @@ class WorkerRegistration(RequestModel):
     node_name: Identifier = "local"
     slots_total: Annotated[int, Field(ge=1, le=1024)] = 1
     vram_bytes: Annotated[int, Field(ge=0)] | None = None
-
-    @property
-    def base_url(self) -> str:
-        return self.url
 
 
 class WorkerInfo(WireModel):
@@ -136,6 +139,8 @@ class InferenceRequest(RequestModel):
     model: ModelRef | None = None
     stream: bool = True
     ignore_eos: bool = Field(False, description="Never end early: generate exactly max_tokens (benchmarks, tests).")
+    cache_prompt: bool = Field(True, description="Reuse the KV a slot holds of an earlier prompt that begins "
+                               "the same way (llama-server's cache_prompt); false decodes the whole prompt.")
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -160,6 +165,7 @@ class DoneEvent(WireModel):
     duration_ms: int
     finish_reason: Literal["stop", "length", "cancelled", "error"]
     prompt_tokens: int | None = None
+    cached_tokens: int | None = None
     max_tokens_clipped: int | None = None
     worker_id: str | None = None
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from rbee.errors import ErrorCode, RbeeError, envelope, validation_error
+from rbee.logs import request_id_var
+from rbee.protocol import is_identifier
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -98,6 +101,15 @@ async def read_model(request: web.Request, model: type[M]) -> M:
         return model.model_validate(data)
     except ValidationError as exc:
         raise validation_error(exc) from None
+
+
+def request_id_of(request: web.Request) -> str:
+    """The caller's X-Request-Id when it is a valid id (passed on down the parts), else a fresh one;
+    set as the request id of this task's log lines."""
+    given = request.headers.get("X-Request-Id", "")
+    rid = given if is_identifier(given) else uuid.uuid4().hex
+    request_id_var.set(rid)
+    return rid
 
 
 def make_app(**kwargs: Any) -> web.Application:

@@ -6,7 +6,7 @@ import pytest
 
 from rbee.errors import ErrorCode, RbeeError
 from rbee.protocol import HiveHeartbeat, HiveRegistration
-from rbee.queen.hives import HiveRegistry
+from rbee.queen.hive_registry import HiveRegistry
 
 
 class Clock:

@@ -6,6 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from rbee.errors import ErrorCode, RbeeError
+from rbee.events import Done
 from rbee.protocol import MAX_TOKENS_LIMIT
 from rbee.queen import openai_types as oa
 
@@ -13,7 +14,7 @@ CHAT = {"model": "m", "messages": [{"role": "user", "content": "Hi"}]}
 
 
 def test_chat_becomes_messages_for_the_worker_streamed_with_openai_defaults():
-    body = oa.ChatCompletionRequest.model_validate(CHAT).to_inference()
+    body = oa.ChatCompletionRequest.model_validate(CHAT).to_inference().model_dump(mode="json", exclude_none=True)
     assert body["messages"] == [{"role": "user", "content": "Hi"}]
     assert body["model"] == "m" and body["stream"] is True and "prompt" not in body
     assert body["temperature"] == 1.0 and body["max_tokens"] == MAX_TOKENS_LIMIT  # the worker clips to its context
@@ -23,13 +24,13 @@ def test_sampling_fields_pass_through_and_max_completion_tokens_wins():
     req = oa.ChatCompletionRequest.model_validate(
         {**CHAT, "max_tokens": 5, "max_completion_tokens": 7, "temperature": 0, "top_p": 0.5, "seed": 3,
          "stop": "\n"})
-    body = req.to_inference()
+    body = req.to_inference().model_dump(mode="json", exclude_none=True)
     assert (body["max_tokens"], body["temperature"], body["top_p"], body["seed"], body["stop"]) == (7, 0, 0.5, 3, ["\n"])
 
 
 def test_unknown_fields_from_the_sdk_are_ignored():
     req = oa.ChatCompletionRequest.model_validate({**CHAT, "parallel_tool_calls": False, "metadata": {"a": 1}})
-    assert req.to_inference()["messages"]
+    assert req.to_inference().model_dump(mode="json", exclude_none=True)["messages"]
 
 
 def test_developer_role_and_text_parts_are_flattened():
@@ -37,7 +38,7 @@ def test_developer_role_and_text_parts_are_flattened():
         {"role": "developer", "content": "Be brief."},
         {"role": "user", "content": [{"type": "text", "text": "Hello "}, {"type": "text", "text": "there"}]},
     ]})
-    assert req.to_inference()["messages"] == [{"role": "system", "content": "Be brief."},
+    assert req.to_inference().model_dump(mode="json", exclude_none=True)["messages"] == [{"role": "system", "content": "Be brief."},
                                               {"role": "user", "content": "Hello there"}]
 
 
@@ -45,7 +46,7 @@ def test_image_parts_are_refused_naming_messages():
     req = oa.ChatCompletionRequest.model_validate({"model": "m", "messages": [
         {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]})
     with pytest.raises(RbeeError) as info:
-        req.to_inference()
+        req.to_inference().model_dump(mode="json", exclude_none=True)
     assert info.value.code == ErrorCode.INVALID_REQUEST and info.value.details == {"field": "messages"}
 
 
@@ -57,7 +58,7 @@ def test_what_we_cannot_honour_is_refused(extra):
 
 
 def test_completions_default_to_sixteen_tokens_and_take_a_one_item_list():
-    body = oa.CompletionRequest.model_validate({"model": "m", "prompt": ["Once"]}).to_inference()
+    body = oa.CompletionRequest.model_validate({"model": "m", "prompt": ["Once"]}).to_inference().model_dump(mode="json", exclude_none=True)
     assert body["prompt"] == "Once" and body["max_tokens"] == oa.COMPLETIONS_DEFAULT_MAX_TOKENS
 
 
@@ -85,5 +86,5 @@ def test_errors_keep_the_envelope_and_add_openais_type(code, kind):
 
 
 def test_finish_reasons_are_openais():
-    assert [oa.finish_reason({"finish_reason": r}) for r in ("stop", "length", "cancelled")] == ["stop", "length",
+    assert [oa.finish_reason(Done(1, 1, r)) for r in ("stop", "length", "cancelled")] == ["stop", "length",
                                                                                                   "stop"]

@@ -7,6 +7,8 @@ import time
 import pytest
 
 from rbee.errors import ErrorCode, RbeeError
+from rbee.events import Done, Token
+from rbee.worker.engine_api import Job, Sampling, Work
 from rbee.worker.slots import Outbox, SlotPool, SlotTable
 
 
@@ -47,8 +49,10 @@ class ThreadedBackend:
         self.jobs: dict[str, tuple] = {}
         self.lock = threading.Lock()
 
-    def submit(self, job) -> None:
-        request_id, emit, on_finish, n = job
+    def submit(self, job: Job) -> None:
+        self.run(job.work.request_id, job.emit, job.on_finish, job.work.max_tokens)
+
+    def run(self, request_id, emit, on_finish, n) -> None:
         stop = threading.Event()
         with self.lock:
             self.jobs[request_id] = (stop, emit, on_finish)
@@ -57,10 +61,10 @@ class ThreadedBackend:
             for i in range(n):
                 if stop.wait(0.002):
                     break
-                emit({"token": "x", "index": i})
+                emit(Token("x", i))
             time.sleep(0.02)  # freeing the slot takes a while: cancel must still wait for it
             on_finish()
-            emit({"done": True, "finish_reason": "cancelled" if stop.is_set() else "length"})
+            emit(Done(0, 0, "cancelled" if stop.is_set() else "length"))
 
         threading.Thread(target=run, daemon=True).start()
 
@@ -72,20 +76,20 @@ class ThreadedBackend:
         threading.Thread(target=lambda: (time.sleep(0.03), on_done(entry is not None)), daemon=True).start()
 
 
-def _job(request_id: str, n: int):
-    return lambda slot, emit, on_finish: (request_id, emit, on_finish, n)
+def _job(request_id: str, n: int) -> Work:
+    return Work(request_id=request_id, prompt_tokens=[1], max_tokens=n, sampling=Sampling(), stop=[])
 
 
 def test_cancel_returns_once_the_slot_is_free_and_the_stream_ends_cancelled():
     async def scenario():
         pool = SlotPool(ThreadedBackend(), 2)
-        gen = pool.start("a", _job("a", 10_000))
+        gen = pool.start(_job("a", 10_000))
         events = gen.events()
-        assert "token" in await events.__anext__()
+        assert isinstance(await events.__anext__(), Token)
         assert await pool.cancel("a") is True
         assert pool.table.available == 2 and pool.running == 0
         rest = [e async for e in events]
-        assert rest[-1] == {"done": True, "finish_reason": "cancelled"}
+        assert rest[-1] == Done(0, 0, "cancelled")
         assert await pool.cancel("a") is False  # idempotent
         assert await pool.cancel("never-seen") is False
 
@@ -95,12 +99,12 @@ def test_cancel_returns_once_the_slot_is_free_and_the_stream_ends_cancelled():
 def test_events_arrive_in_order_and_grouped_when_the_reader_is_slow():
     async def scenario():
         pool = SlotPool(ThreadedBackend(), 1)
-        gen = pool.start("a", _job("a", 50))
+        gen = pool.start(_job("a", 50))
         await asyncio.sleep(0.2)  # let events pile up
         batches = [b async for b in gen.batches()]
         flat = [e for b in batches for e in b]
-        assert [e["index"] for e in flat if "token" in e] == list(range(50))
-        assert flat[-1]["done"] is True and len(batches) < len(flat)
+        assert [e.index for e in flat if isinstance(e, Token)] == list(range(50))
+        assert isinstance(flat[-1], Done) and len(batches) < len(flat)
 
     asyncio.run(scenario())
 
@@ -108,11 +112,11 @@ def test_events_arrive_in_order_and_grouped_when_the_reader_is_slow():
 def test_draining_refuses_new_work_and_cancel_all_stops_the_rest():
     async def scenario():
         pool = SlotPool(ThreadedBackend(), 2)
-        pool.start("a", _job("a", 10_000))
-        pool.start("b", _job("b", 10_000))
+        pool.start(_job("a", 10_000))
+        pool.start(_job("b", 10_000))
         pool.draining = True
         with pytest.raises(RbeeError) as e:
-            pool.start("c", _job("c", 1))
+            pool.start(_job("c", 1))
         assert e.value.code == ErrorCode.DRAINING
         assert await pool.wait_idle(0.05) is False
         assert await pool.cancel_all() == 2
@@ -181,25 +185,23 @@ def test_pool_with_a_flushing_engine_streams_every_event():
         def set_flush(self, flush) -> None:
             self.flush = flush
 
-        def submit(self, job) -> None:
-            request_id, emit, on_finish, n = job
-
+        def submit(self, job: Job) -> None:
             def emit_and_flush(event) -> None:
-                emit(event)
+                job.emit(event)
                 self.flush()
 
-            super().submit((request_id, emit_and_flush, lambda: (on_finish(), self.flush()), n))
+            self.run(job.work.request_id, emit_and_flush, lambda: (job.on_finish(), self.flush()), job.work.max_tokens)
 
     async def scenario():
         pool = SlotPool(FlushingBackend(), 2)
-        gens = [pool.start(r, _job(r, 20)) for r in ("a", "b")]
+        gens = [pool.start(_job(r, 20)) for r in ("a", "b")]
         async def collect(gen):
             return [e async for e in gen.events()]
 
         streams = await asyncio.wait_for(asyncio.gather(*map(collect, gens)), 10)
         for events in streams:
-            assert [e["index"] for e in events if "token" in e] == list(range(20))
-            assert events[-1]["done"] is True
+            assert [e.index for e in events if isinstance(e, Token)] == list(range(20))
+            assert isinstance(events[-1], Done)
         assert pool.table.available == 2
         pool.close()
 

@@ -5,7 +5,6 @@ load, and cancellation of unknown ids. The model load is held back here by a sta
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from rbee import sse
 from rbee.models import default_model_path
 from rbee.worker import app as worker_app
 from rbee.worker.app import create_app
@@ -27,9 +27,7 @@ def _settings() -> WorkerSettings:
 async def _sse(client: TestClient, path: str) -> list[Any]:
     async with client.get(path) as r:
         assert r.status == 200 and r.headers["Content-Type"].startswith("text/event-stream")
-        body = await r.text()
-    data = [line[6:] for line in body.splitlines() if line.startswith("data: ")]
-    return [d if d == "[DONE]" else json.loads(d) for d in data]
+        return [d if d == sse.DONE else sse.parse(d) async for d in sse.aiter_data(r.content)]
 
 
 @pytest.fixture

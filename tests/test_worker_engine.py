@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from rbee.events import Event, is_last
 from rbee.models import default_model_path
-from rbee.worker.engine import Engine, EngineConfig, EngineError, Job, Sampling
+from rbee.worker.engine import Engine, EngineConfig, EngineError, Job, Sampling, Work
 
 COUNTING = "1, 2, 3, 4, 5,"
 _ids = itertools.count()
@@ -24,9 +25,9 @@ class Run:
     order: list[str] = field(default_factory=list)
     ended: threading.Event = field(default_factory=threading.Event)
 
-    def emit(self, event: dict[str, Any]) -> None:
-        self.events.append(event)
-        if event.get("done") or "error" in event:
+    def emit(self, event: Event) -> None:
+        self.events.append(event.wire())  # the wire form: what a client of the worker would see
+        if is_last(event):
             self.order.append("done")
             self.ended.set()
 
@@ -54,9 +55,9 @@ def engine():
 
 def submit(engine: Engine, slot: int, prompt: str, max_tokens: int, stop: tuple[str, ...] = (), **sampling) -> Run:
     run = Run()
-    engine.submit(Job(request_id=f"r{next(_ids)}", slot=slot, prompt_tokens=engine.tokenize(prompt),
-                      max_tokens=max_tokens, sampling=Sampling(**sampling), stop=list(stop), emit=run.emit,
-                      on_finish=run.finished))
+    work = Work(request_id=f"r{next(_ids)}", prompt_tokens=engine.tokenize(prompt), max_tokens=max_tokens,
+                sampling=Sampling(**sampling), stop=list(stop))
+    engine.submit(Job(work, slot, run.emit, run.finished))
     return run
 
 
@@ -84,8 +85,9 @@ def test_same_seed_same_text_alone_and_among_other_sequences(engine):
 
 def test_cancel_frees_the_slot_before_the_done_event(engine):
     run = Run()
-    job = Job(request_id="cancel-me", slot=1, prompt_tokens=engine.tokenize(COUNTING), max_tokens=10_000,
-              sampling=Sampling(temperature=0, ignore_eos=True), stop=[], emit=run.emit, on_finish=run.finished)
+    work = Work(request_id="cancel-me", prompt_tokens=engine.tokenize(COUNTING), max_tokens=10_000,
+                sampling=Sampling(temperature=0, ignore_eos=True), stop=[])
+    job = Job(work, 1, run.emit, run.finished)
     engine.submit(job)
     answers: list[bool] = []
     acknowledged = threading.Event()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -13,13 +12,15 @@ import aiohttp
 from aiohttp import web
 
 from rbee import __version__, models
-from rbee.errors import ErrorCode, RbeeError
+from rbee.auth import cluster_key_middleware
+from rbee.errors import RbeeError
 from rbee.hive import preflight
 from rbee.hive.models_api import CATALOG, PROVISIONER, setup_models
 from rbee.hive.queen_link import QueenLink
 from rbee.hive.settings import HiveSettings
 from rbee.hive.supervisor import ManagedWorker, Supervisor, WorkerSpec
 from rbee.hive.watch import Watch, reconcile
+from rbee.peer import Peers
 from rbee.protocol import SpawnRequest, WorkerReady
 from rbee.web import json_response, make_app, read_model
 
@@ -58,7 +59,6 @@ async def spawn(request: web.Request) -> web.Response:
     and registered, or 502 SPAWN_FAILED with its last log lines."""
     app = request.app
     settings, supervisor = app[SETTINGS], app[SUPERVISOR]
-    _check_cluster_key(request)
     body = await read_model(request, SpawnRequest)
     wait = body.wait or request.query.get("wait", "").lower() in ("1", "true", "yes")
     preflight.check_backend(body.backend, body.device, preflight.backends_of(await app[DEVICES]))  # before any download
@@ -89,7 +89,6 @@ def _ram_for_workers(settings: HiveSettings, supervisor: Supervisor) -> int | No
 async def worker_ready(request: web.Request) -> web.Response:
     """The worker's callback: the model is loaded. Register it with the queen, then it counts as ready."""
     app = request.app
-    _check_cluster_key(request)
     body = await read_model(request, WorkerReady)
     worker = app[SUPERVISOR].get(body.worker_id)
     await app[LINK].register_worker(worker)  # first, so a spawn that waits answers with a routable worker
@@ -100,21 +99,9 @@ async def worker_ready(request: web.Request) -> web.Response:
 @routes.post("/v1/workers/{worker_id}/shutdown")
 async def shutdown_worker(request: web.Request) -> web.Response:
     app = request.app
-    _check_cluster_key(request)
     worker = app[SUPERVISOR].get(request.match_info["worker_id"])
     await app[SUPERVISOR].stop(worker, app[SETTINGS].stop_grace)
     return json_response({"worker_id": worker.worker_id, "state": "exited"})
-
-
-def _check_cluster_key(request: web.Request) -> None:
-    key = request.app[SETTINGS].cluster_key
-    if not key:
-        return
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    if not given:
-        raise RbeeError(ErrorCode.MISSING_API_KEY, "This hive needs the cluster key: 'Authorization: Bearer <key>'.")
-    if not hmac.compare_digest(given.encode(), key.encode()):
-        raise RbeeError(ErrorCode.INVALID_API_KEY, "Wrong cluster key. Use the key the hive was started with.")
 
 
 # ---------------------------------------------------------------- lifecycle
@@ -142,8 +129,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     timeout = aiohttp.ClientTimeout(total=5)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         app[HTTP] = session
-        link = app[LINK] = QueenLink(session, settings.queen_url, settings.node_name, settings.url,
-                                     settings.cluster_key)
+        link = app[LINK] = QueenLink(Peers(session, settings.cluster_key), settings.queen_url, settings.node_name,
+                                     settings.url)
         watch = Watch(supervisor, link, session, idle_timeout=settings.idle_timeout, stop_grace=settings.stop_grace)
         pending: set[asyncio.Task] = set()
 
@@ -180,4 +167,6 @@ def create_app(settings: HiveSettings) -> web.Application:
     setup_models(app, settings.models_dir, settings.hf_base_url)  # first: the catalog opens before reconcile
     app.cleanup_ctx.append(_lifecycle)
     app.add_routes(routes)
+    # Every state-changing route (spawn, ready callback, shutdown, model download) needs the cluster key.
+    app.middlewares.append(cluster_key_middleware(settings.cluster_key))
     return app

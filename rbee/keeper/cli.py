@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     _option(queen, "api_key", metavar="KEY")
     hive = argparse.ArgumentParser(add_help=False)
     _option(hive, "hive_url", metavar="URL")
+    _option(hive, "cluster_key", metavar="KEY")
     listing = argparse.ArgumentParser(add_help=False)
     _switch(listing, "--json", "print the queen's or hive's JSON answer instead of a table")
 
@@ -189,12 +190,16 @@ def _hives_list(args: argparse.Namespace, cfg: Resolved, out: Output) -> int:
     return fleet.hives_list(_queen(cfg), out, args.json)
 
 
+def _hive(cfg: Resolved) -> HiveClient:
+    return HiveClient(cfg.hive_url, api_key=cfg.cluster_key, timeout=10)
+
+
 def _models_list(args: argparse.Namespace, cfg: Resolved, out: Output) -> int:
-    return hive_models.models_list(HiveClient(cfg.hive_url, timeout=10), out, args.json)
+    return hive_models.models_list(_hive(cfg), out, args.json)
 
 
 def _models_download(args: argparse.Namespace, cfg: Resolved, out: Output) -> int:
-    return hive_models.download(HiveClient(cfg.hive_url, timeout=10), args.ref, out)
+    return hive_models.download(_hive(cfg), args.ref, out)
 
 
 def _logs(args: argparse.Namespace, cfg: Resolved, out: Output) -> int:

@@ -46,6 +46,7 @@ OPTIONS: dict[str, Option] = {o.key: o for o in (
     Option("queen_url", str, "http://127.0.0.1:8080", "queen-rbee to talk to"),
     Option("hive_url", str, "http://127.0.0.1:9200", "rbee-hive to talk to (models)"),
     Option("api_key", str, None, "bearer key for a queen started with --api-key"),
+    Option("cluster_key", str, None, "cluster key for a hive started with --cluster-key (models download)"),
     Option("model", str, None, "model ref (infer: any served model when unset; up: the default model)"),
     Option("max_tokens", int, 100, "most tokens to generate"),
     Option("temperature", float, 0.7, "sampling temperature, 0-2"),
@@ -56,7 +57,7 @@ OPTIONS: dict[str, Option] = {o.key: o for o in (
     Option("no_autostart", bool, False, "never start a local cluster when no queen answers"),
 )}
 
-SECRET_KEYS = frozenset({"api_key"})
+SECRET_KEYS = frozenset({"api_key", "cluster_key"})
 
 
 @dataclass

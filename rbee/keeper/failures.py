@@ -7,6 +7,7 @@ from typing import Any
 import requests
 
 from rbee.errors import ErrorCode
+from rbee.peer import envelope
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -54,12 +55,11 @@ class KeeperError(Exception):
 def envelope_of(response: requests.Response) -> dict[str, Any]:
     """The ``{"code", "message", "details"}`` of an error answer, or a stand-in for a non-rbee answer."""
     try:
-        error = response.json()["error"]
-        if isinstance(error, dict) and "message" in error:
-            return {"code": str(error.get("code", "?")), "message": str(error["message"]),
-                    "details": error.get("details") or {}}
-    except (ValueError, KeyError, TypeError):
-        pass
+        error = envelope(response.json())
+    except ValueError:
+        error = None
+    if error is not None:
+        return error
     text = response.text.strip().replace("\n", " ")[:200] or response.reason or "no body"
     return {"code": f"HTTP_{response.status_code}", "message": f"HTTP {response.status_code}: {text}", "details": {}}
 

@@ -14,6 +14,7 @@ from rbee.keeper.output import Output, human_bytes, list_reply
 from rbee.sse import iter_messages
 
 START_A_HIVE = "start one with `rbee-keeper up`, or pass --hive-url (env RBEE_HIVE_URL)"
+HIVE_KEY = "pass the hive's cluster key with --cluster-key (env RBEE_CLUSTER_KEY)"
 
 
 def _call(client: HiveClient, method: str, path: str, **kw: Any) -> requests.Response:
@@ -43,7 +44,9 @@ def download(client: HiveClient, ref: str, out: Output) -> int:
         raise KeeperError(f"the hive at {client.base_url} cannot download models (no /v1/models/download)",
                           "upgrade the hive, or give workers a local file: --model file:///path/model.gguf")
     if r.status_code >= 300:
-        raise from_response(r)
+        error = envelope_of(r)
+        raise from_envelope(error, HIVE_KEY if error["code"] in (ErrorCode.MISSING_API_KEY, ErrorCode.INVALID_API_KEY)
+                            else None)
     started = r.json()
     if started.get("status") == "present":
         out.say(f"{ref} is already on the hive: {started.get('local_path', '')}")

@@ -21,6 +21,7 @@ import requests
 
 from rbee.client import QueenClient
 from rbee.errors import ErrorCode
+from rbee.events import Provisioning, Queued, parse_note
 from rbee.keeper import state
 from rbee.keeper.failures import (
     EXIT_CANCELLED,
@@ -187,22 +188,18 @@ class WaitNotes:
 
     def __init__(self, note: Callable[[str], None]) -> None:
         self._note = note
-        self._position: str | None = None
+        self._position: int | None = None
         self._provisioning_next = 0
 
     def __call__(self, comment: str) -> None:
-        kind, _, rest = comment.partition(" ")
-        fields = dict(part.split("=", 1) for part in rest.split() if "=" in part)
-        if kind == "queued" and fields.get("position") != self._position:
-            self._position = fields.get("position")
-            self._note(f"rbee-keeper: every worker is busy; waiting in line (position {self._position})")
-        elif kind == "provisioning":
-            elapsed_s = fields.get("elapsed_s", "")
-            elapsed = int(elapsed_s) if elapsed_s.isdigit() else 0
-            if elapsed >= self._provisioning_next:
-                self._provisioning_next = elapsed + self.PROVISIONING_EVERY_S
-                self._note(f"rbee-keeper: no worker serves {fields.get('model', 'this model')} yet; a hive is "
-                           f"getting it ready (download, then a worker start) — {elapsed} s so far")
+        note = parse_note(comment)
+        if isinstance(note, Queued) and note.position != self._position:
+            self._position = note.position
+            self._note(f"rbee-keeper: every worker is busy; waiting in line (position {note.position})")
+        elif isinstance(note, Provisioning) and note.elapsed_s >= self._provisioning_next:
+            self._provisioning_next = note.elapsed_s + self.PROVISIONING_EVERY_S
+            self._note(f"rbee-keeper: no worker serves {note.model or 'this model'} yet; a hive is "
+                       f"getting it ready (download, then a worker start) — {note.elapsed_s} s so far")
 
 
 def read_answer(response: requests.Response, started: float, raw_json: bool, stdout: TextIO,

@@ -14,9 +14,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from rbee.errors import ErrorCode, RbeeError
+from rbee.events import Queued, WaitNote
 from rbee.queen.registry import Lease, Registry
 
-OnWait = Callable[[str], Awaitable[None]]  # a note for a waiting client, sent as an SSE comment
+OnWait = Callable[[WaitNote], Awaitable[None]]  # why a client waits, sent to it as an SSE comment
 
 
 @dataclass
@@ -35,6 +36,7 @@ class AdmissionQueue:
         self.timeout = timeout
         self._by_key: OrderedDict[str, deque[_Waiter]] = OrderedDict()  # rotation order = dict order
         self._freed: deque[float] = deque(maxlen=64)  # when slots came back, for Retry-After
+        registry.subscribe(self.pump)  # room that frees anywhere (a lease back, a worker new or back) is handed on
 
     def __len__(self) -> int:
         return sum(len(q) for q in self._by_key.values())
@@ -79,7 +81,6 @@ class AdmissionQueue:
             # Timed out or the client left: a lease handed over in the meantime goes back at once.
             if waiter.future.done() and not waiter.future.cancelled():
                 self.registry.release(waiter.future.result())
-                self.pump()
             raise
         finally:
             self._forget(waiter)
@@ -89,7 +90,7 @@ class AdmissionQueue:
         deadline = waiter.since + self.timeout
         while not waiter.future.done():
             if on_wait is not None:  # each second: the place in line, and a keep-alive for proxies
-                await on_wait(f"queued position={self.position(waiter)}")
+                await on_wait(Queued(self.position(waiter)))
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -146,8 +147,8 @@ class AdmissionQueue:
                 break
 
     def slot_freed(self) -> None:
+        """A request gave its slot back (the registry's release has handed it on): for Retry-After."""
         self._freed.append(time.monotonic())
-        self.pump()
 
     def _busy(self, full: bool = False) -> RbeeError:
         what = f"the queue is full ({self.max_size} waiting)" if full else "every worker is busy"

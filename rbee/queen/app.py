@@ -11,13 +11,15 @@ import aiohttp
 from aiohttp import web
 
 from rbee import __version__
-from rbee.queen import hives, metrics, openai, workers_api
+from rbee.peer import Peers
+from rbee.queen import hives_api, metrics, openai, workers_api
 from rbee.queen.admission import AdmissionQueue
+from rbee.queen.appkeys import DISPATCHER, HIVES, PEERS, QUEUE, REGISTRY, SETTINGS
 from rbee.queen.auth import RATE_LIMITER, auth_middleware, rate_limit_middleware
+from rbee.queen.cold_start import ColdStarter
 from rbee.queen.dispatch import Dispatcher
 from rbee.queen.health import probe_loop
 from rbee.queen.inference import inference
-from rbee.queen.keys import DISPATCHER, HTTP, QUEUE, REGISTRY, SETTINGS
 from rbee.queen.metrics import METRICS
 from rbee.queen.ratelimit import RateLimiter
 from rbee.queen.registry import Registry
@@ -37,15 +39,15 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=5)
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-        app[HTTP] = session
+        peers = app[PEERS] = Peers(session, settings.cluster_key)
         app[DISPATCHER] = Dispatcher(
-            app[REGISTRY], session, app[QUEUE], stall_timeout=settings.stall_timeout,
-            max_attempts=settings.max_attempts, cluster_key=settings.cluster_key, hooks=app[METRICS],
+            app[REGISTRY], peers, app[QUEUE], stall_timeout=settings.stall_timeout,
+            max_attempts=settings.max_attempts, hooks=app[METRICS],
         )
-        starter = hives.ColdStarter(app[hives.HIVES], session, cluster_key=settings.cluster_key)
+        starter = ColdStarter(app[HIVES], peers)
         app[DISPATCHER].cold_start = starter.provide
         prober = asyncio.get_running_loop().create_task(probe_loop(
-            app[REGISTRY], app[QUEUE], session, interval=settings.probe_interval,
+            app[REGISTRY], session, interval=settings.probe_interval,
             heartbeat_timeout=settings.heartbeat_timeout, remove_after=settings.remove_after,
         ))
         yield
@@ -67,7 +69,7 @@ def create_app(settings: QueenSettings) -> web.Application:
     app.router.add_get("/health", health)
     app.router.add_post("/v1/inference", inference)
     app.add_routes(workers_api.routes)
-    hives.setup(app, settings.heartbeat_timeout)
+    hives_api.setup(app, settings.heartbeat_timeout)
     openai.setup(app)
     metrics.setup(app)
     return app

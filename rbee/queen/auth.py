@@ -12,7 +12,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from rbee import auth
-from rbee.queen.keys import SETTINGS
+from rbee.queen.appkeys import SETTINGS
 from rbee.queen.ratelimit import RateLimiter
 
 OPEN_PATHS = frozenset({"/health"})

@@ -4,6 +4,10 @@ Failover is transparent only before the first byte of the answer has reached us:
 connection, a worker-side ``ALL_SLOTS_BUSY`` race or a 5xx moves the request to another worker
 (bounded). After that, a dying or stalled worker becomes one ``WORKER_UNAVAILABLE`` error event and
 ``[DONE]`` — never a hang.
+
+The relay copies the worker's bytes (whole SSE blocks, several at a time) and parses only the done
+event, to stamp the queen's timeline on it; front doors that reshape the answer (OpenAI) read the
+same blocks once, as typed events (:meth:`Dispatcher.events`).
 """
 
 from __future__ import annotations
@@ -15,21 +19,22 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 
+from rbee import sse
 from rbee.errors import ErrorCode, RbeeError
+from rbee.events import Done, Event, Failed, Provisioning, from_wire
+from rbee.peer import Peers, error_of
+from rbee.protocol import InferenceRequest
 from rbee.queen.admission import AdmissionQueue, OnWait
 from rbee.queen.registry import Lease, Registry
-from rbee.sse import DONE_FRAME, frame
 
 log = logging.getLogger(__name__)
 
 RETRYABLE = {ErrorCode.ALL_SLOTS_BUSY, ErrorCode.DRAINING, ErrorCode.MODEL_LOADING, ErrorCode.WORKER_UNAVAILABLE,
              ErrorCode.INTERNAL}
-_DONE_MARK = b'"done":true'
-_ERROR_MARK = b'{"error":'
+Write = Callable[[bytes], Awaitable[None]]
 
 
 @dataclass
@@ -40,13 +45,16 @@ class Upstream:
     queued_ms: int
     first_chunk: bytes
     started: float = field(default_factory=time.monotonic)  # admission done, about to send the request
-    model: str | None = None  # the worker's model, for metrics
     first_token_at: float | None = None
     closed: bool = False  # we let go on purpose: a read failing after this is not the worker's fault
 
     @property
     def worker_id(self) -> str:
         return self.lease.worker_id
+
+    @property
+    def model(self) -> str:
+        return self.lease.model_ref
 
 
 class Hooks:
@@ -60,29 +68,28 @@ class Hooks:
 
 
 class Dispatcher:
-    def __init__(self, registry: Registry, session: aiohttp.ClientSession, queue: AdmissionQueue, *,
-                 stall_timeout: float = 30.0, max_attempts: int = 3, cluster_key: str | None = None,
-                 hooks: Hooks | None = None) -> None:
+    def __init__(self, registry: Registry, peers: Peers, queue: AdmissionQueue, *,
+                 stall_timeout: float = 30.0, max_attempts: int = 3, hooks: Hooks | None = None) -> None:
         self.registry = registry
-        self.session = session
+        self.peers = peers
         self.queue = queue
         self.stall_timeout = stall_timeout
         self.max_attempts = max_attempts
-        self.headers = {"Authorization": f"Bearer {cluster_key}"} if cluster_key else {}
         self.hooks = hooks or Hooks()
         # Set by the app when hives can spawn workers on demand: True once a worker for the model is ready.
         self.cold_start: Callable[[str], Awaitable[bool]] | None = None
 
     # ------------------------------------------------------------ opening
 
-    async def open(self, body: dict[str, Any], *, model: str | None, request_id: str, api_key: str | None = None,
+    async def open(self, job: InferenceRequest, *, request_id: str, api_key: str | None = None,
                    on_wait: OnWait | None = None) -> Upstream:
+        body = job.model_dump(mode="json", exclude_none=True)
         tried: set[str] = set()
         last_error: RbeeError | None = None
         queued_s = 0.0
         for attempt in range(self.max_attempts):
             try:
-                lease, waited = await self._admit(model, api_key or "", frozenset(tried), on_wait)
+                lease, waited = await self._admit(job.model, api_key or "", frozenset(tried), on_wait)
             except RbeeError as err:
                 if last_error is not None and err.code in (ErrorCode.NO_IDLE_WORKERS, ErrorCode.NO_WORKERS):
                     raise last_error from None  # say what actually went wrong with the workers we tried
@@ -90,12 +97,13 @@ class Dispatcher:
             queued_s += waited
             self.hooks.queue_wait(waited)
             try:
-                return await self._connect(lease, body, request_id, int(queued_s * 1000))
+                return await self._connect(lease, body, job.stream, request_id, int(queued_s * 1000))
             except RbeeError as err:
                 self._give_back(lease)
                 if err.code not in RETRYABLE:
                     raise
-                tried.add(lease.worker_id)
+                if err.code != ErrorCode.ALL_SLOTS_BUSY:  # busy is a race lost, not a broken worker: wait again
+                    tried.add(lease.worker_id)
                 last_error = err
                 self.hooks.failover()
                 log.warning("failover", extra={"fields": {"worker_id": lease.worker_id, "code": err.code,
@@ -129,25 +137,23 @@ class Dispatcher:
                 if done:
                     return task.result()
                 if on_wait is not None:
-                    await on_wait(f"provisioning model={model} elapsed_s={int(time.monotonic() - started)}")
+                    await on_wait(Provisioning(model, int(time.monotonic() - started)))
         finally:
             task.cancel()  # only our wait: the spawn itself is shared and shielded (ColdStarter.provide)
 
-    async def _connect(self, lease: Lease, body: dict[str, Any], request_id: str, queued_ms: int) -> Upstream:
+    async def _connect(self, lease: Lease, body: dict, stream: bool, request_id: str, queued_ms: int) -> Upstream:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=self.stall_timeout)
         started = time.monotonic()
-        record = self.registry.find(lease.worker_id)
-        model = record.reg.model_ref if record is not None else None
         try:
-            response = await self.session.post(f"{lease.url}/v1/inference", json=body, timeout=timeout,
-                                               headers={**self.headers, "X-Request-Id": request_id})
+            response = await self.peers.session.post(f"{lease.url}/v1/inference", json=body, timeout=timeout,
+                                                     headers={**self.peers.headers, "X-Request-Id": request_id})
         except (TimeoutError, aiohttp.ClientError) as exc:
             self.registry.unreachable(lease.worker_id)
             raise _unavailable(lease, exc.__class__.__name__) from None
         if response.status != 200:
-            raise await _worker_error(lease, response)
-        if not body.get("stream", True):
-            return Upstream(lease, response, request_id, queued_ms, b"", started, model)
+            raise await error_of(response, peer=f"Worker '{lease.worker_id}'", ident={"worker_id": lease.worker_id})
+        if not stream:
+            return Upstream(lease, response, request_id, queued_ms, b"", started)
         try:
             first = await response.content.readany()
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -156,32 +162,32 @@ class Dispatcher:
         if not first:
             response.release()
             raise _unavailable(lease, "closed before the first token")
-        if first.startswith(b"data: " + _ERROR_MARK):  # failed before any token: another worker may do
+        if sse.is_error(first):  # failed before any token: another worker may do
             response.release()
             raise _unavailable(lease, "errored before the first token")
-        return Upstream(lease, response, request_id, queued_ms, first, started, model)
+        return Upstream(lease, response, request_id, queued_ms, first, started)
 
-    # ------------------------------------------------------------ relaying
+    # ------------------------------------------------------------ reading
 
-    async def relay(self, upstream: Upstream, write: Callable[[bytes], Awaitable[None]]) -> None:
-        """Copy the worker's SSE bytes to ``write`` as they come, adding the queen's timeline to the done event."""
+    async def chunks(self, upstream: Upstream) -> AsyncIterator[bytes]:
+        """The worker's stream as runs of whole SSE blocks, in order, the done event stamped with the
+        queen's timeline; a worker that breaks, stalls or hangs up early ends it with one error event
+        and ``[DONE]``."""
         buffer = upstream.first_chunk
-        ended = False
         content = upstream.response.content
         try:
             while True:
-                if buffer:
-                    cut = buffer.rfind(b"\n\n") + 2
-                    if cut >= 2:
-                        out, buffer = buffer[:cut], buffer[cut:]
-                        if upstream.first_token_at is None:
-                            self._first_token(upstream)
-                        if _DONE_MARK in out:
-                            out = self._stamp_done(upstream, out)
-                        ended = ended or out.endswith(DONE_FRAME)
-                        await write(out)
-                if ended:
-                    return
+                cut = buffer.rfind(b"\n\n") + 2
+                if cut >= 2:
+                    out, buffer = buffer[:cut], buffer[cut:]
+                    if upstream.first_token_at is None:
+                        self._first_token(upstream)
+                    blocks, _ = sse.split_blocks(out)
+                    if any(sse.is_done(b) for b in blocks):
+                        out = self._stamp_done(upstream, blocks)
+                    yield out
+                    if blocks and sse.is_terminator(blocks[-1]):
+                        return
                 chunk = await content.readany()
                 if not chunk:
                     break
@@ -189,79 +195,74 @@ class Dispatcher:
         except (TimeoutError, aiohttp.ClientError) as exc:
             if upstream.closed:
                 return
-            reason = "stopped sending tokens" if isinstance(exc, asyncio.TimeoutError) else "broke the stream"
-            await self._broken(upstream, write, reason)
+            yield await self._broken(upstream, "stopped sending tokens" if isinstance(exc, TimeoutError)
+                                     else "broke the stream")
             return
-        if not ended:
-            await self._broken(upstream, write, "closed the stream early")
+        yield await self._broken(upstream, "closed the stream early")
 
-    async def events(self, upstream: Upstream) -> AsyncIterator[dict[str, Any]]:
-        """The worker's events, parsed (for front doors that reshape them, e.g. OpenAI)."""
-        chunks: asyncio.Queue[bytes | None] = asyncio.Queue()
+    async def relay(self, upstream: Upstream, write: Write) -> None:
+        """Copy the worker's SSE bytes to ``write`` as they come (see :meth:`chunks`)."""
+        async for out in self.chunks(upstream):
+            await write(out)
 
-        async def pump() -> None:
-            try:
-                await self.relay(upstream, chunks.put)
-            finally:
-                chunks.put_nowait(None)
-
-        task = asyncio.ensure_future(pump())
-        try:
-            while (data := await chunks.get()) is not None:
-                for block in data.split(b"\n\n"):
-                    if block.startswith(b"data: ") and block[6:] != b"[DONE]":
-                        yield json.loads(block[6:])
-            await task
-        finally:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+    async def events(self, upstream: Upstream) -> AsyncIterator[Event]:
+        """The worker's events, typed, for front doors that reshape them (OpenAI)."""
+        async with contextlib.aclosing(self.chunks(upstream)) as chunks:
+            async for out in chunks:
+                for block in sse.split_blocks(out)[0]:
+                    data = sse.block_data(block)
+                    if data is not None and data != sse.DONE:
+                        yield from_wire(json.loads(data))
 
     def _first_token(self, upstream: Upstream) -> None:
         upstream.first_token_at = time.monotonic()
         self.hooks.ttft(upstream.first_token_at - upstream.started)
 
-    def _stamp_done(self, upstream: Upstream, out: bytes) -> bytes:
-        blocks = out.split(b"\n\n")
-        for i, block in enumerate(blocks):
-            if _DONE_MARK in block and block.startswith(b"data: "):
-                event = json.loads(block[6:])
-                event["queued_ms"] = upstream.queued_ms
-                first = upstream.first_token_at or time.monotonic()
-                event["ttft_ms"] = int((first - upstream.started) * 1000)
-                event["worker_id"] = upstream.worker_id
-                self.hooks.tokens(int(event.get("total_tokens", 0)), upstream.model)
-                blocks[i] = frame(event)[:-2]
-        return b"\n\n".join(blocks)
+    def _stamp_done(self, upstream: Upstream, blocks: list[bytes]) -> bytes:
+        out = []
+        for block in blocks:
+            if sse.is_done(block):
+                done = from_wire(json.loads(block[6:]))
+                assert isinstance(done, Done)
+                done.queued_ms = upstream.queued_ms
+                done.ttft_ms = int(((upstream.first_token_at or time.monotonic()) - upstream.started) * 1000)
+                done.worker_id = upstream.worker_id
+                self.hooks.tokens(done.total_tokens, upstream.model)
+                out.append(sse.frame_event(done))
+            else:
+                out.append(block + b"\n\n")
+        return b"".join(out)
 
-    async def _broken(self, upstream: Upstream, write: Callable[[bytes], Awaitable[None]], reason: str) -> None:
+    async def _broken(self, upstream: Upstream, reason: str) -> bytes:
         self.registry.unreachable(upstream.worker_id)
         await self.cancel_at_worker(upstream)
-        err = RbeeError(
-            ErrorCode.WORKER_UNAVAILABLE,
-            f"Worker '{upstream.worker_id}' {reason} mid-answer. The text so far is incomplete; retry the request.",
-            {"worker_id": upstream.worker_id},
-        )
         log.warning("worker %s %s", upstream.worker_id, reason)
-        await write(frame(err.envelope()) + DONE_FRAME)
+        failed = Failed(ErrorCode.WORKER_UNAVAILABLE,
+                        f"Worker '{upstream.worker_id}' {reason} mid-answer. The text so far is incomplete; "
+                        "retry the request.", {"worker_id": upstream.worker_id})
+        return sse.frame_event(failed) + sse.DONE_FRAME
 
     # ------------------------------------------------------------ closing
 
     async def close(self, upstream: Upstream, *, client_gone: bool) -> None:
+        """Let go of the worker's stream and give the slot back. A client that left is cancelled at the
+        worker first: its DELETE answers once the worker's slot is free, so the lease handed on next
+        finds room there rather than racing the cancel to an ``ALL_SLOTS_BUSY``."""
         upstream.closed = True
         upstream.response.release()
-        self._give_back(upstream.lease)
-        if client_gone:
-            self.hooks.cancellation()
-            await self.cancel_at_worker(upstream)
+        try:
+            if client_gone:
+                self.hooks.cancellation()
+                await self.cancel_at_worker(upstream)
+        finally:
+            self._give_back(upstream.lease)
 
     async def cancel_at_worker(self, upstream: Upstream) -> None:
         """Tell the worker to stop generating (best effort, bounded)."""
-        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-            async with self.session.delete(f"{upstream.lease.url}/v1/inference/{upstream.request_id}",
-                                           headers=self.headers, timeout=aiohttp.ClientTimeout(total=2)):
-                pass
+        with contextlib.suppress(RbeeError):
+            await self.peers.call("DELETE", f"{upstream.lease.url}/v1/inference/{upstream.request_id}",
+                                  peer=f"Worker '{upstream.worker_id}'", ident={"worker_id": upstream.worker_id},
+                                  next_step="", timeout=aiohttp.ClientTimeout(total=2))
 
     def _give_back(self, lease: Lease) -> None:
         self.registry.release(lease)
@@ -275,15 +276,3 @@ def _unavailable(lease: Lease, why: str) -> RbeeError:
         "Retry; if it persists, check it with `rbee-keeper workers health`.",
         {"worker_id": lease.worker_id},
     )
-
-
-async def _worker_error(lease: Lease, response: aiohttp.ClientResponse) -> RbeeError:
-    try:
-        err = (await response.json(content_type=None))["error"]
-        return RbeeError(err["code"], err["message"], {**err.get("details", {}), "worker_id": lease.worker_id})
-    except (ValueError, KeyError, TypeError, aiohttp.ClientError):
-        return RbeeError(ErrorCode.WORKER_UNAVAILABLE,
-                         f"Worker '{lease.worker_id}' answered HTTP {response.status}. Check its log, then retry.",
-                         {"worker_id": lease.worker_id, "status": response.status})
-    finally:
-        response.release()

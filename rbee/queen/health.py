@@ -11,7 +11,6 @@ import logging
 
 import aiohttp
 
-from rbee.queen.admission import AdmissionQueue
 from rbee.queen.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -25,11 +24,11 @@ async def probe(session: aiohttp.ClientSession, url: str, timeout: float = 1.0) 
         return False
 
 
-async def probe_loop(registry: Registry, queue: AdmissionQueue, session: aiohttp.ClientSession, *,
+async def probe_loop(registry: Registry, session: aiohttp.ClientSession, *,
                      interval: float, heartbeat_timeout: float, remove_after: float) -> None:
     while True:
         records = registry.list()
-        results = await asyncio.gather(*(probe(session, r.reg.base_url, min(1.0, interval)) for r in records))
+        results = await asyncio.gather(*(probe(session, r.reg.url, min(1.0, interval)) for r in records))
         for record, ok in zip(records, results, strict=True):
             if ok:
                 registry.seen(record.worker_id)
@@ -38,5 +37,4 @@ async def probe_loop(registry: Registry, queue: AdmissionQueue, session: aiohttp
             log.warning("worker out of routing: no sign of life", extra={"fields": {"worker_id": worker_id}})
         for record in removed:
             log.warning("worker removed: silent too long", extra={"fields": {"worker_id": record.worker_id}})
-        queue.pump()  # a worker that came back (or registered) may have room for waiters
         await asyncio.sleep(interval)  # the probe period itself

@@ -4,30 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 
 from aiohttp import web
 
 from rbee.errors import RbeeError
-from rbee.logs import request_id_var
+from rbee.events import Failed, WaitNote
 from rbee.protocol import InferenceRequest
+from rbee.queen.appkeys import DISPATCHER, SETTINGS
 from rbee.queen.auth import caller_of
 from rbee.queen.dispatch import Dispatcher, Upstream
-from rbee.queen.keys import DISPATCHER, SETTINGS
 from rbee.queen.metrics import MODEL
-from rbee.sse import DONE_FRAME, SSE_HEADERS, frame, frame_comment
-from rbee.web import json_response, read_model
+from rbee.sse import DONE_FRAME, SSE_HEADERS, frame_comment, frame_event
+from rbee.web import json_response, read_model, request_id_of
 
 log = logging.getLogger(__name__)
-
-
-
-def request_id_of(request: web.Request) -> str:
-    """The client's X-Request-Id when it is safe to pass on, else a fresh one."""
-    given = request.headers.get("X-Request-Id", "")
-    rid = given if 0 < len(given) <= 64 and all(c.isalnum() or c in "._-" for c in given) else uuid.uuid4().hex
-    request_id_var.set(rid)
-    return rid
 
 
 async def inference(request: web.Request) -> web.StreamResponse:
@@ -37,10 +27,9 @@ async def inference(request: web.Request) -> web.StreamResponse:
     if request.app[SETTINGS].log_prompts:
         log.info("prompt", extra={"fields": {"prompt": job.prompt, "messages": job.messages}})
     dispatcher = request.app[DISPATCHER]
-    body = job.model_dump(mode="json", exclude_none=True)
     response: web.StreamResponse | None = None
 
-    async def on_wait(note: str) -> None:
+    async def on_wait(note: WaitNote) -> None:
         # Streaming clients hear why they wait (their place in line, a model being provisioned) as SSE comments.
         nonlocal response
         if not job.stream:
@@ -48,16 +37,15 @@ async def inference(request: web.Request) -> web.StreamResponse:
         if response is None:
             response = web.StreamResponse(headers={**SSE_HEADERS, "X-Request-Id": request_id})
             await response.prepare(request)
-        await response.write(frame_comment(note))
+        await response.write(frame_comment(note.comment()))
 
     try:
-        upstream = await dispatcher.open(body, model=job.model, request_id=request_id,
-                                         api_key=caller_of(request), on_wait=on_wait)
+        upstream = await dispatcher.open(job, request_id=request_id, api_key=caller_of(request), on_wait=on_wait)
     except RbeeError as err:
         if response is None:
             raise
         # Already streaming queue comments: the error goes out as an event.
-        await response.write(frame(err.envelope()) + DONE_FRAME)
+        await response.write(frame_event(Failed.of(err)) + DONE_FRAME)
         return response
     log.info("dispatched", extra={"fields": {"worker_id": upstream.worker_id, "model": job.model,
                                              "queued_ms": upstream.queued_ms}})
@@ -71,7 +59,9 @@ async def inference(request: web.Request) -> web.StreamResponse:
             await response.prepare(request)
         await dispatcher.relay(upstream, response.write)
         client_gone = False
-    except (ConnectionResetError, asyncio.CancelledError):
+    except ConnectionResetError:
+        log.info("client went away; cancelling at the worker")
+    except asyncio.CancelledError:
         log.info("client went away; cancelling at the worker")
         raise
     finally:

@@ -16,8 +16,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from rbee.protocol import WorkerState
+from rbee.queen.appkeys import REGISTRY
 from rbee.queen.dispatch import Hooks
-from rbee.queen.keys import REGISTRY
 from rbee.queen.registry import WorkerRecord
 
 # Seconds: from sub-millisecond admission to multi-minute generations.

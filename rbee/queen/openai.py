@@ -19,15 +19,15 @@ from typing import Any
 from aiohttp import web
 
 from rbee.errors import ErrorCode, RbeeError
+from rbee.events import Done, Failed, Token
 from rbee.protocol import WorkerState
 from rbee.queen import openai_types as oa
+from rbee.queen.appkeys import DISPATCHER, REGISTRY, SETTINGS
 from rbee.queen.auth import caller_of
 from rbee.queen.dispatch import Dispatcher, Upstream
-from rbee.queen.inference import request_id_of
-from rbee.queen.keys import DISPATCHER, REGISTRY, SETTINGS
 from rbee.queen.metrics import MODEL
 from rbee.sse import DONE_FRAME, SSE_HEADERS, frame
-from rbee.web import error_middleware, json_response, read_model
+from rbee.web import error_middleware, json_response, read_model, request_id_of
 
 log = logging.getLogger(__name__)
 
@@ -136,11 +136,11 @@ async def completions(request: web.Request) -> web.StreamResponse:
 async def _complete(request: web.Request, req: oa.GenerationRequest, shape: Shape) -> web.StreamResponse:
     request_id = request_id_of(request)
     request[MODEL] = req.model
-    body = req.to_inference()
+    job = req.to_inference()
     if request.app[SETTINGS].log_prompts:
-        log.info("prompt", extra={"fields": {"prompt": body.get("prompt"), "messages": body.get("messages")}})
+        log.info("prompt", extra={"fields": {"prompt": job.prompt, "messages": job.messages}})
     dispatcher = request.app[DISPATCHER]
-    upstream = await dispatcher.open(body, model=req.model, request_id=request_id, api_key=caller_of(request))
+    upstream = await dispatcher.open(job, request_id=request_id, api_key=caller_of(request))
     log.info("dispatched", extra={"fields": {"worker_id": upstream.worker_id, "model": req.model,
                                              "queued_ms": upstream.queued_ms, "api": shape.kind}})
     head = {"id": f"{shape.id_prefix}-{request_id}", "created": int(time.time()), "model": req.model}
@@ -163,14 +163,14 @@ async def _whole(dispatcher: Dispatcher, upstream: Upstream, headers: dict[str, 
     # Closed before the upstream is, so the dispatcher stops reading a stream we are done with.
     async with contextlib.aclosing(dispatcher.events(upstream)) as events:
         async for event in events:
-            if "error" in event:
-                raise _in_stream_error(event)
-            if event.get("done"):
+            if isinstance(event, Token):
+                parts.append(event.text)
+            elif isinstance(event, Done):
                 body = {**head, "object": shape.kind, "choices": [shape.whole("".join(parts), oa.finish_reason(event))],
-                        "usage": _usage(event), "system_fingerprint": None}
+                        "usage": oa.usage(event), "system_fingerprint": None}
                 return json_response(body, headers=headers)
-            if "token" in event:
-                parts.append(event["token"])
+            else:
+                raise _in_stream_error(event)
     raise RbeeError(ErrorCode.WORKER_UNAVAILABLE, "The worker's answer ended without a result. Retry.",
                     {"worker_id": upstream.worker_id})
 
@@ -188,32 +188,27 @@ async def _stream(request: web.Request, dispatcher: Dispatcher, upstream: Upstre
         await send([shape.opening])
     async with contextlib.aclosing(dispatcher.events(upstream)) as events:
         async for event in events:
-            if "error" in event:
-                await response.write(frame(oa.openai_envelope(_in_stream_error(event))))
-                break
-            if event.get("done"):
+            if isinstance(event, Token):
+                await send([shape.chunk(event.text, None)])
+            elif isinstance(event, Done):
                 await send([shape.chunk(None, oa.finish_reason(event))])
                 if req.include_usage:
-                    await send([], usage=_usage(event))
+                    await send([], usage=oa.usage(event))
                 break
-            if "token" in event:
-                await send([shape.chunk(event["token"], None)])
+            else:
+                await response.write(frame(oa.openai_envelope(_in_stream_error(event))))
+                break
     await response.write(DONE_FRAME)
     return response
 
 
-def _usage(done: dict[str, Any]) -> dict[str, int]:
-    return oa.usage(int(done.get("prompt_tokens") or 0), int(done.get("total_tokens") or 0))
-
-
-def _in_stream_error(event: dict[str, Any]) -> RbeeError:
-    err = event.get("error") or {}
+def _in_stream_error(event: Failed) -> RbeeError:
+    """A worker's in-stream failure, with a code our envelope knows (its status picks OpenAI's type)."""
     try:
-        code = ErrorCode(err.get("code"))
+        code = ErrorCode(event.code)
     except ValueError:
         code = ErrorCode.WORKER_UNAVAILABLE
-    return RbeeError(code, str(err.get("message") or "The worker failed mid-answer. Retry."),
-                     err.get("details") if isinstance(err.get("details"), dict) else None)
+    return RbeeError(code, event.message or "The worker failed mid-answer. Retry.", event.details)
 
 
 def setup(app: web.Application) -> None:

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from rbee.errors import ErrorCode, RbeeError, validation_error
+from rbee.events import Done
 from rbee.protocol import MAX_TOKENS_LIMIT, InferenceRequest, ModelRef
 
 MaxTokens = Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT)]
@@ -89,6 +90,7 @@ class GenerationRequest(OpenAIRequestModel):
     presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
     user: Annotated[str, Field(max_length=256)] | None = None
+    cache_prompt: bool | None = None  # llama-server's extension, passed on to the worker
 
     @property
     def include_usage(self) -> bool:
@@ -102,6 +104,8 @@ class GenerationRequest(OpenAIRequestModel):
             body["top_p"] = self.top_p
         if self.seed is not None:
             body["seed"] = self.seed
+        if self.cache_prompt is not None:
+            body["cache_prompt"] = self.cache_prompt
         if self.stop:
             body["stop"] = [self.stop] if isinstance(self.stop, str) else self.stop
         return body
@@ -111,7 +115,7 @@ class ChatCompletionRequest(GenerationRequest):
     messages: Annotated[list[Message], Field(min_length=1, max_length=1024)]
     max_completion_tokens: MaxTokens | None = None
 
-    def to_inference(self) -> dict[str, Any]:
+    def to_inference(self) -> InferenceRequest:
         """The worker's request (always streamed to the queen; the queen reshapes the answer)."""
         try:
             messages = [m.for_worker() for m in self.messages]
@@ -135,24 +139,27 @@ class CompletionRequest(GenerationRequest):
             raise ValueError("the prompt is empty")
         return v
 
-    def to_inference(self) -> dict[str, Any]:
+    def to_inference(self) -> InferenceRequest:
         prompt = self.prompt if isinstance(self.prompt, str) else self.prompt[0]
         return _checked({"prompt": prompt, **self._sampling(self.max_tokens or COMPLETIONS_DEFAULT_MAX_TOKENS)})
 
 
-def _checked(body: dict[str, Any]) -> dict[str, Any]:
+def _checked(body: dict[str, Any]) -> InferenceRequest:
     """Validate against the worker's own model, so a bad request is our 400, not the worker's."""
     try:
-        return InferenceRequest.model_validate(body).model_dump(mode="json", exclude_none=True)
+        return InferenceRequest.model_validate(body)
     except ValidationError as exc:
         raise validation_error(exc) from None
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+def usage(done: Done) -> dict[str, Any]:
+    prompt, completion = done.prompt_tokens or 0, done.total_tokens
+    out: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                           "total_tokens": prompt + completion}
+    if done.cached_tokens is not None:
+        out["prompt_tokens_details"] = {"cached_tokens": done.cached_tokens}
+    return out
 
 
-def finish_reason(done: dict[str, Any]) -> str:
-    reason = done.get("finish_reason")
-    return reason if reason in ("stop", "length") else "stop"
+def finish_reason(done: Done) -> str:
+    return done.finish_reason if done.finish_reason in ("stop", "length") else "stop"

@@ -53,9 +53,12 @@ class WorkerRecord:
 
 @dataclass(frozen=True)
 class Lease:
+    """One slot taken on a worker: all the dispatcher needs to reach it, without looking it up again."""
+
     lease_id: str
     worker_id: str
     url: str
+    model_ref: str
 
 
 class Registry:
@@ -63,6 +66,15 @@ class Registry:
         self._workers: dict[str, WorkerRecord] = {}
         self._clock = clock
         self._rotation = itertools.count()
+        self._listeners: list[Callable[[], None]] = []
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """``listener()`` runs after every change that may free room (the admission queue's pump)."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
 
     # ------------------------------------------------------------ membership
 
@@ -74,22 +86,24 @@ class Registry:
         now = self._clock()
         existing = self._workers.get(reg.worker_id)
         if existing is not None:
-            if existing.reg.base_url != reg.base_url:
+            if existing.reg.url != reg.url:
                 raise RbeeError(
                     ErrorCode.WORKER_ALREADY_REGISTERED,
-                    f"Worker '{reg.worker_id}' is already registered at {existing.reg.base_url}. "
+                    f"Worker '{reg.worker_id}' is already registered at {existing.reg.url}. "
                     "Remove it first (DELETE /v2/workers/{id}) or register under another id.",
-                    {"worker_id": reg.worker_id, "registered_url": existing.reg.base_url},
+                    {"worker_id": reg.worker_id, "registered_url": existing.reg.url},
                 )
             existing.reg = reg
             existing.last_seen = now
             existing.model_names = aliases(reg.model_ref)
             self._settle(existing)
+            self._changed()
             return False
         record = WorkerRecord(
             reg=reg, state=WorkerState.IDLE, registered_at=now, last_seen=now, model_names=aliases(reg.model_ref)
         )
         self._workers[reg.worker_id] = record
+        self._changed()
         return True
 
     def remove(self, worker_id: str) -> WorkerRecord:
@@ -130,6 +144,7 @@ class Registry:
         record = self.get(worker_id)
         record.state = state
         record.last_seen = self._clock()
+        self._changed()
         return record
 
     def heartbeat(self, worker_id: str, state: WorkerState | None, slots_available: int | None) -> WorkerRecord:
@@ -142,6 +157,7 @@ class Registry:
                 if record.state not in ROUTABLE:
                     record.state = WorkerState.IDLE
                 self._settle(record)
+        self._changed()
         return record
 
     def _settle(self, record: WorkerRecord) -> None:
@@ -178,7 +194,8 @@ class Registry:
                 {"workers": len(serving)},
             )
         chosen = pick_least_loaded(candidates, next(self._rotation))
-        lease = Lease(lease_id=uuid.uuid4().hex, worker_id=chosen.worker_id, url=chosen.reg.base_url)
+        lease = Lease(lease_id=uuid.uuid4().hex, worker_id=chosen.worker_id, url=chosen.reg.url,
+                      model_ref=chosen.reg.model_ref)
         chosen.leases.add(lease.lease_id)
         self._settle(chosen)
         return lease
@@ -202,6 +219,7 @@ class Registry:
         if record.state == WorkerState.OFFLINE:
             record.state = WorkerState.IDLE
             self._settle(record)
+            self._changed()
 
     def unreachable(self, worker_id: str) -> None:
         """A refused connection on dispatch: out of routing at once, until it answers again."""
@@ -232,3 +250,4 @@ class Registry:
         if record is not None and lease.lease_id in record.leases:
             record.leases.discard(lease.lease_id)
             self._settle(record)
+            self._changed()

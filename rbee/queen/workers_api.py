@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 
 import aiohttp
 from aiohttp import web
 
 from rbee.errors import ErrorCode, RbeeError
 from rbee.protocol import (
-    ID_PATTERN,
     RegisterResponse,
     WorkerHeartbeat,
     WorkerList,
     WorkerPatch,
     WorkerRegistration,
     WorkerShutdownRequest,
+    is_identifier,
 )
+from rbee.queen.appkeys import PEERS, REGISTRY
 from rbee.queen.health import probe
-from rbee.queen.keys import DISPATCHER, HTTP, QUEUE, REGISTRY
 from rbee.web import json_model, json_response, read_model
 
 log = logging.getLogger(__name__)
@@ -31,9 +30,8 @@ routes = web.RouteTableDef()
 async def register_worker(request: web.Request) -> web.Response:
     reg = await read_model(request, WorkerRegistration)
     created = request.app[REGISTRY].register(reg)
-    request.app[QUEUE].pump()  # new room may serve waiting requests
     log.info("worker %s", "registered" if created else "re-registered",
-             extra={"fields": {"worker_id": reg.worker_id, "url": reg.base_url, "model": reg.model_ref}})
+             extra={"fields": {"worker_id": reg.worker_id, "url": reg.url, "model": reg.model_ref}})
     return json_model(
         RegisterResponse(
             success=True,
@@ -53,19 +51,19 @@ async def list_workers(request: web.Request) -> web.Response:
 @routes.get("/v2/workers/health")
 async def workers_health(request: web.Request) -> web.Response:
     """Probe every worker now and report what answered."""
-    registry, session = request.app[REGISTRY], request.app[HTTP]
+    registry, session = request.app[REGISTRY], request.app[PEERS].session
     records = registry.list()
 
-    alive = await asyncio.gather(*(probe(session, r.reg.base_url, 2.0) for r in records))
+    alive = await asyncio.gather(*(probe(session, r.reg.url, 2.0) for r in records))
     return json_response(
-        {"workers": [{"worker_id": r.worker_id, "url": r.reg.base_url, "state": r.state, "healthy": ok}
+        {"workers": [{"worker_id": r.worker_id, "url": r.reg.url, "state": r.state, "healthy": ok}
                      for r, ok in zip(records, alive, strict=True)]}
     )
 
 
 def _worker_id(request: web.Request) -> str:
     worker_id = request.match_info["worker_id"]
-    if not re.fullmatch(ID_PATTERN.strip("^$"), worker_id):
+    if not is_identifier(worker_id):
         raise RbeeError(ErrorCode.INVALID_REQUEST, "Worker ids match [A-Za-z0-9._-]{1,64}.", {"field": "worker_id"})
     return worker_id
 
@@ -75,7 +73,6 @@ async def patch_worker(request: web.Request) -> web.Response:
     worker_id = _worker_id(request)
     patch = await read_model(request, WorkerPatch)
     record = request.app[REGISTRY].set_state(worker_id, patch.state)
-    request.app[QUEUE].pump()
     return json_model(record.info())
 
 
@@ -84,7 +81,6 @@ async def heartbeat(request: web.Request) -> web.Response:
     worker_id = _worker_id(request)
     beat = await read_model(request, WorkerHeartbeat)
     record = request.app[REGISTRY].heartbeat(worker_id, beat.state, beat.slots_available)
-    request.app[QUEUE].pump()
     return json_model(record.info())
 
 
@@ -100,12 +96,12 @@ async def shutdown_worker(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
     record = registry.get(body.worker_id)
     try:
-        async with request.app[HTTP].post(
-            f"{record.reg.base_url}/v1/admin/shutdown", timeout=aiohttp.ClientTimeout(total=5),
-            headers=request.app[DISPATCHER].headers,  # the cluster key, when workers require it
-        ) as r:
-            accepted = r.status < 300
-    except (TimeoutError, aiohttp.ClientError):
+        await request.app[PEERS].call("POST", f"{record.reg.url}/v1/admin/shutdown",
+                                      peer=f"Worker '{record.worker_id}'", ident={"worker_id": record.worker_id},
+                                      next_step="It is removed from routing anyway.",
+                                      timeout=aiohttp.ClientTimeout(total=5))
+        accepted = True
+    except RbeeError:
         accepted = False
     registry.remove(body.worker_id)
     return json_response({"worker_id": body.worker_id, "shutdown_requested": accepted, "removed": True})

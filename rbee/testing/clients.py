@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 
 import requests
 
+from rbee import sse
 from rbee.client import DEFAULT_TIMEOUT, Client, StreamResult, read_stream
 
 
@@ -59,14 +60,13 @@ class BackgroundStream:
         try:
             if self.response.status_code != 200:
                 return
-            for line in self.response.iter_lines(chunk_size=None, decode_unicode=True):
-                if line.startswith(":"):
-                    self.comments.append(line[1:].strip())
-                elif line.startswith("data:"):
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        self.terminated = True
-                        break
+            for kind, data in sse.iter_messages(self.response.iter_content(chunk_size=None)):
+                if kind == "comment":
+                    self.comments.append(data)
+                elif data == sse.DONE:
+                    self.terminated = True
+                    break
+                else:
                     event = json.loads(data)
                     if "token" in event and self.first_token_at is None:
                         self.first_token_at = time.monotonic()

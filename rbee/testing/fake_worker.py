@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 
 from aiohttp import web
 
 from rbee.errors import ErrorCode, RbeeError
+from rbee.events import Done, Token
 from rbee.protocol import InferenceRequest
-from rbee.sse import SSE_HEADERS, SSEWriter
+from rbee.sse import DONE_FRAME, SSE_HEADERS, frame_event
 from rbee.web import json_response, make_app, read_model
 
 SCRIPT = web.AppKey("script", argparse.Namespace)
-RUNNING = web.AppKey("running", dict)
+RUNNING = web.AppKey("running", dict)  # request id -> asyncio.Event set to cancel it
+FREED = web.AppKey("freed", dict)  # request id -> asyncio.Event set once its slot is free
 
 
 async def health(request: web.Request) -> web.Response:
@@ -45,37 +48,50 @@ async def inference(request: web.Request) -> web.StreamResponse:
                         {"slots_total": script.slots, "slots_busy": len(running)})
     cancelled = asyncio.Event()
     running[rid] = cancelled
+    freed = asyncio.Event()  # as the real worker: the slot is free before the done event goes out
+
+    def free() -> None:
+        running.pop(rid, None)
+        freed.set()
+
+    request.app[FREED][rid] = freed
     response = web.StreamResponse(headers={**SSE_HEADERS, "X-Request-Id": rid})
     try:
         await response.prepare(request)
-        sse = SSEWriter(response)
         for i in range(job.max_tokens):
             if cancelled.is_set():
-                await sse.send({"done": True, "total_tokens": i, "duration_ms": 0, "finish_reason": "cancelled"})
+                free()
+                await response.write(frame_event(Done(i, 0, "cancelled")))
                 break
             if script.die_after is not None and i == script.die_after:
                 os.kill(os.getpid(), signal.SIGKILL)  # a crash mid-stream, as abrupt as it gets
             if script.stall_after is not None and i == script.stall_after:
                 await cancelled.wait()  # hang: send nothing more until cancelled
                 continue
-            await sse.send({"token": f" t{i}", "index": i})
+            await response.write(frame_event(Token(f" t{i}", i)))
             if script.interval:
                 await asyncio.sleep(script.interval)  # the scripted token rate
         else:
-            await sse.send({"done": True, "total_tokens": job.max_tokens, "duration_ms": 0,
-                            "finish_reason": "length"})
-        await sse.done()
+            free()
+            await response.write(frame_event(Done(job.max_tokens, 0, "length")))
+        await response.write(DONE_FRAME)
     except ConnectionResetError:
         pass
     finally:
-        running.pop(rid, None)
+        free()
+        request.app[FREED].pop(rid, None)
     return response
 
 
 async def cancel(request: web.Request) -> web.Response:
-    event = request.app[RUNNING].get(request.match_info["request_id"])
+    """As the real worker: 204 once the request's slot is free (bounded), idempotent."""
+    rid = request.match_info["request_id"]
+    event, freed = request.app[RUNNING].get(rid), request.app[FREED].get(rid)
     if event is not None:
         event.set()
+    if freed is not None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(freed.wait(), 5)
     return web.Response(status=204)
 
 
@@ -83,6 +99,7 @@ def create_app(script: argparse.Namespace) -> web.Application:
     app = make_app()
     app[SCRIPT] = script
     app[RUNNING] = {}
+    app[FREED] = {}
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/ready", ready)
     app.router.add_post("/v1/inference", inference)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 from collections import Counter
 from dataclasses import dataclass
 
 import aiohttp
+
+from rbee import sse
+from rbee.events import Done, Failed
 
 
 @dataclass
@@ -27,17 +29,14 @@ async def _one(session: aiohttp.ClientSession, url: str, body: dict, abandon_aft
                     return Outcome("refused", payload["error"]["code"])
                 seen = 0
                 ended = None
-                async for line in r.content:
-                    if not line.startswith(b"data: "):
-                        continue
-                    data = line[6:].strip()
-                    if data == b"[DONE]":
+                async for data in sse.aiter_data(r.content.iter_any()):
+                    event = sse.parse_event(data)
+                    if event is None:
                         return ended or Outcome("broken", "[DONE] without a done or error event")
-                    event = json.loads(data)
-                    if "error" in event:
-                        ended = Outcome("error-event", event["error"]["code"])
-                    elif event.get("done"):
-                        ended = Outcome("done", event.get("finish_reason", ""))
+                    if isinstance(event, Failed):
+                        ended = Outcome("error-event", event.code)
+                    elif isinstance(event, Done):
+                        ended = Outcome("done", event.finish_reason)
                     seen += 1
                     if abandon_after is not None and seen >= abandon_after:
                         r.close()  # drop the TCP connection mid-stream

@@ -5,24 +5,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
+import os
+import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 
-from rbee import __version__, chat
+from rbee import __version__
 from rbee.auth import cluster_key_middleware
 from rbee.errors import ErrorCode, RbeeError
-from rbee.logs import request_id_var
+from rbee.events import Done, Token
 from rbee.protocol import InferenceRequest, ReadyStatus, WorkerReady, WorkerState
-from rbee.sse import DONE_FRAME, SSE_HEADERS, SSEWriter, frame
-from rbee.web import json_response, make_app, read_model
+from rbee.sse import DONE_FRAME, SSE_HEADERS, SSEWriter, frame_event
+from rbee.web import json_response, make_app, read_model, request_id_of
 from rbee.worker import metrics as worker_metrics
-from rbee.worker.engine import ContextOverflow, Engine, EngineConfig, EngineError, Job, Sampling
-from rbee.worker.lifecycle import Lifecycle, announce, exit_gracefully
+from rbee.worker import prompting
+from rbee.worker.engine import Engine, EngineConfig, EngineError
+from rbee.worker.hive_callback import announce
+from rbee.worker.lifecycle import Lifecycle
 from rbee.worker.settings import WorkerSettings
-from rbee.worker.slots import SlotPool
+from rbee.worker.slots import Generation, SlotPool
 
 log = logging.getLogger(__name__)
 
@@ -105,55 +108,31 @@ async def info(request: web.Request) -> web.Response:
 @routes.post("/v1/inference")
 async def inference(request: web.Request) -> web.StreamResponse:
     app = request.app
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
-    request_id_var.set(request_id)
-    job = await read_model(request, InferenceRequest)
+    request_id = request_id_of(request)
+    req = await read_model(request, InferenceRequest)
     _refuse_unless_serving(app)
     engine, pool = app[ENGINE], app[POOL]
-    text = job.prompt if job.messages is None else chat.render(
-        [m.model_dump(exclude_none=True) for m in job.messages], engine.chat_template())
-    if len(text) <= 4096:
-        prompt_tokens = engine.tokenize(text)
-    else:  # a long prompt takes milliseconds to tokenize: not on the loop
-        prompt_tokens = await asyncio.get_running_loop().run_in_executor(None, engine.tokenize, text)
-        _refuse_unless_serving(app)
-    ctx_size = engine.config.ctx_size
-    if len(prompt_tokens) >= ctx_size:
-        raise RbeeError(
-            ErrorCode.CONTEXT_OVERFLOW,
-            f"The prompt is {len(prompt_tokens)} tokens but the context holds {ctx_size}. "
-            "Shorten the prompt or start the worker with a larger --ctx-size.",
-            {"prompt_tokens": len(prompt_tokens), "ctx_size": ctx_size},
-        )
-    max_tokens = min(job.max_tokens, ctx_size - len(prompt_tokens))
-
-    def make_job(slot: int, emit: Any, on_finish: Any) -> Job:
-        return Job(
-            request_id=request_id, slot=slot, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
-            sampling=Sampling(temperature=job.temperature, top_p=job.top_p, top_k=job.top_k, min_p=job.min_p,
-                              repeat_penalty=job.repeat_penalty, seed=job.seed, ignore_eos=job.ignore_eos),
-            stop=job.stop, emit=app[worker_metrics.METRICS].observe(emit, request_id),
-            on_finish=on_finish,
-            max_tokens_clipped=max_tokens if max_tokens < job.max_tokens else None,
-        )
-
+    work = await prompting.prepare(req, request_id, engine, engine.config.ctx_size)
+    _refuse_unless_serving(app)  # preparing may have awaited
     try:
-        gen = pool.start(request_id, make_job)
-    except ContextOverflow as exc:  # pragma: no cover - checked above, kept as a guard
-        raise RbeeError(ErrorCode.CONTEXT_OVERFLOW, str(exc)) from None
+        gen = pool.start(work)
     except EngineError:  # the decode loop has stopped: we are on the way out
         raise RbeeError(ErrorCode.DRAINING, "This worker is shutting down. Send the request to another worker.") from None
     headers = {"X-Request-Id": request_id}
-    if not job.stream:
+    if not req.stream:
         return await _collect(pool, request_id, gen, headers)
+    return await _stream(request, pool, request_id, gen, headers)
 
+
+async def _stream(request: web.Request, pool: SlotPool, request_id: str, gen: Generation,
+                  headers: dict[str, str]) -> web.StreamResponse:
     response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
     finished = False
     try:
         await response.prepare(request)
         # Events that piled up while the loop was busy go out in one write.
         async for batch in gen.batches():
-            await response.write(b"".join(map(frame, batch)))
+            await response.write(b"".join(map(frame_event, batch)))
         finished = True
         await response.write(DONE_FRAME)
     except ConnectionResetError:
@@ -176,16 +155,18 @@ def _refuse_unless_serving(app: web.Application) -> None:
         raise RbeeError(ErrorCode.INTERNAL, f"This worker has no model: {app[LIFECYCLE].error}")
 
 
-async def _collect(pool: SlotPool, request_id: str, gen: Any, headers: dict[str, str]) -> web.Response:
+async def _collect(pool: SlotPool, request_id: str, gen: Generation, headers: dict[str, str]) -> web.Response:
     parts: list[str] = []
     try:
         async for event in gen.events():
-            if "error" in event:
-                raise RbeeError(ErrorCode.INTERNAL, event["error"]["message"])
-            if event.get("done"):
-                body = {"text": "".join(parts), **{k: v for k, v in event.items() if k != "done"}}
-                return json_response(body, headers=headers)
-            parts.append(event["token"])
+            if isinstance(event, Token):
+                parts.append(event.text)
+            elif isinstance(event, Done):
+                body = event.wire()
+                del body["done"]
+                return json_response({"text": "".join(parts), **body}, headers=headers)
+            else:
+                raise RbeeError(ErrorCode.INTERNAL, event.message, event.details)
     finally:
         if pool.table.holds(request_id):
             await asyncio.shield(pool.cancel(request_id))
@@ -228,6 +209,11 @@ async def _on_shutdown(app: web.Application) -> None:
     await _drain(app)
 
 
+def exit_gracefully() -> None:
+    """Ask aiohttp's runner for its graceful exit (SIGTERM): stop listening, run the cleanups, exit 0."""
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _exit(app: web.Application) -> None:
     if not app[LIFECYCLE].exiting:  # a second SIGTERM would cut aiohttp's cleanup short
         app[LIFECYCLE].exiting = True
@@ -268,11 +254,12 @@ def create_app(settings: WorkerSettings, config: EngineConfig) -> web.Applicatio
     app = make_app()
     app[SETTINGS] = settings
     app[ENGINE] = Engine(config)
-    app[POOL] = SlotPool(app[ENGINE], config.slots)
     app[LIFECYCLE] = Lifecycle()
     app.cleanup_ctx.append(_engine_ctx)
     app.on_shutdown.append(_on_shutdown)
     app.add_routes(routes)
     app.middlewares.append(cluster_key_middleware(settings.cluster_key))  # inference, cancel, shutdown
-    worker_metrics.setup(app, lambda: (app[POOL].table.total, app[POOL].table.busy))
+    metrics = worker_metrics.setup(app, lambda: (app[POOL].table.total, app[POOL].table.busy),
+                                   kv_usage=app[ENGINE].kv_usage)
+    app[POOL] = SlotPool(app[ENGINE], config.slots, observe=metrics.observe)
     return app

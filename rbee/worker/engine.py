@@ -7,8 +7,13 @@ callbacks on each :class:`Job` (called from the decode thread: they must be thre
 Continuous batching, as llama.cpp's ``llama-server`` does it: every step builds one ``llama_batch``
 holding the next token of every generating sequence plus as much pending prompt as fits, decodes
 it once, and samples each sequence from its own row of logits with its own sampler chain. New
-sequences join at the next step; finished ones leave without disturbing the others, and their KV
-cells are dropped at once.
+sequences join at the next step; finished ones leave without disturbing the others.
+
+The prompt cache, as llama-server's ``cache_prompt``: a slot keeps the KV of what it last decoded
+(prompt and answer) when its request ends, and the engine remembers those tokens. A new request in
+that slot keeps the cells of the prefix it shares with them, drops the rest, and decodes only its
+own suffix (always its last prompt token at least: sampling needs that token's logits). Which free
+slot a request gets is decided by :mod:`rbee.worker.prompt_cache` from what each slot holds.
 """
 
 from __future__ import annotations
@@ -28,14 +33,16 @@ from typing import Any
 import llama_cpp as lc
 from llama_cpp import _ctypes_extensions
 
-from rbee.worker import devices, threadpool
+from rbee.errors import ErrorCode
+from rbee.events import Done, Failed, Token
+from rbee.worker import devices, prompt_cache, threadpool
 from rbee.worker.devices import Device
-from rbee.worker.jobs import ContextOverflow, EngineConfig, EngineError, Job, Sampling
+from rbee.worker.engine_api import EngineConfig, EngineError, Job, Sampling, Work
 from rbee.worker.textstream import TextStream
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ContextOverflow", "Device", "Engine", "EngineConfig", "EngineError", "Job", "Sampling", "list_devices"]
+__all__ = ["Device", "Engine", "EngineConfig", "EngineError", "Job", "Sampling", "Work", "list_devices"]
 
 
 @dataclass(slots=True)
@@ -48,6 +55,7 @@ class _Sequence:
     n_past: int = 0
     generated: int = 0
     events: int = 0
+    cached: int = 0  # prompt tokens whose KV the slot already held
 
 _backend_ready = threading.Lock()
 _backend_initialised = False
@@ -120,6 +128,12 @@ class Engine:
         self._pool: threadpool.Threadpool | None = None
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._active: dict[int, _Sequence] = {}
+        # Per slot, the tokens whose KV its cells hold, position by position (decode thread only),
+        # and the copy of them published when the slot was last released (read by the loop).
+        self._cells: list[list[int]] = [[] for _ in range(config.slots)]
+        self._held: list[prompt_cache.Held] = [prompt_cache.Held()] * config.slots
+        self._releases = 0
+        self._n_swa = 0
         self._thread: threading.Thread | None = None
         self._alive = False  # the decode loop takes new work
         self._stopping = threading.Lock()
@@ -173,6 +187,7 @@ class Engine:
             self._batch.logits[i] = 0
         n_vocab = lc.llama_vocab_n_tokens(self._vocab)
         self._eog = frozenset(t for t in range(n_vocab) if lc.llama_vocab_is_eog(self._vocab, t))
+        self._n_swa = int(lc.llama_model_n_swa(model))
         self._sample = _keeping_gil(lc.llama_sampler_sample)
         self.metadata = self._read_metadata()
         if on_progress is not None:
@@ -236,14 +251,26 @@ class Engine:
             n = lc.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, True)
         return list(buf[:n])
 
+    def prefer_slots(self, work: Work, free: list[int]) -> list[int]:
+        """The free slots in the order ``work`` should take them (best cached prefix first). Called on
+        the event loop: it reads only what the decode thread published when those slots were released."""
+        held = self._held
+        return prompt_cache.rank_slots(work.prompt_tokens, {slot: held[slot] for slot in free}, work.cache_prompt)
+
+    def kv_usage(self) -> float:
+        """The share of KV cells that running sequences hold. Cells a free slot keeps for the prompt
+        cache are not counted: they are given up the moment another prompt needs the slot (as vLLM
+        counts its cached prefix blocks as free)."""
+        cells = self._cells
+        used = sum(len(cells[slot]) for slot in list(self._active))
+        return used / (self.config.ctx_size * self.config.slots)
+
     def set_flush(self, flush: Callable[[], None]) -> None:
         """``flush()`` is called on the decode thread whenever the events emitted so far should go out:
         before each llama_decode (so they are sent while it computes) and before the loop waits."""
         self._flush = flush
 
     def submit(self, job: Job) -> None:
-        if len(job.prompt_tokens) >= self.config.ctx_size:
-            raise ContextOverflow(len(job.prompt_tokens), self.config.ctx_size)
         if not self._alive:
             raise EngineError("the decode loop is not running")
         self._post("submit", job)
@@ -295,20 +322,45 @@ class Engine:
                     self._admit(arg)
                 else:  # submitted while the loop was stopping
                     arg.on_finish()
-                    arg.emit({"done": True, "total_tokens": 0, "duration_ms": 0, "finish_reason": "cancelled",
-                              "prompt_tokens": len(arg.prompt_tokens)})
+                    arg.emit(Done(0, 0, "cancelled", prompt_tokens=len(arg.work.prompt_tokens)))
             elif kind == "cancel":
                 request_id, on_done = arg
-                seq = next((s for s in self._active.values() if s.job.request_id == request_id), None)
+                seq = next((s for s in self._active.values() if s.job.work.request_id == request_id), None)
                 if seq is not None:
                     self._finish(seq, "cancelled")
                 on_done(seq is not None)
 
     def _admit(self, job: Job) -> None:
-        seq = _Sequence(job=job, sampler=self._make_sampler(job.sampling), pending=list(job.prompt_tokens),
-                        started=time.perf_counter(), text=TextStream(job.stop))
-        lc.llama_memory_seq_rm(self._mem, job.slot, -1, -1)
+        work = job.work
+        prompt = work.prompt_tokens
+        keep = self._keep_prefix(job.slot, prompt_cache.reusable(self._cells[job.slot], prompt)
+                                 if work.cache_prompt else 0)
+        seq = _Sequence(job=job, sampler=self._make_sampler(work.sampling), pending=prompt[keep:],
+                        started=time.perf_counter(), text=TextStream(work.stop), n_past=keep, cached=keep)
         self._active[job.slot] = seq
+
+    def _keep_prefix(self, slot: int, keep: int) -> int:
+        """Drop the slot's cells from position ``keep`` on; returns how many it kept (0 where llama.cpp
+        cannot cut this memory part way, or no longer has the cells the prefix needs)."""
+        cells, mem = self._cells[slot], self._mem
+        if keep > 0:
+            # A sliding-window model may have dropped early positions already; attention over the
+            # suffix needs the last n_swa of the prefix (all of it without a window), as llama-server checks.
+            floor = max(0, keep - self._n_swa) if self._n_swa else 0
+            if lc.llama_memory_seq_pos_min(mem, slot) > floor:
+                keep = 0
+        if keep and keep == len(cells):
+            return keep
+        if keep == 0 or not lc.llama_memory_seq_rm(mem, slot, keep, -1):
+            lc.llama_memory_seq_rm(mem, slot, -1, -1)
+            keep = 0
+        del cells[keep:]
+        return keep
+
+    def _forget(self, slot: int) -> None:
+        """Drop all of a slot's cells (after a failed decode their content is unknown)."""
+        lc.llama_memory_seq_rm(self._mem, slot, -1, -1)
+        self._cells[slot].clear()
 
     def _step(self) -> None:
         batch = self._batch
@@ -335,10 +387,12 @@ class Engine:
             budget -= take
             members.append(seq)
             if take == len(pending):
+                self._cells[slot].extend(pending)
                 pending.clear()
                 logits[n - 1] = 1
                 rows.append((seq, n - 1))
             else:
+                self._cells[slot].extend(pending[:take])
                 del pending[:take]
         batch.n_tokens = n
         self._flush()  # the last step's tokens go out while this one computes
@@ -347,6 +401,7 @@ class Engine:
             logits[row] = 0
         if rc != 0:
             for seq in members:
+                self._forget(seq.job.slot)
                 self._fail(seq, f"llama_decode failed (code {rc}); the context may be full. Retry with less text.")
             return
         ctx = self._ctx
@@ -363,11 +418,11 @@ class Engine:
         piece = self._pieces.get(token)
         text = seq.text.push(piece if piece is not None else self._piece(token))
         if text:
-            job.emit({"token": text, "index": seq.events})
+            job.emit(Token(text, seq.events))
             seq.events += 1
         if seq.text.stopped:
             self._finish(seq, "stop")
-        elif seq.generated >= job.max_tokens or seq.n_past + 1 >= self.config.ctx_size:
+        elif seq.generated >= job.work.max_tokens or seq.n_past + 1 >= self.config.ctx_size:
             self._finish(seq, "length")
         else:
             seq.pending.append(token)
@@ -377,29 +432,26 @@ class Engine:
         if reason != "cancelled":
             tail = seq.text.flush()
             if tail:
-                job.emit({"token": tail, "index": seq.events})
+                job.emit(Token(tail, seq.events))
                 seq.events += 1
-        done: dict[str, Any] = {
-            "done": True,
-            "total_tokens": seq.generated,
-            "duration_ms": int((time.perf_counter() - seq.started) * 1000),
-            "finish_reason": reason,
-            "prompt_tokens": len(job.prompt_tokens),
-        }
-        if job.max_tokens_clipped is not None:
-            done["max_tokens_clipped"] = job.max_tokens_clipped
+        done = Done(seq.generated, int((time.perf_counter() - seq.started) * 1000), reason,
+                    prompt_tokens=len(job.work.prompt_tokens), cached_tokens=seq.cached,
+                    max_tokens_clipped=job.work.max_tokens_clipped)
         self._release(seq)
         job.emit(done)
 
     def _fail(self, seq: _Sequence, message: str) -> None:
         self._release(seq)
-        seq.job.emit({"error": {"code": "INTERNAL", "message": message, "details": {}}})
+        seq.job.emit(Failed(ErrorCode.INTERNAL, message))
 
     def _release(self, seq: _Sequence) -> None:
         if self._active.get(seq.job.slot) is not seq:
             return
-        del self._active[seq.job.slot]
-        lc.llama_memory_seq_rm(self._mem, seq.job.slot, -1, -1)
+        slot = seq.job.slot
+        del self._active[slot]
+        # The cells stay for the prompt cache; published before on_finish, which frees the slot on the loop.
+        self._releases += 1
+        self._held[slot] = prompt_cache.Held(tuple(self._cells[slot]), self._releases)
         lc.llama_sampler_free(seq.sampler)
         seq.job.on_finish()
 

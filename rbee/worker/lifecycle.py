@@ -1,4 +1,4 @@
-"""The worker's life: loading the model (with progress), telling the hive, draining, going away.
+"""The worker's states: loading the model (with progress), serving, draining.
 
 States: ``loading`` → ``idle`` ⇄ ``busy`` → ``draining`` → gone (or ``offline`` when the model
 cannot be loaded). ``busy`` is not stored: it is ``idle`` with every slot taken.
@@ -8,12 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 
-import aiohttp
-
-from rbee.protocol import WorkerReady, WorkerState
+from rbee.protocol import WorkerState
 from rbee.worker.engine import Engine
 from rbee.worker.slots import SlotPool
 
@@ -88,28 +84,3 @@ class Lifecycle:
         if not await pool.wait_idle(timeout):
             log.warning("drain timeout after %.1fs: cancelling %d running request(s)", timeout, pool.running)
             await pool.cancel_all()
-
-
-def exit_gracefully() -> None:
-    """Ask aiohttp's runner for its graceful exit: stop listening, run the cleanups, exit 0."""
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
-async def announce(payload: WorkerReady, callback_url: str, cluster_key: str | None) -> bool:
-    """Tell the hive we are ready; retried with backoff because the hive may be busy starting."""
-    headers = {"Authorization": f"Bearer {cluster_key}"} if cluster_key else {}
-    body = payload.model_dump(mode="json")
-    delay = 0.2
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-        for attempt in range(8):
-            try:
-                async with session.post(callback_url, json=body, headers=headers) as r:
-                    if r.status < 300:
-                        return True
-                    log.warning("ready callback answered %s", r.status)
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                log.warning("ready callback failed (attempt %d): %s", attempt + 1, exc)
-            await asyncio.sleep(delay)  # backoff between retries, not a readiness wait
-            delay = min(delay * 2, 5.0)
-    log.error("could not reach the callback URL %s; the hive will not know this worker", callback_url)
-    return False

@@ -28,8 +28,11 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 from rbee.errors import ErrorCode, RbeeError
+from rbee.events import Event, is_last
+from rbee.worker.engine_api import Emit, Job, Work
 
-Event = dict[str, Any]
+Observe = Callable[[Emit, str], Emit]  # (a job's emit, its request id) -> the emit to use
+
 
 
 class SlotTable:
@@ -45,21 +48,24 @@ class SlotTable:
     def available(self) -> int:
         return self.total - len(self._holders)
 
-    def acquire(self, request_id: str) -> int:
+    def acquire(self, request_id: str, rank: Callable[[list[int]], list[int]] | None = None) -> int:
+        """Take a free slot: the first of ``rank(free slots)`` when given (the engine's prompt cache
+        orders them by what they hold), else the lowest."""
         if request_id in self._holders.values():
             raise RbeeError(
                 ErrorCode.INVALID_REQUEST,
                 f"Request id '{request_id}' is already running on this worker. Send a unique X-Request-Id.",
             )
-        free = next((i for i in range(self.total) if i not in self._holders), None)
-        if free is None:
+        free = [i for i in range(self.total) if i not in self._holders]
+        if not free:
             raise RbeeError(
                 ErrorCode.ALL_SLOTS_BUSY,
                 f"All {self.total} slot(s) of this worker are busy. Retry shortly or use another worker.",
                 {"slots_total": self.total, "slots_busy": self.busy},
             )
-        self._holders[free] = request_id
-        return free
+        slot = rank(free)[0] if rank is not None else free[0]
+        self._holders[slot] = request_id
+        return slot
 
     def release(self, slot: int) -> None:
         self._holders.pop(slot, None)
@@ -71,7 +77,7 @@ class SlotTable:
 class Backend(Protocol):
     """What the bridge needs of the engine (rbee.worker.engine.Engine)."""
 
-    def submit(self, job: Any) -> None: ...
+    def submit(self, job: Job) -> None: ...
     def cancel(self, request_id: str, on_done: Callable[[bool], None]) -> None: ...
 
 
@@ -169,10 +175,6 @@ class Outbox:
             fn(*args)
 
 
-def _is_last(event: Event) -> bool:
-    return bool(event.get("done")) or "error" in event
-
-
 class Generation:
     """One running request as seen from the event loop: an async stream of events."""
 
@@ -194,21 +196,19 @@ class Generation:
         """Events in order, grouped as they arrived, so a slow reader writes them in one go."""
         while True:
             batch = [await self._events.get()]
-            while not _is_last(batch[-1]) and not self._events.empty():
+            while not is_last(batch[-1]) and not self._events.empty():
                 batch.append(self._events.get_nowait())
             yield batch
-            if _is_last(batch[-1]):
+            if is_last(batch[-1]):
                 return
-
-
-MakeJob = Callable[[int, Callable[[Event], None], Callable[[], None]], Any]
 
 
 class SlotPool:
     """Admits requests into slots, hands them to the engine, frees slots when the engine is done."""
 
-    def __init__(self, engine: Backend, total: int) -> None:
+    def __init__(self, engine: Backend, total: int, observe: Observe | None = None) -> None:
         self.engine = engine
+        self._observe = observe  # wraps each job's emit (metrics, the log line per generation)
         self.table = SlotTable(total)
         self._running: dict[str, Generation] = {}
         self._outbox: Outbox | None = None
@@ -218,11 +218,13 @@ class SlotPool:
     def running(self) -> int:
         return len(self._running)
 
-    def start(self, request_id: str, make_job: MakeJob) -> Generation:
-        """Take a slot and submit. ``make_job(slot, emit, on_finish)`` builds the engine's job."""
+    def start(self, work: Work) -> Generation:
+        """Take a slot and submit ``work`` to the engine in it."""
+        request_id = work.request_id
         if self.draining:
             raise RbeeError(ErrorCode.DRAINING, "This worker is shutting down. Send the request to another worker.")
-        slot = self.table.acquire(request_id)
+        prefer = getattr(self.engine, "prefer_slots", None)  # (work, free slots) -> them, best first
+        slot = self.table.acquire(request_id, None if prefer is None else lambda free: prefer(work, free))
         if self._outbox is None:
             set_flush = getattr(self.engine, "set_flush", None)
             self._outbox = Outbox(asyncio.get_running_loop(), deferred=set_flush is not None)
@@ -235,8 +237,9 @@ class SlotPool:
             outbox.put(self._finished, request_id, slot, gen)
 
         self._running[request_id] = gen
+        emit = gen.emit if self._observe is None else self._observe(gen.emit, request_id)
         try:
-            self.engine.submit(make_job(slot, gen.emit, on_finish))
+            self.engine.submit(Job(work, slot, emit, on_finish))
         except BaseException:
             self._finished(request_id, slot, gen)
             raise

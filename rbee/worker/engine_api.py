@@ -1,4 +1,4 @@
-"""What the engine is asked to do: its settings, one request's sampling, the job, the errors.
+"""What the engine is asked to do: its settings, one request's sampling and work, the job in a slot.
 
 Plain data, free of llama.cpp, so the app and the tests can build them without loading a model.
 """
@@ -8,9 +8,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-Emit = Callable[[dict[str, Any]], None]
+from rbee.events import Event
+
+Emit = Callable[[Event], None]
 
 
 @dataclass(frozen=True)
@@ -40,28 +41,29 @@ class Sampling:
     ignore_eos: bool = False
 
 
-@dataclass
-class Job:
-    """One admitted request. ``emit`` receives token/done/error events; ``on_finish`` runs once, when
-    the slot is free again, before the last event is emitted."""
+@dataclass(frozen=True)
+class Work:
+    """One request as the engine is to run it: built by the worker's handler, before it has a slot."""
 
     request_id: str
-    slot: int
     prompt_tokens: list[int]
     max_tokens: int
     sampling: Sampling
     stop: list[str]
+    max_tokens_clipped: int | None = None  # the max_tokens asked for, when the context made it smaller
+    cache_prompt: bool = True  # reuse the KV a slot holds of an earlier prompt with the same beginning
+
+
+@dataclass(frozen=True)
+class Job:
+    """Work admitted into a slot. ``emit`` receives its events (on the decode thread); ``on_finish``
+    runs once, when the slot is free again, before the last event is emitted."""
+
+    work: Work
+    slot: int
     emit: Emit
     on_finish: Callable[[], None]
-    max_tokens_clipped: int | None = None
 
 
 class EngineError(Exception):
     pass
-
-
-class ContextOverflow(EngineError):
-    def __init__(self, prompt_tokens: int, ctx_size: int) -> None:
-        super().__init__(f"prompt is {prompt_tokens} tokens; the context holds {ctx_size}")
-        self.prompt_tokens = prompt_tokens
-        self.ctx_size = ctx_size

@@ -1,14 +1,17 @@
-"""Typed app-state keys of the queen, in one place."""
+"""Typed app-state keys of the queen, in one place (not to be confused with API keys: ``auth``)."""
 
-from aiohttp import ClientSession, web
+from aiohttp import web
 
+from rbee.peer import Peers
 from rbee.queen.admission import AdmissionQueue
 from rbee.queen.dispatch import Dispatcher
+from rbee.queen.hive_registry import HiveRegistry
 from rbee.queen.registry import Registry
 from rbee.queen.settings import QueenSettings
 
 SETTINGS = web.AppKey("settings", QueenSettings)
 REGISTRY = web.AppKey("registry", Registry)
+HIVES = web.AppKey("hives", HiveRegistry)
 QUEUE = web.AppKey("queue", AdmissionQueue)
-HTTP = web.AppKey("http", ClientSession)
+PEERS = web.AppKey("peers", Peers)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)

@@ -1,0 +1,133 @@
+"""The token path's events, typed: what the engine emits, the worker frames, the queen relays or reshapes.
+
+On the wire (``rbee.sse`` frames them) they are the contract's three JSON shapes::
+
+    {"token": "Once", "index": 0}
+    {"done": true, "total_tokens": 20, "duration_ms": 1234, "finish_reason": "length", ...}
+    {"error": {"code": "INTERNAL", "message": "...", "details": {}}}
+
+Plain slotted dataclasses rather than pydantic models: one is made per token, on the decode thread,
+and the path is measured in microseconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from rbee.errors import ErrorCode, RbeeError
+
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+
+
+@dataclass(slots=True, frozen=True)
+class Token:
+    text: str
+    index: int
+
+    def wire(self) -> dict[str, Any]:
+        return {"token": self.text, "index": self.index}
+
+
+@dataclass(slots=True)
+class Done:
+    """The end of a generation. The worker fills the first group; the queen stamps its timeline."""
+
+    total_tokens: int
+    duration_ms: int
+    finish_reason: FinishReason
+    prompt_tokens: int | None = None
+    cached_tokens: int | None = None  # prompt tokens whose KV was reused rather than decoded
+    max_tokens_clipped: int | None = None
+    queued_ms: int | None = None
+    ttft_ms: int | None = None
+    worker_id: str | None = None
+
+    def wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"done": True}  # first: rbee.sse.is_done recognises the framed event by it
+        for name in self.__slots__:  # type: ignore[attr-defined]
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
+
+
+@dataclass(slots=True, frozen=True)
+class Failed:
+    """A generation that failed after its stream had started."""
+
+    code: str
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def wire(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+    def error(self) -> RbeeError:
+        return RbeeError(self.code, self.message, self.details)
+
+    @classmethod
+    def of(cls, err: RbeeError) -> Failed:
+        return cls(err.code, err.message, dict(err.details))
+
+
+Event = Token | Done | Failed
+
+
+def is_last(event: Event) -> bool:
+    return not isinstance(event, Token)
+
+
+def from_wire(obj: dict[str, Any]) -> Event:
+    """The typed event of one parsed ``data:`` object; anything else is a Failed naming what came."""
+    if "token" in obj:
+        return Token(str(obj["token"]), int(obj.get("index", 0)))
+    if obj.get("done"):
+        known = {k: obj[k] for k in Done.__slots__ if k in obj}  # type: ignore[attr-defined]
+        known.setdefault("total_tokens", 0)
+        known.setdefault("duration_ms", 0)
+        known.setdefault("finish_reason", "stop")
+        return Done(**known)
+    err = obj.get("error")
+    if isinstance(err, dict):
+        return Failed(str(err.get("code", ErrorCode.INTERNAL)), str(err.get("message", "")), err.get("details") or {})
+    return Failed(ErrorCode.INTERNAL, f"Unexpected event in the stream: {str(obj)[:200]}. Retry the request.")
+
+
+# ---------------------------------------------------------------- wait notes
+# Why a request has not started yet, sent to streaming clients as SSE comments
+# (``: queued position=2``, ``: provisioning model=M elapsed_s=S``) and read back by rbee-keeper.
+
+
+@dataclass(slots=True, frozen=True)
+class Queued:
+    position: int
+
+    def comment(self) -> str:
+        return f"queued position={self.position}"
+
+
+@dataclass(slots=True, frozen=True)
+class Provisioning:
+    model: str
+    elapsed_s: int
+
+    def comment(self) -> str:
+        return f"provisioning model={self.model} elapsed_s={self.elapsed_s}"
+
+
+WaitNote = Queued | Provisioning
+
+
+def parse_note(comment: str) -> WaitNote | None:
+    """The note an SSE comment carries, or None for any other comment."""
+    kind, _, rest = comment.partition(" ")
+    fields = dict(part.split("=", 1) for part in rest.split() if "=" in part)
+    try:
+        if kind == "queued":
+            return Queued(int(fields["position"]))
+        if kind == "provisioning":
+            return Provisioning(fields.get("model", ""), int(fields["elapsed_s"]))
+    except (KeyError, ValueError):
+        return None
+    return None

@@ -1,0 +1,74 @@
+"""The prompt cache's decisions, free of llama.cpp: how much of a new prompt a slot's KV already
+holds, and which free slot a request should take.
+
+Each slot keeps the KV of what it last decoded (prompt and answer) after its request ends. A new
+prompt that starts with the same tokens, the next turn of a chat above all, needs only its new
+suffix decoded. Slots are chosen as llama-server chooses them (its slot similarity): the free slot
+whose tokens share the longest prefix with the prompt, provided that prefix is a real share of the
+prompt (``MIN_SIMILARITY``); otherwise the least recently used free slot, so that a new conversation
+(which shares no more than a system prompt with the others) lands where it destroys the least.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+# llama-server's --slot-prompt-similarity default: below this share of the prompt, a slot's match
+# is not worth evicting what the slot holds for.
+MIN_SIMILARITY = 0.1
+_CHUNK = 256  # compare this many tokens at a time (one C-level slice comparison), then one by one
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """What one free slot's KV cells hold, as the engine last published it."""
+
+    tokens: tuple[int, ...] = ()
+    released: int = 0  # when the slot was last released, as a counter (0: never used)
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens ``a`` and ``b`` share."""
+    if type(a) is not type(b):  # a tuple slice never equals a list slice
+        a, b = tuple(a), tuple(b)
+    n = min(len(a), len(b))
+    i = 0
+    while i < n:
+        j = min(i + _CHUNK, n)
+        if a[i:j] != b[i:j]:
+            break
+        i = j
+    else:
+        return n
+    while a[i] == b[i]:  # the first difference lies within this chunk
+        i += 1
+    return i
+
+
+def reusable(held: Sequence[int], prompt: Sequence[int]) -> int:
+    """How many of the prompt's tokens can keep their KV: the common prefix, less at least the
+    prompt's last token, which is decoded again for the logits the first answer token is sampled from."""
+    return min(common_prefix(held, prompt), len(prompt) - 1) if prompt else 0
+
+
+def rank_slots(prompt: Sequence[int], free: Mapping[int, Held], use_cache: bool = True,
+               min_similarity: float = MIN_SIMILARITY) -> list[int]:
+    """The free slots in the order a request for ``prompt`` should take them.
+
+    First the slots whose held tokens share more than ``min_similarity`` of the prompt, longest
+    prefix first; then the rest, least recently used first (never used ones before all). Without
+    ``use_cache`` (the request opted out) only the latter order counts.
+    """
+
+    def least_recent(slot: int) -> tuple[int, int]:
+        return free[slot].released, slot
+
+    if not use_cache or not prompt:
+        return sorted(free, key=least_recent)
+    key = tuple(prompt)
+    shared = {slot: common_prefix(held.tokens, key) for slot, held in free.items()}
+    similar = [slot for slot, n in shared.items() if n > 0 and n > min_similarity * len(key)]
+    similar.sort(key=lambda slot: (-shared[slot], *least_recent(slot)))
+    others = sorted((slot for slot in free if slot not in similar), key=least_recent)
+    return similar + others
