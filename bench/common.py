@@ -14,13 +14,14 @@ import os
 import platform
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from rbee.ports import free_port  # noqa: F401  (the benchmarks take it from here)
 
 CACHE_DIR = Path(os.environ.get("RBEE_BENCH_CACHE", Path.home() / ".cache" / "rbee-bench"))
 
@@ -44,12 +45,6 @@ def add_gate_args(p: argparse.ArgumentParser, unit: str) -> None:
 def gate_from_args(args: argparse.Namespace) -> QuietGate:
     return QuietGate(not args.no_quiet_gate, max_wait=args.quiet_wait, max_foreign=args.max_foreign,
                      budget=args.gate_budget)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -18,7 +18,6 @@ from pathlib import Path
 import requests
 
 # Every process started through this module, so a harness can prove none outlived it.
-STARTED_PIDS: list[int] = []
 
 
 class ServiceError(RuntimeError):
@@ -58,7 +57,6 @@ class ServiceProcess:
                 self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 start_new_session=True,
             )
-        STARTED_PIDS.append(self.proc.pid)
         return self
 
     def wait_ready(self, timeout: float) -> None:
@@ -105,13 +103,4 @@ def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-def children_of(pid: int) -> list[int]:
-    """Direct children of ``pid`` (Linux /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError):
-                stat = (entry / "stat").read_text()
-                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(entry.name))
-    return found
+

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import sqlite3
 import struct
@@ -14,13 +13,7 @@ import pytest
 from rbee import models
 from rbee.hive.catalog import CATALOG_FILE, Catalog, CatalogEntry, entry_for_file
 from rbee.hive.gguf_info import GGUFError, read_gguf_info
-
-_spec = importlib.util.spec_from_file_location(
-    "make_tiny_gguf", Path(__file__).resolve().parents[1] / "fixtures" / "make_tiny_gguf.py")
-assert _spec is not None and _spec.loader is not None
-_fixture = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_fixture)
-make_tiny_gguf = _fixture.make_tiny_gguf
+from rbee.testing.tiny_gguf import make_tiny_gguf
 
 
 @pytest.fixture

@@ -20,8 +20,8 @@ import requests
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from rbee.ports import free_port
 from rbee.process import ServiceProcess
-from rbee.testing.cluster import free_port
 
 KEY = "sk-fuzz-key"
 FAKE_ID = "fake-worker"

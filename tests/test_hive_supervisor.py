@@ -14,8 +14,8 @@ from typing import TypeVar
 import pytest
 
 from rbee.errors import ErrorCode, RbeeError
-from rbee.hive.state import StateFile, WorkerRecord, runs_worker
-from rbee.hive.supervisor import Supervisor, WorkerSpec, free_port
+from rbee.hive.saved_workers import SavedWorker, SavedWorkers, runs_worker
+from rbee.hive.supervisor import Supervisor, WorkerSpec, pick_port
 from rbee.hive.watch import generations
 
 T = TypeVar("T")
@@ -36,15 +36,15 @@ def supervisor(tmp_path: Path, command: list[str], **kw) -> Supervisor:
                       worker_command=command, **kw)
 
 
-def test_free_port_skips_ports_in_use_and_taken() -> None:
+def test_pick_port_skips_ports_in_use_and_taken() -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         first = busy.getsockname()[1]
         ports = range(first, first + 50)
-        assert free_port(ports=ports) != first
-        chosen = free_port(ports=ports)
-        assert free_port(ports=ports, taken=frozenset({chosen})) not in (first, chosen)
+        assert pick_port(ports=ports) != first
+        chosen = pick_port(ports=ports)
+        assert pick_port(ports=ports, taken=frozenset({chosen})) not in (first, chosen)
 
 
 def test_a_range_with_no_free_port_is_spawn_failed() -> None:
@@ -52,7 +52,7 @@ def test_a_range_with_no_free_port_is_spawn_failed() -> None:
         busy.bind(("127.0.0.1", 0))
         port = busy.getsockname()[1]
         with pytest.raises(RbeeError) as caught:
-            free_port(ports=range(port, port + 1))
+            pick_port(ports=range(port, port + 1))
     assert caught.value.code == ErrorCode.SPAWN_FAILED
 
 
@@ -66,7 +66,7 @@ def test_a_worker_that_exits_before_ready_fails_with_its_log_tail(tmp_path: Path
         assert err.code == ErrorCode.SPAWN_FAILED and "exited with code 3" in err.message
         assert "could not load the model: bad file" in err.details["log_tail"]
         await asyncio.sleep(0)  # the watcher notices the exit
-        assert sup.list() == [] and StateFile(tmp_path / "workers.json").load() == []
+        assert sup.list() == [] and SavedWorkers(tmp_path / "workers.json").load() == []
 
     run(scenario())
 
@@ -89,7 +89,7 @@ def test_ready_and_the_state_file_names_the_worker(tmp_path: Path) -> None:
         worker = await sup.spawn(SPEC)
         sup.mark_ready(worker.worker_id)
         assert await sup.wait_ready(worker, timeout=5) is worker
-        [record] = StateFile(tmp_path / "workers.json").load()
+        [record] = SavedWorkers(tmp_path / "workers.json").load()
         assert (record.worker_id, record.pid, record.port) == (worker.worker_id, worker.process.pid, worker.port)
         await sup.stop_all(grace=2)
         assert worker.process.returncode is not None
@@ -129,9 +129,9 @@ def test_a_live_worker_from_the_last_run_is_adopted_and_a_reused_pid_is_not(tmp_
 
         async def scenario() -> None:
             sup = supervisor(tmp_path, SLEEPER)
-            records = [WorkerRecord("n-w1", worker.pid, 1234, "127.0.0.1", "m", None, "cpu", 0, 1, None, 0, "x"),
-                       WorkerRecord("n-w9", other.pid, 1235, "127.0.0.1", "m", None, "cpu", 0, 1, None, 0, "y")]
-            StateFile(tmp_path / "workers.json").save(records)
+            records = [SavedWorker("n-w1", worker.pid, 1234, "127.0.0.1", "m", None, "cpu", 0, 1, None, 0, "x"),
+                       SavedWorker("n-w9", other.pid, 1235, "127.0.0.1", "m", None, "cpu", 0, 1, None, 0, "y")]
+            SavedWorkers(tmp_path / "workers.json").save(records)
             adopted = [sup.adopt(r) for r in sup.leftovers()]
             assert adopted[0] is not None and adopted[1] is None
             await sup.stop_all(grace=5)  # the adopted one is signalled by pid and its exit polled

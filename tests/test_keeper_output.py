@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rbee.keeper import logfiles, state
+from rbee.keeper import logfiles, records
 from rbee.keeper.failures import KeeperError
 from rbee.keeper.output import Output, human_bytes, plain_progress_line
 
@@ -51,18 +51,18 @@ def test_find_log_by_name_short_name_and_newest_worker(tmp_path: Path):
 
 
 def test_cluster_record_round_trip(tmp_path: Path):
-    record = state.ClusterRecord(queen=state.ProcessRecord("queen-rbee", os.getpid(), "http://127.0.0.1:1"),
-                                 hive=state.ProcessRecord("rbee-hive", 999_999_999, "http://127.0.0.1:2"),
+    record = records.ClusterRecord(queen=records.ProcessRecord("queen-rbee", os.getpid(), "http://127.0.0.1:1"),
+                                 hive=records.ProcessRecord("rbee-hive", 999_999_999, "http://127.0.0.1:2"),
                                  log_dir=str(tmp_path), keeper_pid=None)
-    path = state.write_record(record, tmp_path / "run" / "cluster.json")
-    back = state.read_record(path)
+    path = records.write_record(record, tmp_path / "run" / "cluster.json")
+    back = records.read_record(path)
     assert back == record
     assert [p.name for p in back.processes()] == ["rbee-hive", "queen-rbee"]  # stop order
     assert not back.hive.running()
-    state.remove_record(path)
-    assert state.read_record(path) is None
+    records.remove_record(path)
+    assert records.read_record(path) is None
 
 
 def test_state_dir_follows_xdg():
-    assert state.state_dir({"XDG_STATE_HOME": "/s"}) == Path("/s/rbee")
-    assert state.state_dir({"RBEE_STATE_DIR": "/x", "XDG_STATE_HOME": "/s"}) == Path("/x")
+    assert records.state_dir({"XDG_STATE_HOME": "/s"}) == Path("/s/rbee")
+    assert records.state_dir({"RBEE_STATE_DIR": "/x", "XDG_STATE_HOME": "/s"}) == Path("/x")

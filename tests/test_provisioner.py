@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import importlib.util
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,14 +22,8 @@ from rbee.errors import ErrorCode, RbeeError
 from rbee.hive.catalog import Catalog
 from rbee.hive.models_api import setup_models
 from rbee.hive.provisioner import Progress, Provisioner, parse_ref
+from rbee.testing.tiny_gguf import make_tiny_gguf
 from rbee.web import make_app
-
-_spec = importlib.util.spec_from_file_location(
-    "make_tiny_gguf", Path(__file__).resolve().parents[1] / "fixtures" / "make_tiny_gguf.py")
-assert _spec is not None and _spec.loader is not None
-_fixture = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_fixture)
-make_tiny_gguf = _fixture.make_tiny_gguf
 
 T = TypeVar("T")
 REPO_FILE = "/org/repo/resolve/main/tiny.gguf"

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from rbee.errors import ErrorCode, RbeeError
+from rbee.procfs import PROC, meminfo_bytes
 
-MEMINFO = Path("/proc/meminfo")
+MEMINFO = PROC / "meminfo"
 # llama.cpp needs the weights plus the KV cache, scratch buffers and the worker's own Python:
 # a fixed allowance on top of a share of the file size.
 OVERHEAD_BYTES = 256 * 1024 * 1024
@@ -41,13 +42,7 @@ def ram_needed(size_bytes: int) -> int:
 
 def available_ram(meminfo: Path = MEMINFO) -> int | None:
     """``MemAvailable`` in bytes, or None where the kernel does not say (then the check is skipped)."""
-    try:
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024  # the kernel writes kB
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
+    return meminfo_bytes("MemAvailable", meminfo)
 
 
 def check_backend(backend: str, device: int, backends: dict[str, tuple[int, ...]] = BACKENDS) -> None:

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -21,29 +20,19 @@ from pathlib import Path
 from typing import Literal
 
 from rbee.errors import ErrorCode, RbeeError
-from rbee.hive.state import ProcessHandle, StateFile, WorkerRecord, adopt_process
+from rbee.hive.saved_workers import ProcessHandle, SavedWorker, SavedWorkers, adopt_process
+from rbee.ports import free_port, port_is_free
 from rbee.protocol import HiveWorker
 
 log = logging.getLogger(__name__)
 RestartPolicy = Literal["no", "on-failure"]
 
 
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-        return True
-
-
-def free_port(host: str = "127.0.0.1", ports: range | None = None, taken: frozenset[int] = frozenset()) -> int:
+def pick_port(host: str = "127.0.0.1", ports: range | None = None, taken: frozenset[int] = frozenset()) -> int:
     """A port nothing listens on: the first free one of ``ports`` (skipping those in use or ``taken``),
     else one the OS picks."""
     if ports is None:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((host, 0))
-            return s.getsockname()[1]
+        return free_port(host)
     for port in ports:
         if port not in taken and port_is_free(port, host):
             return port
@@ -106,9 +95,9 @@ class ManagedWorker:
             pid=self.process.pid, port=self.port, state=self.state, slots_total=s.slots,
         )
 
-    def record(self) -> WorkerRecord:
+    def record(self) -> SavedWorker:
         s = self.spec
-        return WorkerRecord(worker_id=self.worker_id, pid=self.process.pid, port=self.port, host=self.host,
+        return SavedWorker(worker_id=self.worker_id, pid=self.process.pid, port=self.port, host=self.host,
                             model_ref=s.model_ref, model_arg=s.model_arg, backend=s.backend, device=s.device,
                             slots=s.slots, ctx_size=s.ctx_size, ram_bytes=s.ram_bytes, log_path=str(self.log_path))
 
@@ -131,7 +120,7 @@ class Supervisor:
         self.node_name = node_name
         self.callback_url = callback_url
         self.cluster_key = cluster_key
-        self.state = StateFile(state_path) if state_path else None
+        self.state = SavedWorkers(state_path) if state_path else None
         self.ports = ports
         self.restart = restart
         self.max_restarts = max_restarts
@@ -170,7 +159,7 @@ class Supervisor:
 
     async def spawn(self, spec: WorkerSpec, *, restarts: int = 0) -> ManagedWorker:
         worker_id = self._next_id()
-        port = free_port(self.host, self.ports, frozenset(w.port for w in self._workers.values()))
+        port = pick_port(self.host, self.ports, frozenset(w.port for w in self._workers.values()))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{worker_id}.log"
         args = [
@@ -290,11 +279,11 @@ class Supervisor:
 
     # ------------------------------------------------------------ after a restart of the hive
 
-    def leftovers(self) -> list[WorkerRecord]:
+    def leftovers(self) -> list[SavedWorker]:
         """Workers an earlier run of this hive wrote down; the file is cleared as they are handled."""
         return self.state.load() if self.state else []
 
-    def adopt(self, record: WorkerRecord) -> ManagedWorker | None:
+    def adopt(self, record: SavedWorker) -> ManagedWorker | None:
         """Take over a worker an earlier run started, if its process still runs; None when it is gone."""
         process = adopt_process(record.pid, record.worker_id)
         if process is None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from rbee.client import HiveClient, QueenClient
 from rbee.flags import add_flag, env_name
-from rbee.keeper import cluster, config, fleet, hive_models, infer, logfiles, state
+from rbee.keeper import cluster, config, fleet, hive_models, infer, logfiles, records
 from rbee.keeper.config import OPTIONS, ConfigError, Resolved
 from rbee.keeper.failures import EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, EXIT_USAGE, KeeperError
 from rbee.keeper.output import Output
@@ -203,7 +203,7 @@ def _models_download(args: argparse.Namespace, cfg: Resolved, out: Output) -> in
 
 
 def _logs(args: argparse.Namespace, cfg: Resolved, out: Output) -> int:
-    return logfiles.show(state.log_dir(), args.program, args.lines, args.follow, out, sys.stdout)
+    return logfiles.show(records.log_dir(), args.program, args.lines, args.follow, out, sys.stdout)
 
 
 def _config_show(args: argparse.Namespace, cfg: Resolved, out: Output) -> int:
@@ -212,7 +212,7 @@ def _config_show(args: argparse.Namespace, cfg: Resolved, out: Output) -> int:
     files = config.config_paths(os.environ)
     out.say("files (lowest priority first): " + ", ".join(
         f"{p}{'' if p.is_file() else ' (absent)'}" for p in files))
-    out.say(f"state dir: {state.state_dir()}")
+    out.say(f"state dir: {records.state_dir()}")
     return EXIT_OK
 
 

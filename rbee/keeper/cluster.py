@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import requests
 
 from rbee.client import QueenClient
-from rbee.keeper import state
+from rbee.keeper import records
 from rbee.keeper.failures import EXIT_ERROR, EXIT_OK, KeeperError
 from rbee.keeper.local import LocalTrio, TrioPlan
 from rbee.keeper.output import Output
@@ -32,11 +32,11 @@ class UpOptions:
 
 
 def up(opts: UpOptions, out: Output) -> int:
-    existing = state.read_record()
+    existing = records.read_record()
     if existing is not None and existing.anything_running():
         raise KeeperError(f"rbee is already up (queen {existing.queen.url}, hive {existing.hive.url})",
                           "use it, or stop it first with `rbee-keeper down`")
-    plan = TrioPlan(queen_port=opts.queen_port, hive_port=opts.hive_port, log_dir=state.log_dir(),
+    plan = TrioPlan(queen_port=opts.queen_port, hive_port=opts.hive_port, log_dir=records.log_dir(),
                     model=opts.model, slots=opts.slots, backend=opts.backend)
     _refuse_if_taken(plan.queen_url, "/health", "something", "--queen-port")
     _refuse_if_taken(plan.hive_url, "/v1/health", "something", "--hive-port")
@@ -46,7 +46,7 @@ def up(opts: UpOptions, out: Output) -> int:
     t0 = time.monotonic()
     worker = trio.start()
     try:
-        state.write_record(trio.record(keeper_pid=os.getpid()))
+        records.write_record(trio.record(keeper_pid=os.getpid()))
         out.say(f"rbee is up in {time.monotonic() - t0:.1f} s")
         out.table(["part", "url", "detail"], [
             ["queen", plan.queen_url, f"pid {trio.queen_process.pid}"],
@@ -59,7 +59,7 @@ def up(opts: UpOptions, out: Output) -> int:
     finally:
         out.note("rbee-keeper: stopping the hive (and its workers), then the queen")
         trio.stop()
-        state.remove_record()
+        records.remove_record()
         out.note("rbee-keeper: stopped")
 
 
@@ -103,9 +103,9 @@ def _signal(pid: int, sig: int) -> None:
 
 
 def down(out: Output) -> int:
-    record = state.read_record()
+    record = records.read_record()
     if record is None:
-        out.say(f"nothing to stop: no local cluster is recorded ({state.cluster_file()})")
+        out.say(f"nothing to stop: no local cluster is recorded ({records.cluster_file()})")
         return EXIT_OK
     if record.keeper_running():
         # The `up` in the foreground stops its parts in order, as Ctrl+C would.
@@ -119,7 +119,7 @@ def down(out: Output) -> int:
                 out.note(f"rbee-keeper: {process.name} (pid {process.pid}) ignored SIGTERM; killing it")
                 _signal(process.pid, signal.SIGKILL)
                 _wait_gone(process.running, 5)
-    state.remove_record()
+    records.remove_record()
     out.say(f"stopped: hive {record.hive.url} (pid {record.hive.pid}), queen {record.queen.url} "
             f"(pid {record.queen.pid})")
     return EXIT_OK
@@ -137,10 +137,10 @@ def _health(url: str) -> str:
 
 
 def status(queen_url: str, api_key: str | None, out: Output) -> int:
-    record = state.read_record()
+    record = records.read_record()
     if record is not None and not record.anything_running():
-        out.note(f"rbee-keeper: removing a stale record of a cluster that no longer runs ({state.cluster_file()})")
-        state.remove_record()
+        out.note(f"rbee-keeper: removing a stale record of a cluster that no longer runs ({records.cluster_file()})")
+        records.remove_record()
         record = None
     if record is not None:
         queen_url = record.queen.url
@@ -148,7 +148,7 @@ def status(queen_url: str, api_key: str | None, out: Output) -> int:
         by = f"rbee-keeper up (pid {record.keeper_pid})" if record.keeper_running() else "rbee-keeper infer --keep"
         out.say(f"local cluster started {since} by {by}; logs: {record.log_dir}")
         rows = [[p.name, p.url, p.pid, "running" if p.running() else "gone",
-                 _health(p.url + ("/health" if p.name == state.QUEEN_LOG else "/v1/health"))]
+                 _health(p.url + ("/health" if p.name == records.QUEEN_LOG else "/v1/health"))]
                 for p in [record.queen, record.hive]]
         out.table(["program", "url", "pid", "process", "health"], rows)
     queen_health = _health(f"{queen_url}/health")

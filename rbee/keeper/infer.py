@@ -22,7 +22,7 @@ import requests
 from rbee.client import QueenClient
 from rbee.errors import ErrorCode
 from rbee.events import Provisioning, Queued, parse_note
-from rbee.keeper import state
+from rbee.keeper import records
 from rbee.keeper.failures import (
     EXIT_CANCELLED,
     EXIT_ERROR,
@@ -32,8 +32,9 @@ from rbee.keeper.failures import (
     from_envelope,
     reason,
 )
-from rbee.keeper.local import LocalTrio, TrioPlan, free_port, port_is_free
+from rbee.keeper.local import LocalTrio, TrioPlan
 from rbee.keeper.output import Output
+from rbee.ports import free_port, port_is_free
 from rbee.sse import iter_messages
 
 RETRY_DELAYS_S = (1.0, 2.0, 4.0)
@@ -131,7 +132,7 @@ def format_stats(outcome: StreamOutcome, finished_at: float) -> str:
 
 
 def save_partial(outcome: StreamOutcome, folder: Path | None = None) -> Path:
-    folder = folder or state.partial_dir()
+    folder = folder or records.partial_dir()
     folder.mkdir(parents=True, exist_ok=True)
     tag = (outcome.request_id or "no-id")[:16]
     path = folder / f"infer-{time.strftime('%Y%m%d-%H%M%S')}-{tag}.txt"
@@ -300,7 +301,7 @@ def ephemeral_plan(opts: InferOptions) -> TrioPlan:
         wanted = _loopback_port(opts.queen_url) or opts.queen_port
         queen_port = wanted if port_is_free(wanted) else queen_port
         hive_port = opts.hive_port if port_is_free(opts.hive_port) else hive_port
-    return TrioPlan(queen_port=queen_port, hive_port=hive_port, log_dir=state.log_dir(), model=opts.model,
+    return TrioPlan(queen_port=queen_port, hive_port=hive_port, log_dir=records.log_dir(), model=opts.model,
                     slots=opts.slots, backend=opts.backend)
 
 
@@ -313,7 +314,7 @@ def _loopback_port(url: str) -> int | None:
 
 
 def run_ephemeral(opts: InferOptions, out: Output, stdout: TextIO) -> int:
-    existing = state.read_record()
+    existing = records.read_record()
     if opts.keep and existing is not None and existing.anything_running():
         raise KeeperError(f"a local cluster is already recorded (queen {existing.queen.url}) but does not answer "
                           f"at {opts.queen_url}", f"use --queen-url {existing.queen.url}, or `rbee-keeper down`")
@@ -328,7 +329,7 @@ def run_ephemeral(opts: InferOptions, out: Output, stdout: TextIO) -> int:
         return ask(QueenClient(plan.queen_url, timeout=10), opts, out, stdout)
     finally:
         if opts.keep:
-            state.write_record(trio.record(keeper_pid=None))
+            records.write_record(trio.record(keeper_pid=None))
             out.note(f"rbee-keeper: left running: queen {plan.queen_url}, hive {plan.hive_url}; "
                      "stop them with: rbee-keeper down")
         else:

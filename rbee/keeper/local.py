@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import requests
 from rbee.client import HiveClient, QueenClient
 from rbee.keeper.config import OPTIONS
 from rbee.keeper.failures import KeeperError, envelope_of
-from rbee.keeper.state import HIVE_LOG, QUEEN_LOG, ClusterRecord, ProcessRecord
+from rbee.keeper.records import HIVE_LOG, QUEEN_LOG, ClusterRecord, ProcessRecord
 from rbee.process import ServiceError, ServiceProcess, python_module
 from rbee.protocol import WorkerInfo, WorkerState
 
@@ -49,20 +48,6 @@ class TrioPlan:
         return f"http://{self.host}:{self.hive_port}"
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the services bind: TIME_WAIT is no obstacle
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-        return True
 
 
 def forget_keeper_environment() -> None:

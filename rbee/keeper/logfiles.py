@@ -12,7 +12,7 @@ from typing import TextIO
 
 from rbee.keeper.failures import EXIT_OK, KeeperError
 from rbee.keeper.output import Output
-from rbee.keeper.state import HIVE_LOG, QUEEN_LOG
+from rbee.keeper.records import HIVE_LOG, QUEEN_LOG
 
 WORKER_LOG = "llm-worker-rbee"
 SHORT_NAMES = {"queen": QUEEN_LOG, "hive": HIVE_LOG, "worker": WORKER_LOG}

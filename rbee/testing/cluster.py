@@ -7,21 +7,15 @@ which the behave hooks register as a cleanup *before* starting anything.
 from __future__ import annotations
 
 import itertools
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from rbee.client import HiveClient, QueenClient, WorkerClient
+from rbee.ports import free_port
 from rbee.process import ServiceProcess
 from rbee.testing.clients import wait_until
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
-from rbee.procfs import pid_alive
+from rbee.procfs import cmdline, pid_alive
 
 log = logging.getLogger(__name__)
 _POLL_S = 0.2  # how often an adopted process is checked for exit (it is not our child: no waitpid)
@@ -36,7 +36,7 @@ class ProcessHandle(Protocol):
 
 
 @dataclass(frozen=True)
-class WorkerRecord:
+class SavedWorker:
     worker_id: str
     pid: int
     port: int
@@ -55,22 +55,22 @@ class WorkerRecord:
         return f"http://{self.host}:{self.port}"
 
 
-class StateFile:
+class SavedWorkers:
     """``workers.json``: written whole (to a temporary file, then renamed) on every change."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def save(self, records: list[WorkerRecord]) -> None:
+    def save(self, records: list[SavedWorker]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text(json.dumps({"version": 1, "workers": [asdict(r) for r in records]}, indent=1))
         os.replace(tmp, self.path)
 
-    def load(self) -> list[WorkerRecord]:
+    def load(self) -> list[SavedWorker]:
         try:
             data = json.loads(self.path.read_text())
-            return [WorkerRecord(**w) for w in data.get("workers", [])]
+            return [SavedWorker(**w) for w in data.get("workers", [])]
         except FileNotFoundError:
             return []
         except (OSError, ValueError, TypeError, AttributeError) as exc:
@@ -80,9 +80,8 @@ class StateFile:
 
 def runs_worker(pid: int, worker_id: str) -> bool:
     """True if ``pid`` is alive and is the worker ``worker_id`` (its command line says so): a reused pid is not."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
+    argv = cmdline(pid)
+    if argv is None:
         return False
     wanted = worker_id.encode()
     return pid_alive(pid) and any(a == b"--worker-id" and b == wanted for a, b in itertools.pairwise(argv))

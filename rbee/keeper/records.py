@@ -1,4 +1,4 @@
-"""Where rbee-keeper keeps its state: program logs, the record of a running local cluster, partial answers.
+"""Where rbee-keeper keeps its records: program logs, the record of a running local cluster, partial answers.
 
 The folder is ``$RBEE_STATE_DIR``, else ``$XDG_STATE_HOME/rbee``, else ``~/.local/state/rbee``.
 The cluster record (``run/cluster.json``) is what lets ``down`` and ``status`` find, from another
@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from rbee.procfs import pid_alive
+from rbee.procfs import cmdline, pid_alive
 
 QUEEN_LOG = "queen-rbee"
 HIVE_LOG = "rbee-hive"
@@ -72,12 +72,8 @@ class ClusterRecord:
 
 def pid_runs(pid: int, needle: str) -> bool:
     """``pid`` is alive and its command line mentions ``needle`` (guards against a reused pid)."""
-    if not pid_alive(pid):
-        return False
-    try:
-        return needle in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return False
+    argv = cmdline(pid) if pid_alive(pid) else None
+    return argv is not None and needle in b" ".join(argv).decode(errors="replace")
 
 
 def write_record(record: ClusterRecord, path: Path | None = None) -> Path:
