@@ -1,0 +1,150 @@
+"""The queen's relay (rbee.queen.dispatch) against a real HTTP source that writes scripted bytes:
+whole blocks relayed however the worker's writes are cut, the done event stamped with the queen's
+timeline, a worker that breaks, stalls or hangs up early turned into one error event and [DONE],
+and the slot given back in every case."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from rbee import sse
+from rbee.events import Done, Failed, Token
+from rbee.peer import Peers
+from rbee.protocol import InferenceRequest, WorkerRegistration
+from rbee.queen.admission import AdmissionQueue
+from rbee.queen.dispatch import Dispatcher
+from rbee.queen.registry import Registry
+
+TOKENS = [Token(f" t{i}", i) for i in range(5)]
+DONE = Done(5, 12, "length", prompt_tokens=3)
+
+
+def _wire() -> bytes:
+    return b"".join(map(sse.frame_event, [*TOKENS, DONE])) + sse.DONE_FRAME
+
+
+async def _source(script: list[bytes | float | None]) -> TestServer:
+    """A worker that writes the script: bytes are written, a float is a pause, None drops the connection."""
+
+    async def inference(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers=sse.SSE_HEADERS)
+        await response.prepare(request)
+        for step in script:
+            if step is None:
+                request.transport.close()
+                return response
+            if isinstance(step, float):
+                await asyncio.sleep(step)  # the scripted pause of a stalling worker
+            else:
+                await response.write(step)
+        return response
+
+    async def cancel(request: web.Request) -> web.Response:
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/v1/inference", inference)
+    app.router.add_delete("/v1/inference/{rid}", cancel)
+    server = TestServer(app)
+    await server.start_server()
+    return server
+
+
+@contextlib.asynccontextmanager
+async def _dispatch(script: list[bytes | float | None], stall: float = 5.0) -> AsyncIterator:
+    server = await _source(script)
+    registry = Registry()
+    registry.register(WorkerRegistration(worker_id="w1", url=str(server.make_url("")).rstrip("/"), model_ref="m",
+                                         slots_total=1))
+    async with aiohttp.ClientSession() as session:
+        dispatcher = Dispatcher(registry, Peers(session, None), AdmissionQueue(registry, 4, 0), stall_timeout=stall)
+        upstream = await dispatcher.open(InferenceRequest(prompt="x"), request_id="r1")
+        try:
+            yield dispatcher, upstream, registry
+        finally:
+            await dispatcher.close(upstream, client_gone=False)
+            await server.close()
+
+
+async def _relayed(script, stall: float = 5.0) -> tuple[bytes, int]:
+    out = bytearray()
+    async with _dispatch(script, stall) as (dispatcher, upstream, registry):
+        await dispatcher.relay(upstream, _append(out))
+    return bytes(out), registry.get("w1").slots_available
+
+
+def _append(out: bytearray):
+    async def write(data: bytes) -> None:
+        out.extend(data)
+    return write
+
+
+def _events(wire: bytes) -> list:
+    return [sse.parse_event(data) for kind, data in sse.iter_messages([wire]) if kind == "data"]
+
+
+@pytest.mark.parametrize("size", [1, 3, 17, 10_000])
+def test_every_event_arrives_once_in_order_however_the_writes_are_cut(size):
+    wire = _wire()
+    relayed, free = asyncio.run(_relayed([wire[i:i + size] for i in range(0, len(wire), size)]))
+    events = _events(relayed)
+    assert events[:5] == TOKENS and events[-1] is None
+    done = events[5]
+    assert isinstance(done, Done) and done.total_tokens == 5 and done.worker_id == "w1"
+    assert done.queued_ms == 0 and done.ttft_ms is not None and done.ttft_ms >= 0
+    assert free == 1
+
+
+def test_a_worker_that_drops_the_connection_mid_answer_ends_in_one_error_event():
+    wire = b"".join(map(sse.frame_event, TOKENS[:2]))
+    relayed, free = asyncio.run(_relayed([wire, 0.05, None]))
+    events = _events(relayed)
+    assert events[:2] == TOKENS[:2] and events[-1] is None
+    assert isinstance(events[2], Failed) and events[2].code == "WORKER_UNAVAILABLE"
+    assert len(events) == 4 and free == 1
+
+
+def test_a_worker_that_stalls_past_the_stall_timeout_ends_in_one_error_event():
+    wire = sse.frame_event(TOKENS[0])
+    relayed, _ = asyncio.run(_relayed([wire, 3.0], stall=0.3))
+    events = _events(relayed)
+    assert events[0] == TOKENS[0] and isinstance(events[1], Failed) and events[2] is None
+    assert "stopped sending tokens" in events[1].message
+
+
+def test_the_typed_reader_sees_the_same_events_as_the_byte_relay():
+    async def scenario():
+        async with _dispatch([_wire()]) as (dispatcher, upstream, _):
+            return [e async for e in dispatcher.events(upstream)]
+
+    events = asyncio.run(scenario())
+    assert events[:5] == TOKENS and isinstance(events[5], Done) and events[5].worker_id == "w1"
+    assert len(events) == 6
+
+
+def test_a_worker_that_fails_before_its_first_token_is_left_for_another():
+    async def scenario():
+        failed = sse.frame_event(Failed("INTERNAL", "could not start")) + sse.DONE_FRAME
+        server = await _source([failed])
+        registry = Registry()
+        registry.register(WorkerRegistration(worker_id="w1", url=str(server.make_url("")).rstrip("/"),
+                                             model_ref="m"))
+        try:
+            async with aiohttp.ClientSession() as session:
+                dispatcher = Dispatcher(registry, Peers(session, None), AdmissionQueue(registry, 4, 0))
+                with pytest.raises(Exception) as info:
+                    await dispatcher.open(InferenceRequest(prompt="x"), request_id="r1")
+                return info.value, registry.get("w1").slots_available
+        finally:
+            await server.close()
+
+    err, free = asyncio.run(scenario())
+    assert json.loads(json.dumps(err.envelope()))["error"]["code"] == "WORKER_UNAVAILABLE" and free == 1
