@@ -15,8 +15,9 @@ from rbee import __version__, models
 from rbee.auth import cluster_key_middleware
 from rbee.errors import RbeeError
 from rbee.hive import preflight
+from rbee.hive.address import advertised_host, http_url
 from rbee.hive.models_api import CATALOG, PROVISIONER, setup_models
-from rbee.hive.queen_link import QueenLink
+from rbee.hive.queen_link import QueenLink, Queens
 from rbee.hive.settings import HiveSettings
 from rbee.hive.supervisor import ManagedWorker, Supervisor, WorkerSpec
 from rbee.hive.watch import Watch, reconcile
@@ -30,7 +31,8 @@ log = logging.getLogger(__name__)
 SETTINGS = web.AppKey("settings", HiveSettings)
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
-LINK = web.AppKey("queen_link", QueenLink)
+LINK = web.AppKey("queens", Queens)
+PUBLIC_URL = web.AppKey("public_url", str)  # how the queen and other machines reach this hive
 DEVICES = web.AppKey("devices", asyncio.Task)  # preflight.detect_devices, asked once at start
 
 routes = web.RouteTableDef()
@@ -129,8 +131,11 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     timeout = aiohttp.ClientTimeout(total=5)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         app[HTTP] = session
-        link = app[LINK] = QueenLink(Peers(session, settings.cluster_key), settings.queen_url, settings.node_name,
-                                     settings.url)
+        peers = Peers(session, settings.cluster_key)
+        public_url = app[PUBLIC_URL]
+        log.info("advertising this hive as %s", public_url)
+        link = app[LINK] = Queens([QueenLink(peers, url, settings.node_name, public_url)
+                                   for url in settings.queen_urls])
         watch = Watch(supervisor, link, session, idle_timeout=settings.idle_timeout, stop_grace=settings.stop_grace)
         pending: set[asyncio.Task] = set()
 
@@ -157,10 +162,13 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: HiveSettings) -> web.Application:
     app = make_app()
     app[SETTINGS] = settings
+    advertised = advertised_host(settings.host, settings.advertise_host, settings.queen_urls)
+    app[PUBLIC_URL] = http_url(advertised, settings.port)
     ports = range(settings.worker_ports[0], settings.worker_ports[1] + 1) if settings.worker_ports else None
     app[SUPERVISOR] = Supervisor(
         settings.log_dir, host=settings.host, node_name=settings.node_name,
-        callback_url=f"{settings.url}/v1/workers/ready", cluster_key=settings.cluster_key,
+        advertise_host=advertised,
+        callback_url=f"{settings.local_url}/v1/workers/ready", cluster_key=settings.cluster_key,
         state_path=settings.state_path, ports=ports, restart=settings.restart, max_restarts=settings.max_restarts,
         keep_on_crash=settings.keep_workers_on_crash,
     )

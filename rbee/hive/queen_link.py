@@ -1,12 +1,13 @@
 """The hive's side of the control plane: what it tells the queen about itself and its workers.
 
-The hive registers itself (``/v2/hives/register``) and heartbeats with the models it holds, so the
+The hive registers itself with each queen it serves (``/v2/hives/register``) and heartbeats with the models it holds, so the
 queen can ask it for a worker; it registers each worker that became ready, heartbeats it with the
 worker's own state, and removes it when it exits or stops answering.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -93,3 +94,39 @@ class QueenLink:
                 log.debug("hive heartbeat failed: %s", err.message)
             else:
                 log.warning("the queen refused this hive: %s [%s]", err.message, err.code)
+
+
+class Queens:
+    """Every queen this hive serves (``--queen-url A,B``: active-active, no shared store): each is told
+    everything, on its own, so one that is down or restarting never holds up the others."""
+
+    def __init__(self, links: list[QueenLink]) -> None:
+        self.links = links
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.links[0].headers
+
+    async def register_worker(self, worker: ManagedWorker) -> None:
+        """Registered with every queen that answers; raises only when none took it."""
+        results = await asyncio.gather(*(link.register_worker(worker) for link in self.links),
+                                       return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        for link, err in zip(self.links, results, strict=True):
+            if isinstance(err, RbeeError):
+                log.warning("queen %s did not take worker %s: %s", link.queen_url, worker.worker_id, err.message)
+        if len(errors) == len(self.links):
+            raise errors[0]
+
+    async def deregister_worker(self, worker: ManagedWorker) -> None:
+        await asyncio.gather(*(link.deregister_worker(worker) for link in self.links))
+
+    async def heartbeat_worker(self, worker: ManagedWorker, state: str, slots_available: int) -> None:
+        results = await asyncio.gather(*(link.heartbeat_worker(worker, state, slots_available)
+                                         for link in self.links), return_exceptions=True)
+        for link, err in zip(self.links, results, strict=True):
+            if isinstance(err, RbeeError):
+                log.debug("heartbeat for %s to %s failed: %s", worker.worker_id, link.queen_url, err.message)
+
+    async def heartbeat_hive(self, models: list[str], workers: int) -> None:
+        await asyncio.gather(*(link.heartbeat_hive(models, workers) for link in self.links))

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BeforeValidator, Field
 
 from rbee.flags import NOT_A_FLAG, Flag
+from rbee.hive.address import http_url, local_host
 from rbee.server_settings import ServerSettings
 
 
@@ -36,14 +37,25 @@ def _check_port_range(ports: tuple[int, int] | None) -> tuple[int, int] | None:
     return ports
 
 
+def _queen_urls(text: str) -> str:
+    urls = [u.strip().rstrip("/") for u in text.split(",") if u.strip()]
+    if not urls:
+        raise ValueError("needs at least one queen URL")
+    return ",".join(urls)
+
+
 def _logs_beside_models(data: dict[str, Any]) -> Path:
     return Path(data.get("models_dir") or default_data_dir() / "models").parent / "logs"
 
 
 class HiveSettings(ServerSettings):
     port: int = Field(9200, ge=0, le=65535, description="Port to listen on (0 = any free port).")
-    queen_url: Annotated[str, AfterValidator(lambda url: url.rstrip("/")), Flag(metavar="URL")] = Field(
-        description="queen-rbee URL to register workers with.")
+    queen_url: Annotated[str, AfterValidator(_queen_urls), Flag(metavar="URL[,URL]")] = Field(
+        description="queen-rbee URL to register workers with; several, comma-separated, for queens that "
+                    "serve one fleet side by side (each is told everything).")
+    advertise_host: Annotated[str | None, Flag(metavar="HOST")] = Field(
+        None, description="Address other machines reach this hive and its workers by (default: the listen "
+                          "address, or with a wildcard --host the address on the route to the queen).")
     node_name: str = Field("local", description="This machine's name in the fleet.")
     models_dir: Annotated[Path, AfterValidator(Path.expanduser), Flag(metavar="DIR")] = Field(
         default_factory=lambda: default_data_dir() / "models",
@@ -68,8 +80,13 @@ class HiveSettings(ServerSettings):
         10.0, ge=0, description="Seconds a worker gets to drain before SIGKILL.")
 
     @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+    def queen_urls(self) -> list[str]:
+        return self.queen_url.split(",")
+
+    @property
+    def local_url(self) -> str:
+        """How this hive's own workers reach it (their ready callback)."""
+        return http_url(local_host(self.host), self.port)
 
     @property
     def state_path(self) -> Path:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from rbee.errors import ErrorCode, RbeeError
+from rbee.hive.address import http_url
 from rbee.hive.saved_workers import ProcessHandle, SavedWorker, SavedWorkers, adopt_process
 from rbee.ports import free_port, port_is_free
 from rbee.protocol import HiveWorker
@@ -82,7 +83,7 @@ class ManagedWorker:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return http_url(self.host, self.port)
 
     @property
     def model_ref(self) -> str:
@@ -110,13 +111,15 @@ class ManagedWorker:
 
 class Supervisor:
     def __init__(
-        self, log_dir: Path, *, host: str = "127.0.0.1", node_name: str = "local", callback_url: str = "",
+        self, log_dir: Path, *, host: str = "127.0.0.1", advertise_host: str | None = None,
+        node_name: str = "local", callback_url: str = "",
         cluster_key: str | None = None, state_path: Path | None = None, ports: range | None = None,
         restart: RestartPolicy = "no", max_restarts: int = 3, keep_on_crash: bool = False,
         worker_command: list[str] | None = None,
     ) -> None:
         self.log_dir = log_dir
-        self.host = host
+        self.host = host  # where workers listen
+        self.advertise_host = advertise_host or host  # how other machines reach them
         self.node_name = node_name
         self.callback_url = callback_url
         self.cluster_key = cluster_key
@@ -183,7 +186,7 @@ class Supervisor:
             )
         finally:
             out.close()
-        worker = ManagedWorker(worker_id=worker_id, spec=spec, port=port, host=self.host, process=process,
+        worker = ManagedWorker(worker_id=worker_id, spec=spec, port=port, host=self.advertise_host, process=process,
                                log_path=log_path, restarts=restarts)
         self._track(worker)
         log.info("spawned worker", extra={"fields": {"worker_id": worker_id, "pid": process.pid, "port": port}})

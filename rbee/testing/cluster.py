@@ -53,9 +53,30 @@ class Cluster:
 
     def start_queen(self, *extra: str) -> QueenClient:
         port = free_port()
+        self._queen_args = ["--port", str(port), *extra]
         url = f"http://127.0.0.1:{port}"
-        self.queen_process = self._start("queen", "rbee.queen", ["--port", str(port), *extra], f"{url}/health", 20)
+        self.queen_process = self._start("queen", "rbee.queen", self._queen_args, f"{url}/health", 20)
         self.queen = QueenClient(url)
+        return self.queen
+
+    def start_other_queen(self, name: str, *extra: str) -> tuple[QueenClient, ServiceProcess]:
+        """Another queen beside the first (several queens serving one fleet)."""
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        proc = self._start(name, "rbee.queen", ["--port", str(port), *extra], f"{url}/health", 20)
+        return QueenClient(url), proc
+
+    def kill_queen(self) -> None:
+        """SIGKILL: the queen dies as a crashed machine's would, without a word to anyone."""
+        assert self.queen_process is not None and self.queen_process.proc is not None
+        self.queen_process.proc.kill()
+        self.queen_process.proc.wait(10)
+
+    def restart_queen(self) -> QueenClient:
+        """The queen again, on the same port and settings, after it died."""
+        assert self.queen_process is not None and not self.queen_process.alive(), "the queen still runs"
+        url = self.queen_url
+        self.queen_process = self._start("queen-again", "rbee.queen", self._queen_args, f"{url}/health", 20)
         return self.queen
 
     @property
@@ -87,10 +108,10 @@ class Cluster:
                                  "slots_total": worker.slots})
         assert r.status_code == 200, r.text
 
-    def start_hive(self, *extra: str) -> HiveClient:
+    def start_hive(self, *extra: str, queen_url: str | None = None) -> HiveClient:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        args = ["--port", str(port), "--queen-url", self.queen_url, "--node-name", "test-hive",
+        args = ["--port", str(port), "--queen-url", queen_url or self.queen_url, "--node-name", "test-hive",
                 "--models-dir", str(self.log_dir / "models"), "--log-dir", str(self.log_dir / "hive-workers"), *extra]
         self.hive_process = self._start("hive", "rbee.hive", args, f"{url}/v1/health", 20)
         self.hive = HiveClient(url)
