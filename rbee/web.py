@@ -46,32 +46,42 @@ def error_response(err: RbeeError, request_id: str | None = None) -> web.Respons
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """The one place errors become the envelope. Never lets a 500 leave as HTML."""
+    """The one place errors become the envelope. Never lets a 500 leave as HTML. Every answer that
+    has not been sent yet carries the request id, errors included."""
+    rid = request_id_of(request)
     try:
-        return await handler(request)
+        response = await handler(request)
     except RbeeError as err:
-        return error_response(err)
+        return error_response(err, rid)
     except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code, template = _HTTP_CODES.get(
-            exc.status, (ErrorCode.INVALID_REQUEST, "{reason}. Check the request and try again.")
-        )
-        allowed = ", ".join(sorted(getattr(exc, "allowed_methods", ()) or ()))
-        message = template.format(
-            method=request.method, path=request.path, allowed=allowed, limit=MAX_BODY_BYTES, reason=exc.reason
-        )
-        err = RbeeError(code, message, {"status": exc.status})
-        resp = json_response(err.envelope(), status=exc.status)
-        if allowed:
-            resp.headers["Allow"] = allowed
-        return resp
+        response = _http_error(request, exc)
     except ConnectionResetError:
         raise  # the client went away; nothing to answer
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         body = envelope(ErrorCode.INTERNAL, "Internal error. Check this service's log, then retry.")
-        return json_response(body, status=500)
+        response = json_response(body, status=500)
+    if not response.prepared and "X-Request-Id" not in response.headers:
+        response.headers["X-Request-Id"] = rid
+    return response
+
+
+def _http_error(request: web.Request, exc: web.HTTPException) -> web.StreamResponse:
+    """aiohttp's own refusals (404, 405, 413…) in the envelope."""
+    if exc.status < 400:
+        raise exc
+    code, template = _HTTP_CODES.get(
+        exc.status, (ErrorCode.INVALID_REQUEST, "{reason}. Check the request and try again.")
+    )
+    allowed = ", ".join(sorted(getattr(exc, "allowed_methods", ()) or ()))
+    message = template.format(
+        method=request.method, path=request.path, allowed=allowed, limit=MAX_BODY_BYTES, reason=exc.reason
+    )
+    err = RbeeError(code, message, {"status": exc.status})
+    resp = json_response(err.envelope(), status=exc.status)
+    if allowed:
+        resp.headers["Allow"] = allowed
+    return resp
 
 
 async def read_model(request: web.Request, model: type[M]) -> M:
@@ -103,11 +113,16 @@ async def read_model(request: web.Request, model: type[M]) -> M:
         raise validation_error(exc) from None
 
 
+REQUEST_ID = web.RequestKey("request_id", str)
+
+
 def request_id_of(request: web.Request) -> str:
     """The caller's X-Request-Id when it is a valid id (passed on down the parts), else a fresh one;
-    set as the request id of this task's log lines."""
-    given = request.headers.get("X-Request-Id", "")
-    rid = given if is_identifier(given) else uuid.uuid4().hex
+    the same for the whole request, and the request id of this task's log lines."""
+    rid = request.get(REQUEST_ID)
+    if rid is None:
+        given = request.headers.get("X-Request-Id", "")
+        rid = request[REQUEST_ID] = given if is_identifier(given) else uuid.uuid4().hex
     request_id_var.set(rid)
     return rid
 
