@@ -4,6 +4,11 @@ Fixtures are chosen by tag (``@fixture.queen``, ``@fixture.trio``). Cleanup is r
 anything starts, so a half-failed setup still stops what it started. Logs go to a per-feature
 folder under ``.logs/``, kept when the feature fails (or with ``-D keep_logs=1``). After the run,
 no process that the run started — directly or through a hive — may still be alive.
+
+``-D queen_url=URL [-D api_key=K]`` runs the ``@deployable`` scenarios (those that need only a queen
+with a worker on the default model) against a fleet that is already running, as acceptance tests:
+nothing is started, every other scenario is skipped with the reason. Every run ends with its ten
+slowest scenarios.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -20,6 +26,7 @@ import parse
 from behave import fixture, register_type, use_fixture
 from behave.model import Feature
 
+from rbee.client import QueenClient
 from rbee.procfs import pid_alive
 from rbee.testing.cluster import Cluster
 
@@ -64,6 +71,48 @@ def trio(context):
 FIXTURES = {"fixture.queen": queen, "fixture.trio": trio}
 
 
+# ---------------------------------------------------------------- a deployed fleet
+
+
+class DeployedFleet(Cluster):
+    """A queen that is already running (``-D queen_url``), spoken to with ``-D api_key``. It starts nothing:
+    a step that would start a process fails, naming it."""
+
+    def __init__(self, queen_url: str, api_key: str | None, log_dir: Path, timeout_multiplier: float) -> None:
+        super().__init__(log_dir, timeout_multiplier)
+        self.queen = QueenClient(queen_url, api_key=api_key)
+
+    def _start(self, name: str, *args, **kwargs):
+        raise AssertionError(f"a scenario against the deployed queen tried to start {name}: "
+                             "only scenarios that start nothing may be tagged @deployable")
+
+
+def _skip_unless_deployable(scenario) -> bool:
+    """Against a deployed fleet, True (and skipped) for a scenario that needs processes of its own."""
+    if "deployable" in scenario.effective_tags:
+        return False
+    scenario.skip(reason="needs processes of its own; with -D queen_url only @deployable scenarios run")
+    return True
+
+
+# ---------------------------------------------------------------- the slowest scenarios
+
+
+def _time_scenario(context, scenario) -> None:
+    if scenario.status.name == "skipped":
+        return
+    context.timings.append((time.monotonic() - context.scenario_started, scenario.duration,
+                            f"{scenario.location}  {scenario.name}"))
+
+
+def _print_slowest(context, count: int = 10) -> None:
+    slowest = sorted(context.timings, reverse=True)[:count]
+    lines = [f"\n{len(slowest)} slowest scenarios (seconds with setup, of which steps):"]
+    lines += [f"  {total:7.1f} {steps:7.1f}  {where.strip()}" for total, steps, where in slowest]
+    if slowest:  # past behave's output capture, which would swallow it on a run that passed
+        print("\n".join(lines), file=sys.__stdout__, flush=True)
+
+
 # ---------------------------------------------------------------- hooks
 
 
@@ -74,6 +123,10 @@ def before_all(context):
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     context.config.setup_logging()
+    userdata = context.config.userdata
+    context.deployed_queen = userdata.get("queen_url")  # None: every scenario starts its own processes
+    context.fleet_key = userdata.get("api_key")  # the key steps send to a deployed queen
+    context.timings = []
 
 
 def before_feature(context, feature: Feature):
@@ -85,12 +138,21 @@ def before_feature(context, feature: Feature):
 def before_scenario(context, scenario):
     # Every scenario gets an (empty) cluster; its teardown is registered before anything starts,
     # so steps and fixtures that start processes never leave one behind.
+    context.scenario_started = time.monotonic()
     k = float(context.config.userdata.get("timeout_multiplier", "1"))
+    if context.deployed_queen:
+        if not _skip_unless_deployable(scenario):
+            context.cluster = DeployedFleet(context.deployed_queen, context.fleet_key, context.log_dir, k)
+        return
     context.cluster = Cluster(context.log_dir, timeout_multiplier=k)
     context.add_cleanup(_stop_cluster, context)
     for tag in scenario.effective_tags:
         if tag in FIXTURES:
             use_fixture(FIXTURES[tag], context)
+
+
+def after_scenario(context, scenario):
+    _time_scenario(context, scenario)
 
 
 def after_feature(context, feature: Feature):
@@ -102,6 +164,7 @@ def after_feature(context, feature: Feature):
 
 
 def after_all(context):
+    _print_slowest(context)
     leftovers = _processes_of_this_run()
     for pid in leftovers:  # don't leave them behind even though we fail
         try:

@@ -78,3 +78,29 @@ Feature: API keys and the cluster key
     Then the hive's worker is listed by the queen as idle
     When a client streams 4 tokens of "Hello" through the queen
     Then the answer ends with a done event
+
+  @catalog @download-key
+  Scenario: With a cluster key, the hive downloads models only for those who bear it
+    Given a queen with the cluster key "ck-shared"
+    And a model hub that serves "test-org/tiny" with the file "tiny.gguf"
+    And a hive started with the cluster key "ck-shared" that downloads models from that hub
+    When a client without the cluster key asks the hive to download "hf:test-org/tiny:tiny.gguf"
+    Then the hive refuses with 401 "MISSING_API_KEY"
+    When a client with the key "ck-guess" asks the hive to download "hf:test-org/tiny:tiny.gguf"
+    Then the hive refuses with 401 "INVALID_API_KEY"
+    And the hub was never asked for the file
+    When the hive is asked with the cluster key to download "hf:test-org/tiny:tiny.gguf"
+    Then the download of "hf:test-org/tiny:tiny.gguf" completes within 30 seconds
+
+  @catalog @cli @download-key
+  Scenario: rbee-keeper downloads through a hive with the cluster key it is configured with
+    Given a queen with the cluster key "ck-shared"
+    And a model hub that serves "test-org/tiny" with the file "tiny.gguf"
+    And a hive started with the cluster key "ck-shared" that downloads models from that hub
+    When the user downloads "hf:test-org/tiny:tiny.gguf" with rbee-keeper
+    Then rbee-keeper exits with code 1
+    And rbee-keeper's error says "cluster key" and names "MISSING_API_KEY"
+    When rbee-keeper is configured with the cluster key "ck-shared"
+    And the user downloads "hf:test-org/tiny:tiny.gguf" with rbee-keeper
+    Then rbee-keeper exits with code 0
+    And rbee-keeper said "hf:test-org/tiny:tiny.gguf is ready" with the path of a file that exists

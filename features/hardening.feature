@@ -3,15 +3,18 @@ Feature: Broken and hostile input
   Bad input gets a 4xx in the one envelope that says what to fix: never a 500, never a hang, and a
   refused request changes nothing.
 
+  @deployable
   Scenario: A body that is not JSON is refused, saying where it broke
     When a client sends a chat completion body that breaks off after 34 characters
     Then the queen refuses the OpenAI call with 400 "INVALID_REQUEST" of type "invalid_request_error"
     And the error says the JSON broke at line 1 column 35
 
+  @deployable
   Scenario: A body over the size limit is refused
     When a client sends an inference request of 2 MiB
     Then the queen refuses with 413 "PAYLOAD_TOO_LARGE"
 
+  @deployable
   Scenario Outline: A chat completion field out of range is refused, naming the field
     When a client asks for a chat completion with <field> set to <value>
     Then the queen refuses the OpenAI call with 400 "INVALID_REQUEST" of type "invalid_request_error"
@@ -28,6 +31,7 @@ Feature: Broken and hostile input
       | stream      | maybe |
       | messages    | []    |
 
+  @deployable
   Scenario: A worker id that is not a safe name is refused
     When a client marks worker "not a safe id!" as draining
     Then the queen refuses with 400 "INVALID_REQUEST"

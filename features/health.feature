@@ -16,6 +16,13 @@ Feature: Worker liveness at the queen
     And a real worker "steady" with 1 slot is registered
     Then worker "steady" stays idle for 3 seconds
 
+  @smoke @llama @deployable @fixture.queen
+  Scenario: The queen answers its health to anyone and serves a request on a live worker
+    Given the queen has a worker on the default model
+    Then a client without a key still gets the queen's health
+    When a client streams 4 tokens of "Hello" through the queen
+    Then the answer ends with a done event
+
   @smoke
   Scenario: A dead address registered by hand is dropped
     Given a queen that checks liveness with a 1 second heartbeat timeout and removes after 2 seconds

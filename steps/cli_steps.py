@@ -11,7 +11,7 @@ import threading
 import uuid
 from pathlib import Path
 
-from behave import given, then, when
+from behave import given, step, then, when
 
 from rbee import models
 from rbee.keeper.config import OPTIONS
@@ -126,6 +126,11 @@ def _programs_left(state_dir: str) -> list[int]:
 @given("rbee-keeper points at a queen that is not running")
 def step_no_queen(context):
     _env(context)["RBEE_QUEEN_URL"] = f"http://127.0.0.1:{free_port()}"
+
+
+@step('rbee-keeper is configured with the cluster key "{key:Q}"')
+def step_keeper_cluster_key(context, key):
+    _env(context)["RBEE_CLUSTER_KEY"] = key
 
 
 @given("rbee-keeper's autostart is off")

@@ -15,7 +15,7 @@ import requests
 from behave import given, then, when
 
 from rbee import models
-from rbee.client import iter_events
+from rbee.client import HiveClient, iter_events
 from rbee.procfs import pid_alive
 from rbee.testing.clients import wait_until
 
@@ -105,6 +105,12 @@ def step_hive(context):
     _start_hive(context)
 
 
+@given('a hive started with the cluster key "{cluster:Q}" that downloads models from that hub')
+def step_hive_key_hub(context, cluster):
+    _start_hive(context, "--cluster-key", cluster)
+    context.cluster.hive.session.headers["Authorization"] = f"Bearer {cluster}"  # the cluster's own calls bear it
+
+
 @given("a hive with a memory budget of {mib:d} MiB")
 def step_hive_budget(context, mib):
     _start_hive(context, "--ram-budget-mb", str(mib))
@@ -170,10 +176,28 @@ def _catalog(context) -> list[dict]:
     return r.json()["models"]
 
 
+@when('the hive is asked with the cluster key to download "{ref:Q}"')
 @when('the hive is asked to download "{ref:Q}"')
 def step_download(context, ref):
     context.response = context.cluster.hive.post("/v1/models/download", json={"model_ref": ref})
     assert context.response.status_code in (200, 202), context.response.text
+
+
+@when('a client without the cluster key asks the hive to download "{ref:Q}"')
+def step_download_no_key(context, ref):
+    context.response = HiveClient(context.cluster.hive.base_url).post("/v1/models/download", json={"model_ref": ref})
+
+
+@when('a client with the key "{key:Q}" asks the hive to download "{ref:Q}"')
+def step_download_other_key(context, key, ref):
+    client = HiveClient(context.cluster.hive.base_url, api_key=key)
+    context.response = client.post("/v1/models/download", json={"model_ref": ref})
+
+
+@then("the hub was never asked for the file")
+def step_hub_untouched(context):
+    seen = requests.get(f"{context.hub_url}/_requests", timeout=5).json()["requests"]
+    assert not [r for r in seen if r["file"] == context.hub_file], seen
 
 
 @when("a client asks the hive for its devices")

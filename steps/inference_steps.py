@@ -6,7 +6,7 @@ import os
 
 from behave import given, then, when
 
-from rbee.models import default_model_path
+from rbee.models import DEFAULT_MODEL_REF, default_model_path
 from rbee.testing.clients import BackgroundStream, wait_until
 
 LONG = {"prompt": "Write a very long story about a bee who travels the world.", "max_tokens": 4000, "ignore_eos": True,
@@ -23,6 +23,19 @@ def _ask(context, body: dict) -> None:
 def step_real_worker(context, worker_id, slots):
     worker = context.cluster.start_worker(worker_id=worker_id, slots=slots)
     context.cluster.register(worker)
+
+
+def _live_default_workers(context) -> list:
+    return [w for w in context.cluster.queen.workers(model=DEFAULT_MODEL_REF) if w.state != "offline"]
+
+
+@given("the queen has a worker on the default model")
+def step_default_worker(context):
+    if context.deployed_queen:  # the fleet brings its own; a scenario against it starts nothing
+        wait_until(lambda: _live_default_workers(context), 30 * context.cluster.k,
+                   what=f"a live worker on {DEFAULT_MODEL_REF} at the deployed queen")
+    else:
+        step_real_worker(context, "default", 1)
 
 
 @given('a real worker "{worker_id:Q}" serving a second model "{name:Q}" is registered')
@@ -60,7 +73,8 @@ def step_ask_model(context, n, prompt, model):
 
 @when('a client streams {n:d} tokens of "{prompt:Q}" through the queen')
 def step_stream(context, n, prompt):
-    _ask(context, {"prompt": prompt, "max_tokens": n})
+    # ignore_eos: a sampled end-of-sequence as the first token would leave no tokens to check
+    _ask(context, {"prompt": prompt, "max_tokens": n, "ignore_eos": True})
 
 
 @when('a client streams exactly {n:d} tokens of "{prompt:Q}" through the queen')
@@ -74,9 +88,10 @@ def step_stream_greedy(context, n, prompt):
     _ask(context, context.request)
 
 
-@when('the same request is sent to worker "{worker_id:Q}" directly')
-def step_direct(context, worker_id):
-    context.direct = context.cluster.workers[worker_id].client.infer(context.request)
+@when("the same request is sent directly to the worker that served it")
+def step_direct(context):
+    served = context.result.headers.get("X-Rbee-Worker")
+    context.direct = context.cluster.workers[served].client.infer(context.request)
 
 
 @then("both answers have the same text")
@@ -119,10 +134,11 @@ def step_indexes(context):
     assert indexes and indexes == list(range(len(indexes))), indexes
 
 
-@then('the answer names worker "{worker_id:Q}" and a request id')
-def step_headers(context, worker_id):
-    assert context.result.headers.get("X-Rbee-Worker") == worker_id
-    assert context.result.headers.get("X-Request-Id")
+@then("the answer names the worker that served it and a request id")
+def step_headers(context):
+    served = context.result.headers.get("X-Rbee-Worker")
+    assert served in [w.worker_id for w in context.cluster.queen.workers()], (served, context.result.headers)
+    assert context.result.headers.get("X-Request-Id"), context.result.headers
 
 
 @then("the first token arrived well before the done event")
@@ -139,6 +155,11 @@ def step_first_token_early(context):
 @then("that worker becomes idle with all slots free within {seconds:d} seconds")
 def step_that_worker_idle(context, seconds):
     context.execute_steps(f'Then worker "{context.served_by}" becomes idle with all slots free within {seconds} seconds')
+
+
+@then("the worker of the long answer becomes idle with all slots free within {seconds:d} seconds")
+def step_long_worker_idle(context, seconds):
+    step_worker_idle(context, context.long_stream.worker_id, seconds)
 
 
 @then('worker "{worker_id:Q}" becomes idle with all slots free within {seconds:d} seconds')

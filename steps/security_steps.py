@@ -19,6 +19,11 @@ def _client(context, key: str | None = None) -> QueenClient:
     return QueenClient(context.cluster.queen_url, api_key=key)
 
 
+def _caller(context) -> QueenClient:
+    """Any client of the queen: with no key, or with the deployed fleet's (``-D api_key``)."""
+    return _client(context, context.fleet_key)
+
+
 def _start_queen(context, *flags: str, key: str | None = None) -> None:
     """Start a queen; the cluster's own client (registrations, listings) carries ``key``."""
     queen = context.cluster.start_queen(*flags)
@@ -241,7 +246,7 @@ def step_worker_ready(context, worker_id):
 @when("a client sends a chat completion body that breaks off after {n:d} characters")
 def step_broken_json(context, n):
     body = json.dumps({"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi"}]})
-    context.response = _client(context).post("/v1/chat/completions", data=body[:n],
+    context.response = _caller(context).post("/v1/chat/completions", data=body[:n],
                                              headers={"Content-Type": "application/json"})
 
 
@@ -255,7 +260,7 @@ def step_broken_where(context, line, column):
 @when("a client sends an inference request of {mib:d} MiB")
 def step_huge(context, mib):
     body = json.dumps({"prompt": "x" * (mib * 1024 * 1024)})
-    context.response = _client(context).post("/v1/inference", data=body, headers={"Content-Type": "application/json"})
+    context.response = _caller(context).post("/v1/inference", data=body, headers={"Content-Type": "application/json"})
 
 
 @when("a client asks for a chat completion with {field} set to {value}")
@@ -265,12 +270,12 @@ def step_chat_field(context, field, value):
     except ValueError:
         parsed = value  # a bare word is sent as a string
     body = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi"}], field: parsed}
-    context.response = _client(context).post("/v1/chat/completions", json=body)
+    context.response = _caller(context).post("/v1/chat/completions", json=body)
 
 
 @when('a client marks worker "{worker_id:Q}" as draining')
 def step_patch_worker(context, worker_id):
-    context.response = _client(context).patch(f"/v2/workers/{requests.utils.quote(worker_id, safe='')}",
+    context.response = _caller(context).patch(f"/v2/workers/{requests.utils.quote(worker_id, safe='')}",
                                               json={"state": "draining"})
 
 
