@@ -29,6 +29,7 @@ from behave.model import Feature
 from rbee.client import QueenClient
 from rbee.procfs import pid_alive
 from rbee.testing.cluster import Cluster
+from rbee.testing.hosts import TestBed, sweep_testbeds
 
 RUN_ID = uuid.uuid4().hex[:12]
 LOG_ROOT = Path(".logs") / time.strftime("%Y%m%d-%H%M%S")
@@ -68,7 +69,16 @@ def trio(context):
     yield cluster
 
 
-FIXTURES = {"fixture.queen": queen, "fixture.trio": trio}
+@fixture
+def hosts(context):
+    """Hosts alpha and beta (network namespaces, each with its own address and sshd): context.testbed."""
+    bed = context.testbed = TestBed(context.log_dir / "hosts", ["alpha", "beta"],
+                                    timeout_multiplier=context.cluster.k)
+    context.add_cleanup(bed.close)
+    yield bed.start()
+
+
+FIXTURES = {"fixture.queen": queen, "fixture.trio": trio, "fixture.hosts": hosts}
 
 
 # ---------------------------------------------------------------- a deployed fleet
@@ -165,6 +175,7 @@ def after_feature(context, feature: Feature):
 
 def after_all(context):
     _print_slowest(context)
+    hosts_left = sweep_testbeds()  # what a test bed left (then removed), before looking for processes
     leftovers = _processes_of_this_run()
     for pid in leftovers:  # don't leave them behind even though we fail
         try:
@@ -174,6 +185,7 @@ def after_all(context):
     if LOG_ROOT.exists() and not any(LOG_ROOT.iterdir()):
         LOG_ROOT.rmdir()
     assert not leftovers, f"processes outlived the run: {leftovers}"
+    assert not hosts_left, f"test-bed hosts outlived the run: {hosts_left}"
 
 
 def _processes_of_this_run() -> list[int]:
