@@ -15,9 +15,9 @@ from behave import given, step, then, when
 
 from rbee import models
 from rbee.keeper.config import OPTIONS
+from rbee.ports import free_port
 from rbee.procfs import pid_alive
 from rbee.testing.clients import wait_until
-from rbee.testing.cluster import free_port
 
 KEEPER = Path(sys.executable).with_name("rbee-keeper")  # the console script of this environment
 

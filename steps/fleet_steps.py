@@ -6,8 +6,9 @@ import time
 
 from behave import given, then, when
 
+from rbee.ports import free_port
 from rbee.testing.clients import BackgroundStream, wait_until
-from rbee.testing.cluster import RunningWorker, free_port, start_fake_worker
+from rbee.testing.cluster import RunningWorker, start_fake_worker
 from rbee.testing.load import run_load, summary
 
 SLOW = 0.05  # seconds between a slow scripted worker's tokens
@@ -202,7 +203,9 @@ def _queue_for(context, key: str, names: list[str]) -> None:
     for name in names:
         stream = _queued(context, {"prompt": name, "max_tokens": 3},
                          {"Authorization": f"Bearer {key}", "X-Request-Id": name})
-        _wait_position(context, stream, len(context.named) + 1)
+        # In line before the next one comes (its place depends on the keys' rotation).
+        wait_until(lambda: any(c.startswith("queued position=") for c in stream.comments),
+                   _deadline(context, 10), what=f"request {name} queued")
         context.named[name] = stream
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -18,12 +17,8 @@ from rbee import models
 from rbee.client import HiveClient, iter_events
 from rbee.procfs import pid_alive
 from rbee.testing.clients import wait_until
+from rbee.testing.tiny_gguf import make_tiny_gguf
 
-_spec = importlib.util.spec_from_file_location(
-    "make_tiny_gguf", Path(__file__).resolve().parents[1] / "fixtures" / "make_tiny_gguf.py")
-assert _spec is not None and _spec.loader is not None
-_tiny = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_tiny)
 TINY_KB = 2048
 
 
@@ -48,7 +43,7 @@ def _hub(context, repo: str, file: str, local: Path, fault: str | None = None, t
 
 
 def _tiny_file(context, file: str) -> Path:
-    return _tiny.make_tiny_gguf(_scenario_dir(context) / "hub" / file, size_kb=TINY_KB)
+    return make_tiny_gguf(_scenario_dir(context) / "hub" / file, size_kb=TINY_KB)
 
 
 @given('a model hub that serves "{repo:Q}" with the file "{file:Q}"')
@@ -296,7 +291,7 @@ def step_spawn_backend(context, backend, device):
 
 @given('a file "{name:Q}" that is a GGUF llama.cpp cannot load')
 def step_broken_file(context, name):
-    context.broken_file = _tiny.make_tiny_gguf(_scenario_dir(context) / name, size_kb=8)
+    context.broken_file = make_tiny_gguf(_scenario_dir(context) / name, size_kb=8)
 
 
 @when("the hive is asked to start a worker on that file and wait")
