@@ -35,7 +35,7 @@ from llama_cpp import _ctypes_extensions
 
 from rbee.errors import ErrorCode
 from rbee.events import Done, Failed, Token
-from rbee.worker import devices, prompt_cache, threadpool
+from rbee.worker import cpu_reference, devices, prompt_cache, threadpool
 from rbee.worker.devices import Device
 from rbee.worker.engine_api import EngineConfig, EngineError, Job, Sampling, Work
 from rbee.worker.textstream import TextStream
@@ -134,6 +134,7 @@ class Engine:
         self._held: list[prompt_cache.Held] = [prompt_cache.Held()] * config.slots
         self._releases = 0
         self._n_swa = 0
+        self.batch_invariant = False  # the CPU backend runs ggml's reference kernels (see load)
         self._thread: threading.Thread | None = None
         self._alive = False  # the decode loop takes new work
         self._stopping = threading.Lock()
@@ -172,7 +173,9 @@ class Engine:
             raise EngineError(f"llama.cpp could not load {cfg.model_path}: is it a valid GGUF file?")
         self._model = model
         self._vocab = lc.llama_model_get_vocab(model)
-        ctx = lc.llama_init_from_model(model, self._context_params())
+        with cpu_reference.reference_kernels(_libggml(), cfg.batch_invariant) as reference:
+            ctx = lc.llama_init_from_model(model, self._context_params())
+        self.batch_invariant = reference.applied > 0
         if not ctx:
             raise EngineError("llama.cpp could not create a context; lower --ctx-size or --slots")
         self._ctx = ctx

@@ -28,6 +28,9 @@ class EngineConfig:
     kv_unified: bool = False  # one KV stream per slot, as llama-server --parallel N: attention reads only its own cells
     use_mmap: bool = True
     poll: int = 50  # ggml threadpool polling level (0-100), llama-server's default; -1 = no threadpool
+    # ggml's reference CPU kernels (rbee.worker.cpu_reference): a token's logits never depend on the
+    # rest of its batch, so a cached answer equals the uncached one token for token
+    batch_invariant: bool = True
 
 
 @dataclass(frozen=True)
