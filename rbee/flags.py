@@ -25,6 +25,8 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from rbee import __version__
+
 M = TypeVar("M", bound=BaseModel)
 
 # pydantic's error types, said the way a usage line says them; the others keep pydantic's wording.
@@ -185,10 +187,11 @@ def _reason(err: ValidationError) -> str:
 
 def settings_parser(model: type[BaseModel], *, prog: str, description: str,
                     env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
-    """A parser with one flag per field of ``model``; a required field is a required flag unless its
-    variable is set."""
+    """A parser with one flag per field of ``model``, and ``--version``; a required field is a required flag
+    unless its variable is set."""
     env = os.environ if env is None else env
     parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--version", action="version", version=f"{prog} {__version__}")
     for option in _options(model):
         parser.add_argument(option.name, **option.argument(env))
     return parser

@@ -39,6 +39,8 @@ def _http_url(value: str) -> str:
 
 
 BaseUrl = Annotated[str, Field(max_length=2048), AfterValidator(_http_url)]
+# rbee's version as a peer reports it (``rbee.__version__``); optional on the wire, for older peers.
+Version = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[0-9A-Za-z.+_-]+$")]
 
 
 class RequestModel(BaseModel):
@@ -73,6 +75,7 @@ class WorkerRegistration(RequestModel):
     node_name: Identifier = "local"
     slots_total: Annotated[int, Field(ge=1, le=1024)] = 1
     vram_bytes: Annotated[int, Field(ge=0)] | None = None
+    version: Version | None = None
 
 
 class WorkerInfo(WireModel):
@@ -85,6 +88,7 @@ class WorkerInfo(WireModel):
     slots_total: int
     slots_available: int
     vram_bytes: int | None = None
+    version: str | None = None
     state: WorkerState
     registered_at: float
     last_seen: float
@@ -141,6 +145,8 @@ class InferenceRequest(RequestModel):
     ignore_eos: bool = Field(False, description="Never end early: generate exactly max_tokens (benchmarks, tests).")
     cache_prompt: bool = Field(True, description="Reuse the KV a slot holds of an earlier prompt that begins "
                                "the same way (llama-server's cache_prompt); false decodes the whole prompt.")
+    hive: Identifier | None = Field(None, description="Serve it only on this hive's workers (the queen's "
+                                    "routing; never sent on to the worker).")
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -221,11 +227,13 @@ class HiveRegistration(RequestModel):
     url: BaseUrl
     node_name: Identifier | None = None
     models: list[ModelRef] = Field(default_factory=list, max_length=4096)
+    version: Version | None = None
 
 
 class HiveHeartbeat(RequestModel):
     models: list[ModelRef] | None = Field(None, max_length=4096)
     workers: Annotated[int, Field(ge=0, le=4096)] | None = None
+    ram_free_bytes: Annotated[int, Field(ge=0)] | None = None
 
 
 class HiveInfo(WireModel):
@@ -237,7 +245,76 @@ class HiveInfo(WireModel):
     registered_at: float
     last_seen: float
     live: bool
+    version: str | None = None
+    ram_free_bytes: int | None = None
 
 
 class HiveList(WireModel):
     hives: list[HiveInfo]
+
+
+# ---------------------------------------------------------------- queen: nodes (hives brought up over SSH)
+
+RemoteDir = Annotated[str, Field(min_length=1, max_length=1024, pattern=r"^[^\x00-\x1f]+$")]
+
+
+class NodeAdd(RequestModel):
+    """``POST /v2/nodes``: a machine the queen reaches over SSH to install, start and stop its hive."""
+
+    name: Identifier
+    ssh: Annotated[str, Field(min_length=1, max_length=300, description="[USER@]HOST[:PORT]")]
+    identity: Annotated[str, Field(min_length=1, max_length=4096)] | None = Field(
+        None, description="Private key file on the queen's machine (default: ssh's own choice).")
+    remote_dir: RemoteDir | None = Field(None, description="Where rbee lives there (relative: to the home).")
+    hive_port: Annotated[int, Field(ge=1, le=65535)] = 9200
+    accept_new_host_key: bool = False
+    replace: bool = False
+
+
+class NodeLogQuery(RequestModel):
+    lines: Annotated[int, Field(ge=0, le=100_000)] = 50
+    follow: bool = False
+    program: Identifier | None = Field(None, description="A worker id (its log); the hive's log when unset.")
+
+
+class NodeInfo(WireModel):
+    """A hive as ``hives list`` shows it; ``hive_id``, ``url`` and ``live`` as ``/v2/hives/list`` has them."""
+
+    hive_id: str  # the node's name
+    ssh: str | None  # None: a hive that registered without being added (started by hand)
+    state: Literal["online", "offline", "unreachable"]
+    live: bool  # state == "online"
+    version: str | None = None
+    workers: int = 0
+    ram_free_bytes: int | None = None
+    seconds_since_heartbeat: float | None = None
+    url: str | None = None  # the hive's, once it has registered
+    remote_dir: str | None = None
+    installed: bool | None = None  # rbee-hive found there at the last look (None: not looked, or not ours)
+    notes: list[str] = Field(default_factory=list)  # what to do next, for a person
+
+
+class NodeList(WireModel):
+    hives: list[NodeInfo]
+
+
+class InstallEvent(WireModel):
+    """One line of ``POST /v2/nodes/{name}/install``'s progress stream; ``complete`` ends it."""
+
+    stage: Literal["check", "wheelhouse", "copy", "venv", "install", "verify", "complete"]
+    message: str
+    version: str | None = None
+
+
+class NodeStarted(WireModel):
+    node: NodeInfo
+    pid: int
+    queen_url: str  # the queen's address as the hive was told it
+    already_running: bool
+    seconds: float
+
+
+class NodeStopped(WireModel):
+    node: NodeInfo
+    outcome: Literal["stopped", "killed", "not-running"]
+    workers_removed: int

@@ -11,7 +11,9 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from rbee import __version__
 from rbee.errors import ErrorCode, RbeeError
+from rbee.hive.preflight import available_ram
 from rbee.hive.supervisor import ManagedWorker
 from rbee.peer import Peers
 from rbee.protocol import HiveHeartbeat, HiveRegistration, WorkerRegistration
@@ -40,7 +42,7 @@ class QueenLink:
         s = worker.spec
         reg = WorkerRegistration(
             worker_id=worker.worker_id, url=worker.url, model_ref=s.model_ref, backend=s.backend, device=s.device,
-            node_name=self.node_name, slots_total=s.slots,
+            node_name=self.node_name, slots_total=s.slots, version=__version__,  # spawned from this install
         )
         await self.peers.call("POST", f"{self.queen_url}/v2/workers/register", json=reg.model_dump(mode="json"),
                               peer=QUEEN, ident={"worker_id": worker.worker_id}, next_step=START_THE_QUEEN)
@@ -72,14 +74,15 @@ class QueenLink:
         return self.node_name
 
     async def register_hive(self, models: list[str], workers: int) -> None:
-        reg = HiveRegistration(hive_id=self.hive_id, url=self.hive_url, node_name=self.node_name, models=models)
+        reg = HiveRegistration(hive_id=self.hive_id, url=self.hive_url, node_name=self.node_name, models=models,
+                               version=__version__)
         await self.peers.call("POST", f"{self.queen_url}/v2/hives/register", json=reg.model_dump(mode="json"),
                               peer=QUEEN, ident={"hive_id": self.hive_id}, next_step=START_THE_QUEEN)
 
     async def heartbeat_hive(self, models: list[str], workers: int) -> None:
         """A heartbeat; registers again when the queen does not know this hive (it restarted). A queen
         that refuses this hive (a wrong cluster key, say) is logged as a warning, with its reason."""
-        beat = HiveHeartbeat(models=models, workers=workers)
+        beat = HiveHeartbeat(models=models, workers=workers, ram_free_bytes=available_ram())
         try:
             try:
                 await self.peers.call("POST", f"{self.queen_url}/v2/hives/{self.hive_id}/heartbeat",

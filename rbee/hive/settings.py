@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from rbee.flags import NOT_A_FLAG, Flag
 from rbee.hive.address import http_url, local_host
@@ -44,6 +44,18 @@ def _queen_urls(text: str) -> str:
     return ",".join(urls)
 
 
+def _read_key_file(path: Path) -> Path:
+    """A key file that can be read and holds a key (its first line)."""
+    path = path.expanduser()
+    try:
+        key = path.read_text().strip()
+    except OSError as err:
+        raise ValueError(f"cannot read {path} ({err.strerror})") from None
+    if not key:
+        raise ValueError(f"{path} is empty")
+    return path
+
+
 def _logs_beside_models(data: dict[str, Any]) -> Path:
     return Path(data.get("models_dir") or default_data_dir() / "models").parent / "logs"
 
@@ -65,6 +77,9 @@ class HiveSettings(ServerSettings):
         description="Worker log folder, one file per spawned worker (default: <models-dir>/../logs).")
     hf_base_url: str = Field("https://huggingface.co", description="Hugging Face base URL.")
     cluster_key: str | None = Field(None, description="Key shared among queen, hives and workers.")
+    cluster_key_file: Annotated[Path | None, AfterValidator(_read_key_file), Flag(metavar="FILE")] = Field(
+        None, description="File holding the cluster key (not on the command line, so no process listing "
+                          "shows it); used when --cluster-key is not given.")
     spawn_timeout: float = Field(120.0, gt=0, description="Seconds a spawned worker gets to become ready.")
     idle_timeout: float = Field(0.0, ge=0, description="Stop a worker that served nothing this long (0 = never).")
     restart: Literal["no", "on-failure"] = Field("no", description="Restart a worker that exits with an error.")
@@ -78,6 +93,12 @@ class HiveSettings(ServerSettings):
     heartbeat_interval: Annotated[float, NOT_A_FLAG] = Field(1.0, gt=0, description="Seconds between heartbeats.")
     stop_grace: Annotated[float, NOT_A_FLAG] = Field(
         10.0, ge=0, description="Seconds a worker gets to drain before SIGKILL.")
+
+    @model_validator(mode="after")
+    def _key_from_file(self) -> HiveSettings:
+        if self.cluster_key is None and self.cluster_key_file is not None:
+            self.cluster_key = self.cluster_key_file.read_text().strip()
+        return self
 
     @property
     def queen_urls(self) -> list[str]:

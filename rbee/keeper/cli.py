@@ -16,13 +16,13 @@ from typing import Any
 
 from rbee.client import HiveClient, QueenClient
 from rbee.flags import add_flag, env_name
-from rbee.keeper import cluster, config, fleet, hive_models, infer, logfiles, records
+from rbee.keeper import cluster, config, fleet, hive_models, hives, infer, logfiles, records
 from rbee.keeper.config import OPTIONS, ConfigError, Resolved
 from rbee.keeper.failures import EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, EXIT_USAGE, KeeperError
 from rbee.keeper.output import Output
 
 EXIT_TERMINATED = 128 + signal.SIGTERM
-BOOL_FLAGS = ("json", "keep", "no_autostart", "follow", "raw")
+BOOL_FLAGS = ("json", "keep", "no_autostart", "follow", "raw", "accept_new_host_key", "replace")
 
 Handler = Callable[[argparse.Namespace, Resolved, Output], int]
 
@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     _option(p, "no_autostart")
     _option(p, "slots", metavar="N", help="slots of the worker started when no queen answers")
     _option(p, "backend", metavar="NAME", help="backend of the worker started when no queen answers (cpu, cuda…)")
+    add_flag(p, "--hive", default=None, metavar="NAME", help="serve it only on this hive's workers")
 
     p = _sub(subs, "up", "run queen + hive + one worker here, in the foreground", _up)
     _option(p, "queen_port", metavar="PORT")
@@ -112,11 +113,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(models, "download", "download a model to the hive, with progress", _models_download, [hive])
     p.add_argument("ref", metavar="REF", help="hf:org/repo[:file.gguf], https://.../x.gguf or file:///x.gguf")
 
-    hives = _sub(subs, "hives", "the queen's hives").add_subparsers(dest="action", metavar="ACTION", required=True)
-    _sub(hives, "list", "list the hives", _hives_list, [queen, listing])
+    hives = _sub(subs, "hives", "the queen's hives, here and on other machines (over SSH)").add_subparsers(
+        dest="action", metavar="ACTION", required=True)
+    _sub(hives, "list", "list the hives: state, version, workers, free RAM, last heartbeat", _hives_list,
+         [queen, listing])
+    p = _sub(hives, "add", "record a machine the queen reaches over SSH (checks SSH and rbee-hive there)",
+             _hives_add, [queen])
+    p.add_argument("name", metavar="NAME", help="the hive's name in the fleet")
+    add_flag(p, "--ssh", required=True, metavar="[USER@]HOST[:PORT]", help="how to log in (HOST may be an "
+             "ssh_config alias)")
+    add_flag(p, "--identity", default=None, metavar="FILE", help="private key file on the queen's machine")
+    add_flag(p, "--remote-dir", default=None, metavar="DIR",
+             help="where rbee lives there (default: ~/.local/share/rbee)")
+    # Not the `hive_port` config key (the port of the hive `up` starts here): this one is the node's.
+    p.add_argument("--hive-port", dest="node_hive_port", type=int, default=None, metavar="PORT",
+                   help="the hive's port there (default: 9200)")
+    _switch(p, "--accept-new-host-key", "record the host key on first contact (else it must be in known_hosts)")
+    _switch(p, "--replace", "replace a hive already added under this name")
+    for name, help_text, handler in (
+        ("install", "install this rbee there, offline (a wheelhouse built here, copied over SSH)", _hives_install),
+        ("start", "start the hive there over SSH and wait until it registered", _hives_start),
+        ("stop", "stop the hive there (and its workers)", _hives_stop),
+        ("remove", "forget the hive (a stopped one)", _hives_remove),
+    ):
+        _sub(hives, name, help_text, handler, [queen]).add_argument("name", metavar="NAME", help="the hive")
 
-    p = _sub(subs, "logs", "show the local programs' logs", _logs)
+    p = _sub(subs, "logs", "show the local programs' logs, or a hive's over SSH (--hive)", _logs, [queen])
     p.add_argument("program", nargs="?", help="queen-rbee, rbee-hive, llm-worker-rbee or a worker id")
+    add_flag(p, "--hive", default=None, metavar="NAME", help="a hive the queen started over SSH: its logs there")
     _switch(p, "--follow", "keep printing new lines (Ctrl+C to stop)")
     add_flag(p, "--lines", type=int, default=50, metavar="N", help="how many of the last lines to show")
 
@@ -150,7 +174,7 @@ def _infer(args: argparse.Namespace, cfg: Resolved, out: Output) -> int:
         prompt=_read_prompt(args.prompt), queen_url=cfg.queen_url, model=cfg.model, max_tokens=cfg.max_tokens,
         temperature=cfg.temperature, seed=args.seed, system=args.system, raw=args.raw, json=args.json, keep=args.keep,
         api_key=cfg.api_key, no_autostart=cfg.no_autostart, slots=cfg.slots, backend=cfg.backend, queen_port=cfg.queen_port,
-        hive_port=cfg.hive_port,
+        hive_port=cfg.hive_port, hive=args.hive,
     )
     return infer.run(opts, out)
 
@@ -187,7 +211,28 @@ def _workers_shutdown(args: argparse.Namespace, cfg: Resolved, out: Output) -> i
 
 
 def _hives_list(args: argparse.Namespace, cfg: Resolved, out: Output) -> int:
-    return fleet.hives_list(_queen(cfg), out, args.json)
+    return hives.list_nodes(_queen(cfg), out, args.json)
+
+
+def _hives_add(args: argparse.Namespace, cfg: Resolved, out: Output) -> int:
+    return hives.add(_queen(cfg), args.name, args.ssh, out, identity=args.identity, remote_dir=args.remote_dir,
+                     hive_port=args.node_hive_port, accept_new_host_key=args.accept_new_host_key, replace=args.replace)
+
+
+def _hives_install(args: argparse.Namespace, cfg: Resolved, out: Output) -> int:
+    return hives.install(_queen(cfg), args.name, out)
+
+
+def _hives_start(args: argparse.Namespace, cfg: Resolved, out: Output) -> int:
+    return hives.start(_queen(cfg), args.name, out)
+
+
+def _hives_stop(args: argparse.Namespace, cfg: Resolved, out: Output) -> int:
+    return hives.stop(_queen(cfg), args.name, out)
+
+
+def _hives_remove(args: argparse.Namespace, cfg: Resolved, out: Output) -> int:
+    return hives.remove(_queen(cfg), args.name, out)
 
 
 def _hive(cfg: Resolved) -> HiveClient:
@@ -203,6 +248,8 @@ def _models_download(args: argparse.Namespace, cfg: Resolved, out: Output) -> in
 
 
 def _logs(args: argparse.Namespace, cfg: Resolved, out: Output) -> int:
+    if args.hive:
+        return hives.logs(_queen(cfg), args.hive, args.program, args.lines, args.follow, sys.stdout)
     return logfiles.show(records.log_dir(), args.program, args.lines, args.follow, out, sys.stdout)
 
 

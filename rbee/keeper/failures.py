@@ -32,6 +32,8 @@ NEXT_STEPS: dict[str, str] = {
     ErrorCode.RATE_LIMITED: "slow down and retry",
     ErrorCode.PAYLOAD_TOO_LARGE: "send a shorter prompt",
     ErrorCode.CONTEXT_OVERFLOW: "send a shorter prompt or ask for fewer tokens",
+    ErrorCode.HIVE_NOT_FOUND: "see the hives the queen knows with `rbee-keeper hives list`",
+    ErrorCode.VERSION_MISMATCH: "install the queen's version there: `rbee-keeper hives install NAME`",
 }
 DEFAULT_NEXT_STEP = "check the service's log with `rbee-keeper logs queen-rbee`"
 

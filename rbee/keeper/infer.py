@@ -60,6 +60,7 @@ class InferOptions:
     backend: str = "cpu"
     queen_port: int = 8080
     hive_port: int = 9200
+    hive: str | None = None  # served only by this hive's workers
 
 
 def request_body(opts: InferOptions) -> dict[str, Any]:
@@ -75,6 +76,8 @@ def request_body(opts: InferOptions) -> dict[str, Any]:
         body["seed"] = opts.seed
     if opts.model:
         body["model"] = opts.model
+    if opts.hive:
+        body["hive"] = opts.hive
     return body
 
 
@@ -122,8 +125,9 @@ def format_stats(outcome: StreamOutcome, finished_at: float) -> str:
                                                                                          1e-9)
         parts.append(f"{rate:.1f} tok/s")
     parts.append(f"{finished_at - outcome.started:.2f} s")
-    if outcome.worker:
-        parts.append(f"worker {outcome.worker}")
+    worker = outcome.worker or done.get("worker_id")  # no header when the stream began before a worker was chosen
+    if worker:
+        parts.append(f"worker {worker}")
     if done.get("finish_reason"):
         parts.append(f"finish {done['finish_reason']}")
     if done.get("max_tokens_clipped"):
@@ -283,6 +287,9 @@ def run(opts: InferOptions, out: Output, stdout: TextIO | None = None) -> int:
     failure = queen_answers(client)
     if failure is None:
         return ask(client, opts, out, stdout)
+    if opts.hive:  # a local trio started now would have no such hive
+        raise KeeperError(f"no queen answers at {opts.queen_url} ({reason(failure)}); --hive {opts.hive} needs "
+                          "the queen that runs that hive", "check --queen-url (env RBEE_QUEEN_URL)")
     if opts.no_autostart:
         # One line: what failed and the command that fixes it.
         raise KeeperError(f"no queen answers at {opts.queen_url} ({reason(failure)}) and autostart is off; "

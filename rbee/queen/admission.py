@@ -26,6 +26,7 @@ class _Waiter:
     model: str | None
     exclude: frozenset[str]
     future: asyncio.Future[Lease]
+    hive: str | None = None  # pinned to this hive's workers
     since: float = field(default_factory=time.monotonic)
 
 
@@ -58,21 +59,22 @@ class AdmissionQueue:
         return max(1, min(60, math.ceil((len(self) + 1) / rate)))
 
     async def admit(self, model: str | None, key: str = "", exclude: frozenset[str] = frozenset(),
-                    on_wait: OnWait | None = None) -> tuple[Lease, float]:
-        """A lease, and how many seconds we waited for it. Raises the right 503/404 when it can't."""
+                    on_wait: OnWait | None = None, hive: str | None = None) -> tuple[Lease, float]:
+        """A lease (on ``hive`` when given), and how many seconds we waited for it. Raises the right 503/404
+        when it can't."""
         if not self._by_key:
             try:
-                return self.registry.acquire(model, exclude), 0.0
+                return self.registry.acquire(model, exclude, hive), 0.0
             except RbeeError as err:
                 if err.code != ErrorCode.NO_IDLE_WORKERS or self.timeout <= 0:
                     raise
-        elif not self.registry.knows_model(model):
-            self.registry.acquire(model, exclude)  # raises NO_WORKERS / MODEL_NOT_FOUND
+        elif not self.registry.knows_model(model, hive):
+            self.registry.acquire(model, exclude, hive)  # raises NO_WORKERS / MODEL_NOT_FOUND
         if self.timeout <= 0:
             raise self._busy()
         if len(self) >= self.max_size:
             raise self._busy(full=True)
-        waiter = _Waiter(key, model, exclude, asyncio.get_running_loop().create_future())
+        waiter = _Waiter(key, model, exclude, asyncio.get_running_loop().create_future(), hive=hive)
         self._by_key.setdefault(key, deque()).append(waiter)
         self.pump()
         try:
@@ -132,10 +134,10 @@ class AdmissionQueue:
                     q.popleft()
                     progress = True
                     continue
-                if not self.registry.has_room(head.model):
+                if not self.registry.has_room(head.model, head.hive):
                     continue
                 try:
-                    lease = self.registry.acquire(head.model, head.exclude)
+                    lease = self.registry.acquire(head.model, head.exclude, head.hive)
                 except RbeeError:
                     continue
                 q.popleft()

@@ -26,16 +26,17 @@ class ColdStarter:
         self.hives = hives
         self.peers = peers
         self.timeout = timeout
-        self._running: dict[str, asyncio.Task[bool]] = {}
+        self._running: dict[tuple[str, str | None], asyncio.Task[bool]] = {}
 
-    async def provide(self, model: str) -> bool:
-        """True once some hive has a ready, registered worker for ``model``; False when no hive can try.
-        Raises the last hive's error when every hive that tried failed."""
-        task = self._running.get(model)
+    async def provide(self, model: str, hive: str | None = None) -> bool:
+        """True once some hive (``hive`` only, when given) has a ready, registered worker for ``model``; False
+        when no hive can try. Raises the last hive's error when every hive that tried failed."""
+        key = (model, hive)
+        task = self._running.get(key)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._provide(model))
-            self._running[model] = task
-            task.add_done_callback(lambda _: self._running.pop(model, None))
+            task = asyncio.get_running_loop().create_task(self._provide(model, hive))
+            self._running[key] = task
+            task.add_done_callback(lambda _: self._running.pop(key, None))
         return await asyncio.shield(task)  # one caller leaving does not stop the spawn others wait for
 
     async def close(self) -> None:
@@ -43,9 +44,11 @@ class ColdStarter:
             task.cancel()
         await asyncio.gather(*self._running.values(), return_exceptions=True)
 
-    async def _provide(self, model: str) -> bool:
+    async def _provide(self, model: str, pinned: str | None) -> bool:
         last: RbeeError | None = None
         for hive in self.hives.candidates(model):
+            if pinned is not None and hive.hive_id != pinned:
+                continue
             log.info("cold start", extra={"fields": {"model": model, "hive_id": hive.hive_id}})
             try:
                 await self._spawn(hive, model)

@@ -76,20 +76,25 @@ class Dispatcher:
         self.stall_timeout = stall_timeout
         self.max_attempts = max_attempts
         self.hooks = hooks or Hooks()
-        # Set by the app when hives can spawn workers on demand: True once a worker for the model is ready.
-        self.cold_start: Callable[[str], Awaitable[bool]] | None = None
+        # Set by the app when hives can spawn workers on demand: True once a worker for the model is ready
+        # (on the pinned hive, when one is given).
+        self.cold_start: Callable[[str, str | None], Awaitable[bool]] | None = None
+        # Set by the app: raises HIVE_NOT_FOUND for a pin to a hive the queen does not know.
+        self.check_hive: Callable[[str], None] | None = None
 
     # ------------------------------------------------------------ opening
 
     async def open(self, job: InferenceRequest, *, request_id: str, api_key: str | None = None,
                    on_wait: OnWait | None = None) -> Upstream:
-        body = job.model_dump(mode="json", exclude_none=True)
+        if job.hive is not None and self.check_hive is not None:
+            self.check_hive(job.hive)
+        body = job.model_dump(mode="json", exclude_none=True, exclude={"hive"})  # the pin is the queen's
         tried: set[str] = set()
         last_error: RbeeError | None = None
         queued_s = 0.0
         for attempt in range(self.max_attempts):
             try:
-                lease, waited = await self._admit(job.model, api_key or "", frozenset(tried), on_wait)
+                lease, waited = await self._admit(job.model, api_key or "", frozenset(tried), on_wait, job.hive)
             except RbeeError as err:
                 if last_error is not None and err.code in (ErrorCode.NO_IDLE_WORKERS, ErrorCode.NO_WORKERS):
                     raise last_error from None  # say what actually went wrong with the workers we tried
@@ -112,24 +117,26 @@ class Dispatcher:
         raise last_error
 
     async def _admit(self, model: str | None, key: str, tried: frozenset[str],
-                     on_wait: OnWait | None) -> tuple[Lease, float]:
-        """Admission; when no worker serves ``model`` yet, a cold start on a hive (if one can), then again."""
+                     on_wait: OnWait | None, hive: str | None = None) -> tuple[Lease, float]:
+        """Admission (to ``hive``'s workers when pinned); when no worker serves ``model`` yet, a cold start on
+        a hive (if one can), then again."""
         try:
-            return await self.queue.admit(model, key, tried, on_wait)
+            return await self.queue.admit(model, key, tried, on_wait, hive)
         except RbeeError as err:
             cold = err.code in (ErrorCode.MODEL_NOT_FOUND, ErrorCode.NO_WORKERS) and not tried
-            if not (cold and model and self.cold_start is not None and await self._cold_start(model, on_wait)):
+            if not (cold and model and self.cold_start is not None
+                    and await self._cold_start(model, on_wait, hive)):
                 raise
-        return await self.queue.admit(model, key, tried, on_wait)
+        return await self.queue.admit(model, key, tried, on_wait, hive)
 
-    async def _cold_start(self, model: str, on_wait: OnWait | None) -> bool:
+    async def _cold_start(self, model: str, on_wait: OnWait | None, hive: str | None = None) -> bool:
         """The cold start, telling a waiting client each second that its model is being provisioned
         (a download can take minutes; a streaming client and any proxy in between hear it is alive).
 
         The first note comes after a second: a cold start that ends sooner (no hive can try, or a hive
         refuses at once) still answers with a plain HTTP error rather than an error event in a stream."""
         assert self.cold_start is not None
-        task = asyncio.ensure_future(self.cold_start(model))
+        task = asyncio.ensure_future(self.cold_start(model, hive))
         started = time.monotonic()
         try:
             while True:

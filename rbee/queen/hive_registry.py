@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from rbee.errors import ErrorCode, RbeeError
 from rbee.models import aliases
 from rbee.protocol import HiveHeartbeat, HiveInfo, HiveRegistration
+from rbee.versions import check_peer
 
 DOWNLOADABLE = ("hf:", "https://", "http://")
 
@@ -24,6 +25,7 @@ class HiveRecord:
     last_seen: float
     models: list[str] = field(default_factory=list)
     workers: int = 0
+    ram_free_bytes: int | None = None
 
     @property
     def hive_id(self) -> str:
@@ -35,7 +37,8 @@ class HiveRecord:
     def info(self, live: bool) -> HiveInfo:
         return HiveInfo(hive_id=self.hive_id, url=self.reg.url, node_name=self.reg.node_name or self.hive_id,
                         models=self.models, workers=self.workers, registered_at=self.registered_at,
-                        last_seen=self.last_seen, live=live)
+                        last_seen=self.last_seen, live=live, version=self.reg.version,
+                        ram_free_bytes=self.ram_free_bytes)
 
 
 class HiveRegistry:
@@ -47,6 +50,8 @@ class HiveRegistry:
         self._hives: dict[str, HiveRecord] = {}
 
     def register(self, reg: HiveRegistration) -> HiveRecord:
+        """Add or refresh a hive; one of another rbee line (major.minor) is refused: 409 VERSION_MISMATCH."""
+        check_peer("hive", {"hive_id": reg.hive_id}, reg.version, reg.node_name or reg.hive_id)
         now = self._clock()
         old = self._hives.get(reg.hive_id)
         record = HiveRecord(reg, old.registered_at if old else now, now, list(reg.models), old.workers if old else 0)
@@ -63,6 +68,8 @@ class HiveRegistry:
             record.models = list(beat.models)
         if beat.workers is not None:
             record.workers = beat.workers
+        if beat.ram_free_bytes is not None:
+            record.ram_free_bytes = beat.ram_free_bytes
         return record
 
     def is_live(self, record: HiveRecord) -> bool:
@@ -70,6 +77,9 @@ class HiveRegistry:
 
     def list(self) -> list[HiveRecord]:
         return list(self._hives.values())
+
+    def find(self, hive_id: str) -> HiveRecord | None:
+        return self._hives.get(hive_id)
 
     def candidates(self, model: str) -> list[HiveRecord]:
         """Live hives that can provide ``model``: those holding it first (fewest workers first), then,

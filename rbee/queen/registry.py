@@ -16,6 +16,7 @@ from rbee.errors import ErrorCode, RbeeError
 from rbee.models import aliases
 from rbee.protocol import WorkerInfo, WorkerRegistration, WorkerState
 from rbee.queen.scheduler import pick_least_loaded
+from rbee.versions import check_peer
 
 ROUTABLE = {WorkerState.IDLE, WorkerState.BUSY}
 
@@ -40,6 +41,10 @@ class WorkerRecord:
 
     def serves(self, model: str | None) -> bool:
         return model is None or model in self.model_names
+
+    def on(self, hive: str | None) -> bool:
+        """On hive ``hive`` (its node name); any hive when None."""
+        return hive is None or self.reg.node_name == hive
 
     def info(self) -> WorkerInfo:
         return WorkerInfo(
@@ -82,7 +87,9 @@ class Registry:
         """Add or refresh a worker. Returns True when it is new.
 
         Same id and url: idempotent update (leases kept). Same id, other url: 409, nothing changes.
+        A worker of another rbee line (major.minor) is refused: 409 VERSION_MISMATCH.
         """
+        check_peer("worker", {"worker_id": reg.worker_id}, reg.version)
         now = self._clock()
         existing = self._workers.get(reg.worker_id)
         if existing is not None:
@@ -167,13 +174,17 @@ class Registry:
 
     # ------------------------------------------------------------ leases
 
-    def acquire(self, model: str | None = None, exclude: frozenset[str] = frozenset()) -> Lease:
-        """Take one slot on the least-loaded idle worker serving ``model``, or raise the right 503/404."""
-        live = [w for w in self._workers.values() if w.state != WorkerState.OFFLINE]
+    def acquire(self, model: str | None = None, exclude: frozenset[str] = frozenset(),
+                hive: str | None = None) -> Lease:
+        """Take one slot on the least-loaded idle worker serving ``model`` (on ``hive`` when given), or raise
+        the right 503/404."""
+        live = [w for w in self._workers.values() if w.state != WorkerState.OFFLINE and w.on(hive)]
         if not live:
+            where = f" on hive '{hive}'" if hive else ""
             raise RbeeError(
                 ErrorCode.NO_WORKERS,
-                "No live workers are registered. Start one (rbee-keeper up, or spawn one on a hive) and retry.",
+                f"No live workers are registered{where}. Start one (rbee-keeper up, or spawn one on a hive) "
+                "and retry.", {"hive": hive} if hive else None,
             )
         serving = [w for w in live if w.serves(model)]
         if not serving:
@@ -200,12 +211,16 @@ class Registry:
         self._settle(chosen)
         return lease
 
-    def has_room(self, model: str | None = None) -> bool:
-        return any(w.state == WorkerState.IDLE and w.slots_available > 0 and w.serves(model)
+    def has_room(self, model: str | None = None, hive: str | None = None) -> bool:
+        return any(w.state == WorkerState.IDLE and w.slots_available > 0 and w.serves(model) and w.on(hive)
                    for w in self._workers.values())
 
-    def knows_model(self, model: str | None) -> bool:
-        return any(w.serves(model) for w in self._workers.values() if w.state != WorkerState.OFFLINE)
+    def knows_model(self, model: str | None, hive: str | None = None) -> bool:
+        return any(w.serves(model) and w.on(hive) for w in self._workers.values() if w.state != WorkerState.OFFLINE)
+
+    def hive_names(self) -> set[str]:
+        """The hives (node names) that have workers here."""
+        return {w.reg.node_name for w in self._workers.values()}
 
     # ------------------------------------------------------------ liveness
 

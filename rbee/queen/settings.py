@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from rbee.flags import NOT_A_FLAG, Flag
 from rbee.server_settings import ServerSettings
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "rbee"  # the same folder as rbee-keeper's (its logs, its record of `up`)
+
+
+def _wheelhouse_in_state_dir(data: dict[str, Any]) -> Path:
+    return Path(data.get("state_dir") or default_state_dir()) / "wheelhouse"
 
 
 class QueenSettings(ServerSettings):
@@ -25,6 +35,23 @@ class QueenSettings(ServerSettings):
     rate_limit_rpm: int = Field(0, ge=0, description="Requests per minute per key on /v1 routes (0 = off).")
     rate_limit_concurrent: int = Field(0, ge=0, description="Generations running at once per key (0 = off).")
     log_prompts: bool = Field(False, description="Log prompts and messages (off: they never reach the logs).")
+    state_dir: Annotated[Path, AfterValidator(Path.expanduser), Flag(metavar="DIR")] = Field(
+        default_factory=default_state_dir,
+        description="Where the queen keeps what must survive a restart: the node registry (nodes.json) and "
+                    "the wheelhouse.")
+    wheelhouse_dir: Annotated[Path, AfterValidator(Path.expanduser), Flag(metavar="DIR")] = Field(
+        default_factory=_wheelhouse_in_state_dir,
+        description="Cache of the wheels `hives install` copies to machines without internet access "
+                    "(default: <state-dir>/wheelhouse).")
+    advertise_url: Annotated[str | None, Flag(metavar="URL")] = Field(
+        None, description="The queen's URL as hives reach it (default: per host, this machine's address on "
+                          "the SSH connection to it, and --port).")
+    ssh_config: Annotated[Path | None, Flag(metavar="FILE")] = Field(
+        None, description="ssh_config for every ssh the queen runs (default: ssh's own, ~/.ssh/config).")
+    ssh_connect_timeout: float = Field(10.0, gt=0, le=300, description="Seconds an SSH connection may take.")
+    ssh_attempts: int = Field(3, ge=1, le=10, description="Tries of an SSH connection that fails to connect.")
+    hive_start_timeout: float = Field(
+        60.0, gt=0, description="Seconds `hives start` waits for the hive to register.")
     probe_interval: Annotated[float, NOT_A_FLAG] = Field(
         1.0, gt=0, description="Seconds between health probes of each worker.")
     max_attempts: Annotated[int, NOT_A_FLAG] = Field(
