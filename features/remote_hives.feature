@@ -41,6 +41,13 @@ Feature: Hives on other machines, brought up over SSH
     Then rbee-keeper fails with "VERSION_MISMATCH" saying "9.9.0" and "rbee-keeper hives install alpha"
 
   @fixture.hosts
+  Scenario: A hive that dies as it starts is reported with the end of its log
+    Given alpha has an rbee-hive of this version that fails as it starts, saying "cannot bind 9200"
+    When the operator adds hive "alpha" over SSH
+    And the operator starts hive "alpha"
+    Then rbee-keeper fails with "HIVE_START_FAILED" saying "exited before it registered" and "cannot bind 9200"
+
+  @fixture.hosts
   Scenario: A name is added once, unless replaced; the registry outlives the queen
     When the operator adds hive "alpha" over SSH
     And the operator adds hive "alpha" over SSH again
@@ -61,6 +68,14 @@ Feature: Hives on other machines, brought up over SSH
     When beta's link is cut
     And the operator adds hive "beta" over SSH
     Then rbee-keeper fails with "SSH_UNREACHABLE" saying "timed out" and "3 attempts"
+
+  @fixture.hosts
+  Scenario: A hive whose host dropped off the network is listed as unreachable
+    When the operator adds hive "alpha" over SSH
+    And alpha's link is cut
+    And the operator starts hive "alpha"
+    Then rbee-keeper fails with "SSH_UNREACHABLE" saying "timed out"
+    And the hives list shows alpha unreachable
 
   @fixture.hosts
   Scenario: A key the host does not accept: which key, and ssh-copy-id

@@ -156,13 +156,24 @@ def step_unknown_host_key(context, host):
     context.known_hosts.write_text("\n".join([*lines, ""]))
 
 
-@given('{host:w} has an rbee-hive of version "{version:Q}" in its virtualenv')
-def step_fake_hive(context, host, version):
+def _plant_hive(context, host: str, script: str) -> None:
+    """A stand-in rbee-hive in the host's virtualenv (the hosts share this machine's files)."""
     bin_dir = _remote_dir(context, host) / "venv" / "bin"
     bin_dir.mkdir(parents=True)
     hive = bin_dir / "rbee-hive"
-    hive.write_text(f"#!/bin/sh\necho 'rbee-hive {version}'\n")
+    hive.write_text("#!/bin/sh\n" + script)
     hive.chmod(0o755)
+
+
+@given('{host:w} has an rbee-hive of version "{version:Q}" in its virtualenv')
+def step_fake_hive(context, host, version):
+    _plant_hive(context, host, f"echo 'rbee-hive {version}'\n")
+
+
+@given('{host:w} has an rbee-hive of this version that fails as it starts, saying "{said:Q}"')
+def step_failing_hive(context, host, said):
+    _plant_hive(context, host, f"""[ "$1" = --version ] && {{ echo 'rbee-hive {__version__}'; exit 0; }}\n"""
+                               f"""echo 'error: {said}' >&2\nexit 1\n""")
 
 
 # ---------------------------------------------------------------- install, start, stop
@@ -292,9 +303,9 @@ def step_list_online(context, name):
     assert " ".join(row).endswith("s ago"), row  # "1 s ago": no epoch floats, no JSON
 
 
-@then("the hives list shows {name:w} offline")
-def step_list_offline(context, name):
-    assert _row(context, name)[2:3] == ["offline"], _said(context)
+@then("the hives list shows {name:w} {state:w}")
+def step_list_state(context, name, state):
+    assert _row(context, name)[2:3] == [state], _said(context)
 
 
 @then("the hives list is empty")

@@ -185,19 +185,23 @@ class HiveControl:
             if hive is not None and hive.last_seen >= since and self.hives.is_live(hive):
                 return
             now = time.monotonic()
-            if now >= deadline or (now >= next_check and not await remote.alive()):
-                alive = now < deadline or await remote.alive()
-                log_tail = await self._log_tail(remote)
-                why = (f"did not register with the queen within {self.start_timeout:g} s" if alive
-                       else "exited before it registered with the queen")
-                raise RbeeError(ErrorCode.HIVE_START_FAILED,
-                                f"rbee-hive on {name} {why}. The end of its log ({remote.node.log_path}): "
-                                f"{' / '.join(log_tail[-3:]) or '(empty)'}. Check that {name} can reach the "
-                                "queen's address and port, then retry.",
-                                {"name": name, "log_tail": log_tail, "running": alive})
-            if now >= next_check:
+            if now >= deadline or now >= next_check:
+                alive = await remote.alive()
+                if now >= deadline or not alive:
+                    raise await self._start_failed(remote, alive)
                 next_check = now + ALIVE_CHECK_EVERY_S
             await asyncio.sleep(REGISTERED_POLL_S)  # polling the registry, which the hive's POST fills
+
+    async def _start_failed(self, remote: RemoteHive, alive: bool) -> RbeeError:
+        name = remote.node.name
+        log_tail = await self._log_tail(remote)
+        why = (f"did not register with the queen within {self.start_timeout:g} s" if alive
+               else "exited before it registered with the queen")
+        return RbeeError(ErrorCode.HIVE_START_FAILED,
+                         f"rbee-hive on {name} {why}. The end of its log ({remote.node.log_path}): "
+                         f"{' / '.join(log_tail[-3:]) or '(empty)'}. Fix that (can {name} reach the queen's "
+                         "address and port?), then start it again.",
+                         {"name": name, "log_tail": log_tail, "running": alive})
 
     async def _log_tail(self, remote: RemoteHive) -> list[str]:
         with contextlib.suppress(RbeeError):
