@@ -24,8 +24,9 @@ import re
 import shutil
 import sys
 import tarfile
+import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +88,19 @@ def source_fingerprint(root: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+@contextlib.contextmanager
+def clean_copy(root: Path) -> Iterator[Path]:
+    """What building the rbee wheel reads, copied to a fresh folder: an in-tree build keeps ``build/lib``
+    between runs, and a file deleted from the tree would live on in every wheel built after."""
+    with tempfile.TemporaryDirectory(prefix="rbee-src-") as tmp:
+        copy = Path(tmp)
+        for name in ("pyproject.toml", "README.md", "LICENSE", "setup.cfg", "MANIFEST.in"):
+            if (root / name).is_file():
+                shutil.copy2(root / name, copy / name)
+        shutil.copytree(root / "rbee", copy / "rbee", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        yield copy
+
+
 def constraints() -> str:
     """``name==version`` of every distribution installed here but rbee: the wheelhouse gets these versions."""
     pins = {}
@@ -143,8 +157,9 @@ class WheelhouseBuilder:
         building.mkdir(parents=True)
         pins = building / "constraints.txt"
         pins.write_text(constraints())
-        await self._pip(["wheel", "--wheel-dir", str(building), "--constraint", str(pins),
-                         str(source) if source else f"rbee=={__version__}"], progress)
+        with clean_copy(source) if source else contextlib.nullcontext() as copy:
+            await self._pip(["wheel", "--wheel-dir", str(building), "--constraint", str(pins),
+                             str(copy) if copy else f"rbee=={__version__}"], progress)
         pins.unlink()
         shutil.rmtree(folder, ignore_errors=True)
         building.rename(folder)
@@ -152,7 +167,8 @@ class WheelhouseBuilder:
     async def _rebuild_rbee(self, folder: Path, source: Path, progress: Progress) -> None:
         fresh = folder.with_name(folder.name + ".rbee")
         shutil.rmtree(fresh, ignore_errors=True)
-        await self._pip(["wheel", "--no-deps", "--wheel-dir", str(fresh), str(source)], progress)
+        with clean_copy(source) as copy:
+            await self._pip(["wheel", "--no-deps", "--wheel-dir", str(fresh), str(copy)], progress)
         for old in folder.glob("rbee-*.whl"):
             old.unlink()
         for new in fresh.glob("rbee-*.whl"):
