@@ -1,0 +1,395 @@
+"""Benchmark multi-turn chats: rbee (the queen + one N-slot worker, prompt cache on and off) against
+llama-server --parallel N with its defaults (its prompt cache on).
+
+Every chat opens with a document of about 700 tokens and asks about it turn after turn; each turn
+sends the whole history again, as chat clients do. The chats run at the same time, each turn after
+the previous answer. Greedy, a fixed answer length (``ignore_eos``) so every system decodes the same
+number of tokens. Prints TTFT per turn, the ratios on turns ≥ 3, and how many prompt tokens each
+system reused instead of decoding.
+
+    python bench/chat.py [--chats 4] [--turns 5] [--answer-tokens 32] [--rounds 2] [--llama-server PATH]
+
+See bench/README.md. This is a script, not a test: nothing under tests/ or features/ runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import requests
+from common import (
+    BenchError,
+    QuietGate,
+    add_gate_args,
+    environment,
+    exit_on_sigterm,
+    free_port,
+    gate_from_args,
+    median,
+    percentile,
+    print_table,
+    rbee_revision,
+    warn_if_busy,
+)
+from peers import CTX_PER_SLOT, ensure_llama_server, llama_cpp_python_version, llama_server_version
+
+from rbee import chat, sse
+from rbee.events import Done, Failed, Token
+from rbee.process import ServiceError, ServiceProcess
+
+RBEE = "rbee, cache on"
+RBEE_NO_CACHE = "rbee, cache_prompt false"
+LLAMA_SERVER = "llama-server"
+QUESTIONS = [
+    "Summarise the report above in two sentences.",
+    "Which people does it name, and what does each of them do?",
+    "What went wrong first, and when?",
+    "What does the report recommend?",
+    "Write a short title for it.",
+    "What should happen next week?",
+]
+
+# ---------------------------------------------------------------- the workload
+
+_NAMES = ["Ada", "Bram", "Chiara", "Dmitri", "Esme", "Farid", "Greta", "Hugo", "Ines", "Jonas", "Keiko", "Lars"]
+_PLACES = ["the north apiary", "the valley farm", "the river meadow", "the old orchard", "the hill station",
+           "the lime avenue", "the school garden", "the heath"]
+_THINGS = ["hive scales", "queen excluders", "honey supers", "feeding trays", "mite boards", "smokers",
+           "frames", "extractors"]
+_EVENTS = ["found a weak colony", "replaced two cracked boxes", "counted the mites", "moved the hives uphill",
+           "harvested the spring honey", "noticed robbing at the entrance", "fed sugar syrup",
+           "marked a new queen", "cleaned the extractor", "checked the brood pattern"]
+_DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+
+
+def document(seed: int, sentences: int = 25) -> str:
+    """A made-up field report, different for every seed (about 700 tokens with SmolLM2's vocabulary)."""
+    rng = random.Random(seed)
+    lines = [f"Field report {seed} from {rng.choice(_PLACES)}."]
+    for _ in range(sentences):
+        lines.append(f"On {rng.choice(_DAYS)} {rng.choice(_NAMES)} {rng.choice(_EVENTS)} at {rng.choice(_PLACES)}, "
+                     f"using {rng.randint(2, 40)} {rng.choice(_THINGS)}, and wrote that the weather was "
+                     f"{rng.choice(['dry', 'wet', 'windy', 'warm', 'cold'])}.")
+    return " ".join(lines)
+
+
+@dataclass
+class TurnResult:
+    chat: int
+    turn: int  # 1-based
+    ttft: float | None  # seconds from sending to the first token's text
+    prompt_tokens: int
+    cached_tokens: int  # prompt tokens the server reused rather than decoded
+    tokens: int
+    finish: str
+    text: str
+
+
+Ask = Callable[[aiohttp.ClientSession, str, int], Awaitable[TurnResult]]
+
+
+@dataclass
+class System:
+    """One server under test as the workload sees it: how to ask one turn, and whose CPU to watch."""
+
+    name: str
+    ask: Ask
+    pgids: list[int]
+    seeds: int = 0  # documents handed out so far: every system walks the same sequence
+    rounds: list[list[TurnResult]] = field(default_factory=list)
+    foreign: list[float] = field(default_factory=list)
+    discarded: int = 0
+    wall: list[float] = field(default_factory=list)
+
+
+def rbee_asker(queen: str, cache: bool) -> Ask:
+    async def ask(session: aiohttp.ClientSession, prompt: str, n: int) -> TurnResult:
+        body = {"prompt": prompt, "max_tokens": n, "temperature": 0, "ignore_eos": True, "cache_prompt": cache}
+        start, first, parts = time.perf_counter(), None, []
+        done: Done | None = None
+        finish = "?"
+        async with session.post(f"{queen}/v1/inference", json=body) as resp:
+            if resp.status != 200:
+                return TurnResult(0, 0, None, 0, 0, 0, f"HTTP {resp.status}: {(await resp.text())[:200]}", "")
+            async for data in sse.aiter_data(resp.content.iter_any()):
+                event = sse.parse_event(data)
+                if isinstance(event, Token):
+                    first = first or time.perf_counter()
+                    parts.append(event.text)
+                elif isinstance(event, Done):
+                    done, finish = event, event.finish_reason
+                elif isinstance(event, Failed):
+                    finish = event.code
+        return TurnResult(0, 0, None if first is None else first - start, done.prompt_tokens or 0 if done else 0,
+                          done.cached_tokens or 0 if done else 0, done.total_tokens if done else 0, finish,
+                          "".join(parts))
+
+    return ask
+
+
+def llama_server_asker(base: str) -> Ask:
+    async def ask(session: aiohttp.ClientSession, prompt: str, n: int) -> TurnResult:
+        # Its defaults, cache_prompt (on) included; repeat_penalty 1.0 and greedy, as ours.
+        body = {"prompt": prompt, "n_predict": n, "temperature": 0, "ignore_eos": True, "repeat_penalty": 1.0,
+                "stream": True}
+        start, first, parts = time.perf_counter(), None, []
+        last: dict = {}
+        async with session.post(f"{base}/completion", json=body) as resp:
+            if resp.status != 200:
+                return TurnResult(0, 0, None, 0, 0, 0, f"HTTP {resp.status}: {(await resp.text())[:200]}", "")
+            async for data in sse.aiter_data(resp.content.iter_any()):
+                if data == sse.DONE:
+                    break
+                event = json.loads(data)
+                if event.get("content"):
+                    first = first or time.perf_counter()
+                    parts.append(event["content"])
+                if event.get("stop"):
+                    last = event  # and read on to the end of the stream: the connection is reused
+        timings = last.get("timings", {})
+        cached = timings.get("cache_n", last.get("tokens_cached", 0))
+        return TurnResult(0, 0, None if first is None else first - start, cached + timings.get("prompt_n", 0),
+                          cached, last.get("tokens_predicted", timings.get("predicted_n", 0)),
+                          last.get("stop_type", "?"), "".join(parts))
+
+    return ask
+
+
+async def hold_chat(system: System, session: aiohttp.ClientSession, index: int, doc: str, template: str | None,
+                    args: argparse.Namespace) -> list[TurnResult]:
+    """One conversation, turn after turn, each sending the whole history rendered with the model's template."""
+    messages: list[dict[str, str]] = []
+    results = []
+    for turn in range(args.turns):
+        question = QUESTIONS[turn % len(QUESTIONS)]
+        messages.append({"role": "user", "content": f"{doc}\n\n{question}" if turn == 0 else question})
+        prompt = chat.render(messages, template)
+        result = await system.ask(session, prompt, args.answer_tokens)
+        result.chat, result.turn = index, turn + 1
+        results.append(result)
+        messages.append({"role": "assistant", "content": result.text})
+    return results
+
+
+async def workload(system: System, template: str | None, args: argparse.Namespace) -> list[TurnResult]:
+    docs = [document(system.seeds + c) for c in range(args.chats)]
+    system.seeds += args.chats
+    timeout = aiohttp.ClientTimeout(total=900)
+    # A new connection per request, for every system alike: llama-server hangs up on a kept-alive
+    # connection after a streamed answer now and then (ServerDisconnectedError on the next turn).
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        chats = await asyncio.gather(*(hold_chat(system, session, c, d, template, args) for c, d in enumerate(docs)))
+    return [r for results in chats for r in results]
+
+
+async def warm_up(system: System) -> None:
+    async with aiohttp.ClientSession() as session:
+        await system.ask(session, "Hello", 4)
+
+
+def run_round(system: System, template: str | None, args: argparse.Namespace, gate: QuietGate) -> None:
+    for attempt in range(args.retries + 1):
+        gate.wait()
+        gate.begin(*system.pgids)
+        t0 = time.monotonic()
+        results = asyncio.run(workload(system, template, args))
+        wall = time.monotonic() - t0
+        if attempt == args.retries or not gate.disturbed():
+            break
+        system.discarded += 1
+    system.foreign.append(gate.foreign())
+    system.rounds.append(results)
+    system.wall.append(wall)
+    late = [r.ttft for r in results if r.turn >= 3 and r.ttft is not None]
+    print(f"  {system.name}: {wall:.1f} s, TTFT p50 on turns ≥ 3 {percentile(late, 50) * 1000:.0f} ms, "
+          f"reused {sum(r.cached_tokens for r in results)} of {sum(r.prompt_tokens for r in results)} prompt tokens",
+          flush=True)
+
+
+# ---------------------------------------------------------------- the servers
+
+
+def start_services(args: argparse.Namespace, model: Path, llama_server: Path, logdir: Path) -> tuple[
+        list[ServiceProcess], dict[str, str], dict[str, int]]:
+    """queen + one worker (registered by hand, as DESIGN.md allows) and llama-server, all idle."""
+    bindir = Path(sys.executable).parent
+    queen_port, worker_port, ls_port = free_port(), free_port(), free_port()
+    queen_url, worker_url, ls_url = (f"http://127.0.0.1:{p}" for p in (queen_port, worker_port, ls_port))
+    n = str(args.slots)
+    worker = ServiceProcess("llm-worker-rbee", [str(bindir / "llm-worker-rbee"), "--port", str(worker_port),
+                                                "--worker-id", "bench", "--slots", n, "--model", str(model),
+                                                "--threads", str(args.threads), "--ctx-size", str(CTX_PER_SLOT)],
+                            logdir / "worker.log", f"{worker_url}/v1/ready",
+                            ready_check=lambda r: r.status_code == 200 and r.json().get("ready") is True)
+    queen = ServiceProcess("queen-rbee", [str(bindir / "queen-rbee"), "--port", str(queen_port)],
+                           logdir / "queen.log", f"{queen_url}/health")
+    server = ServiceProcess(LLAMA_SERVER, [str(llama_server), "-m", str(model), "--host", "127.0.0.1", "--port",
+                                           str(ls_port), "-t", str(args.threads), "-tb", str(args.threads),
+                                           "--parallel", n, "-c", str(args.slots * CTX_PER_SLOT)],
+                            logdir / "llama-server.log", f"{ls_url}/health")
+    children = [worker, queen, server]
+    for child in children:
+        child.start()
+    for child in children:
+        child.wait_ready(args.ready_timeout)
+    r = requests.post(f"{queen_url}/v2/workers/register", timeout=10, json={
+        "worker_id": "bench", "url": worker_url, "model_ref": str(model), "slots_total": args.slots})
+    if r.status_code != 200:
+        raise BenchError(f"the queen refused to register the worker: HTTP {r.status_code} {r.text}")
+    urls = {"queen": queen_url, LLAMA_SERVER: ls_url}
+    pgids = {"queen": queen.pid or 0, "worker": worker.pid or 0, LLAMA_SERVER: server.pid or 0}
+    return children, urls, pgids
+
+
+def chat_template(model: Path) -> str | None:
+    import gguf
+
+    fields = gguf.GGUFReader(str(model)).fields
+    field_ = fields.get("tokenizer.chat_template")
+    return bytes(field_.parts[field_.data[0]]).decode() if field_ is not None else None
+
+
+# ---------------------------------------------------------------- report
+
+
+def ms(x: float) -> str:
+    return "—" if math.isnan(x) else f"{x * 1000:.0f}"
+
+
+def report(systems: list[System], args: argparse.Namespace, gate: QuietGate) -> None:
+    turns = range(1, args.turns + 1)
+    print()
+    print(f"TTFT (ms) by turn, p50 over {args.chats} chats × {len(systems[0].rounds)} round(s); "
+          f"{args.answer_tokens} answer tokens a turn, greedy; the chats run at the same time")
+    rows = []
+    late: dict[str, list[float]] = {}
+    for s in systems:
+        results = [r for rnd in s.rounds for r in rnd]
+        by_turn = [[r.ttft for r in results if r.turn == t and r.ttft is not None] for t in turns]
+        late[s.name] = [r.ttft for r in results if r.turn >= 3 and r.ttft is not None]
+        rows.append([s.name] + [ms(percentile(v, 50)) for v in by_turn]
+                    + [ms(percentile(late[s.name], 50)), ms(percentile(late[s.name], 95))])
+    print_table(["system"] + [f"turn {t}" for t in turns] + ["turns ≥ 3 p50", "turns ≥ 3 p95"], rows)
+
+    print()
+    print("prompt tokens: reused from the cache / all, summed over every turn of every round; "
+          "prompt tokens at turn 1 and at the last turn (mean); wall time of a round (median)")
+    rows = []
+    for s in systems:
+        results = [r for rnd in s.rounds for r in rnd]
+        total, reused = sum(r.prompt_tokens for r in results), sum(r.cached_tokens for r in results)
+        first = [r.prompt_tokens for r in results if r.turn == 1]
+        last = [r.prompt_tokens for r in results if r.turn == args.turns]
+        rows.append([s.name, f"{reused} / {total} ({reused / total:.0%})" if total else "—",
+                     f"{sum(first) / len(first):.0f}" if first else "—", f"{sum(last) / len(last):.0f}" if last else "—",
+                     f"{median(s.wall):.1f} s"])
+    print_table(["system", "reused / prompt tokens", "turn 1 prompt", f"turn {args.turns} prompt", "round"], rows)
+
+    by_name = {s.name: s for s in systems}
+    ours, peer, off = (percentile(late.get(n, []), 50) for n in (RBEE, LLAMA_SERVER, RBEE_NO_CACHE))
+    print()
+
+    def paired(a: str, b: str) -> float:
+        """Median over rounds of the ratio within the round (a drift of the machine lands on both)."""
+        pairs = zip(by_name[a].rounds, by_name[b].rounds, strict=False)
+        return median([percentile([r.ttft for r in x if r.turn >= 3 and r.ttft], 50)
+                       / percentile([r.ttft for r in y if r.turn >= 3 and r.ttft], 50) for x, y in pairs])
+
+    if LLAMA_SERVER in by_name:
+        got = ours / peer
+        print(f"target TTFT p50 turns ≥ 3, rbee ≤ 1.0× llama-server: {got:.2f}× "
+              f"(paired per round {paired(RBEE, LLAMA_SERVER):.2f}×) → {'met' if got <= 1.0 else 'NOT met'}")
+    if RBEE_NO_CACHE in by_name:
+        got = ours / off
+        print(f"target TTFT p50 turns ≥ 3, rbee cache on ≤ 0.5× cache off: {got:.2f}× "
+              f"(paired per round {paired(RBEE, RBEE_NO_CACHE):.2f}×) → {'met' if got <= 0.5 else 'NOT met'}")
+    bad = [(s.name, r.finish) for s in systems for rnd in s.rounds for r in rnd
+           if r.tokens != args.answer_tokens]
+    if bad:
+        print(f"note: turns that did not answer {args.answer_tokens} tokens: {bad[:10]}")
+    if gate.enabled:
+        spent = " (its budget ran out: later rounds went ahead regardless)" if not gate.active else ""
+        print(f"quiet gate: waited {gate.waited:.0f} s in all for an idle machine{spent} (gave up waiting "
+              f"{gate.gave_up}×); rounds repeated because other processes used CPU during them: "
+              + ", ".join(f"{s.name} {s.discarded}" for s in systems)
+              + "; other processes' CPU during kept rounds, median/max (cores): "
+              + ", ".join(f"{s.name} {median(s.foreign):.2f}/{max(s.foreign):.2f}" for s in systems))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--chats", type=int, default=4, help="conversations, held at the same time")
+    p.add_argument("--turns", type=int, default=5, help="turns per conversation")
+    p.add_argument("--answer-tokens", type=int, default=32, help="tokens each answer decodes (ignore_eos)")
+    p.add_argument("--slots", type=int, default=4, help="rbee worker slots = llama-server --parallel")
+    p.add_argument("--rounds", type=int, default=2, help="times each system runs the whole workload (new "
+                   "documents each time), the order rotating")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for both servers")
+    p.add_argument("--skip-cache-off", action="store_true", help="leave out rbee with cache_prompt false")
+    p.add_argument("--model", type=Path, default=None, help="GGUF (default: the built-in SmolLM2-135M Q4_1)")
+    p.add_argument("--llama-server", type=Path, default=None, help="use this llama-server binary, build none")
+    add_gate_args(p, "round")
+    p.add_argument("--ready-timeout", type=float, default=120.0, help="seconds a server gets to become ready")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    exit_on_sigterm()
+    from rbee import models
+
+    model = (args.model or models.default_model_path()).resolve()
+    llama_server = args.llama_server or ensure_llama_server(llama_cpp_python_version())
+    template = chat_template(model)
+    warn_if_busy()
+    print("environment")
+    print_table(["what", "value"], environment(
+        {"rbee commit": rbee_revision(), "model": f"{model.name} ({model.stat().st_size / 2**20:.1f} MiB)",
+         "threads": str(args.threads), "slots / --parallel": str(args.slots),
+         "llama-server": llama_server_version(llama_server)},
+        dists=("rbee", "llama-cpp-python", "aiohttp", "uvloop"),
+    ))
+    logdir = Path(tempfile.mkdtemp(prefix="rbee-bench-chat-"))
+    gate = gate_from_args(args)
+    children: list[ServiceProcess] = []
+    started = time.monotonic()
+    try:
+        children, urls, pgids = start_services(args, model, llama_server, logdir)
+        ours = [pgids["queen"], pgids["worker"]]
+        systems = [System(RBEE, rbee_asker(urls["queen"], True), ours),
+                   System(LLAMA_SERVER, llama_server_asker(urls[LLAMA_SERVER]), [pgids[LLAMA_SERVER]])]
+        if not args.skip_cache_off:
+            systems.append(System(RBEE_NO_CACHE, rbee_asker(urls["queen"], False), ours))
+        for s in systems:
+            asyncio.run(warm_up(s))
+        for rnd in range(args.rounds):
+            k = rnd % len(systems)
+            print(f"round {rnd + 1}/{args.rounds}", flush=True)
+            for s in systems[k:] + systems[:k]:
+                run_round(s, template, args, gate)
+    finally:
+        for child in children:
+            child.stop()
+    print(f"\nmeasured in {time.monotonic() - started:.0f} s; server logs in {logdir}")
+    report(systems, args, gate)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (BenchError, ServiceError) as err:
+        raise SystemExit(f"bench failed: {err}") from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
