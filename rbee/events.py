@@ -2,7 +2,7 @@
 
 On the wire (``rbee.sse`` frames them) they are the contract's three JSON shapes::
 
-    {"token": "Once", "index": 0}
+    {"token": "Once", "index": 0}    (with "logprobs": [{"token", "logprob", "bytes", "top_logprobs"}] when asked)
     {"done": true, "total_tokens": 20, "duration_ms": 1234, "finish_reason": "length", ...}
     {"error": {"code": "INTERNAL", "message": "...", "details": {}}}
 
@@ -21,12 +21,50 @@ FinishReason = Literal["stop", "length", "cancelled", "error"]
 
 
 @dataclass(slots=True, frozen=True)
-class Token:
-    text: str
-    index: int
+class Alternative:
+    """One candidate for a token's place: its text, log-probability and UTF-8 bytes (OpenAI's shape)."""
+
+    token: str
+    logprob: float
+    bytes: tuple[int, ...]
 
     def wire(self) -> dict[str, Any]:
-        return {"token": self.text, "index": self.index}
+        return {"token": self.token, "logprob": self.logprob, "bytes": list(self.bytes)}
+
+    @classmethod
+    def from_wire(cls, obj: dict[str, Any]) -> Alternative:
+        return cls(str(obj["token"]), float(obj["logprob"]), tuple(obj.get("bytes") or ()))
+
+
+@dataclass(slots=True, frozen=True)
+class TokenLogprob:
+    """A sampled token's log-probability under the model (before any sampler), and the likeliest
+    alternatives when asked for. On the wire, OpenAI's ``ChatCompletionTokenLogprob``."""
+
+    chosen: Alternative
+    top: tuple[Alternative, ...] = ()
+
+    def wire(self) -> dict[str, Any]:
+        return {**self.chosen.wire(), "top_logprobs": [a.wire() for a in self.top]}
+
+    @classmethod
+    def from_wire(cls, obj: dict[str, Any]) -> TokenLogprob:
+        return cls(Alternative.from_wire(obj), tuple(Alternative.from_wire(a) for a in obj.get("top_logprobs") or ()))
+
+
+@dataclass(slots=True, frozen=True)
+class Token:
+    """Text for the client. With logprobs asked for, one entry per model token the text completes
+    (text held back for a stop string or an unfinished UTF-8 character comes with a later event)."""
+
+    text: str
+    index: int
+    logprobs: tuple[TokenLogprob, ...] | None = None
+
+    def wire(self) -> dict[str, Any]:
+        if self.logprobs is None:
+            return {"token": self.text, "index": self.index}
+        return {"token": self.text, "index": self.index, "logprobs": [lp.wire() for lp in self.logprobs]}
 
 
 @dataclass(slots=True)
@@ -42,6 +80,7 @@ class Done:
     queued_ms: int | None = None
     ttft_ms: int | None = None
     worker_id: str | None = None
+    route: str | None = None  # "cache" or "load": why the queen chose this worker
 
     def wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {"done": True}  # first: rbee.sse.is_done recognises the framed event by it
@@ -81,7 +120,9 @@ def is_last(event: Event) -> bool:
 def from_wire(obj: dict[str, Any]) -> Event:
     """The typed event of one parsed ``data:`` object; anything else is a Failed naming what came."""
     if "token" in obj:
-        return Token(str(obj["token"]), int(obj.get("index", 0)))
+        logprobs = obj.get("logprobs")
+        return Token(str(obj["token"]), int(obj.get("index", 0)),
+                     None if logprobs is None else tuple(TokenLogprob.from_wire(lp) for lp in logprobs))
     if obj.get("done"):
         known = {k: obj[k] for k in Done.__slots__ if k in obj}  # type: ignore[attr-defined]
         known.setdefault("total_tokens", 0)

@@ -11,11 +11,11 @@ import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from rbee.errors import ErrorCode, RbeeError
 from rbee.events import Queued, WaitNote
-from rbee.queen.registry import Lease, Registry
+from rbee.queen.registry import Affinity, Lease, Registry
 
 OnWait = Callable[[WaitNote], Awaitable[None]]  # why a client waits, sent to it as an SSE comment
 
@@ -26,15 +26,18 @@ class _Waiter:
     model: str | None
     exclude: frozenset[str]
     future: asyncio.Future[Lease]
+    since: float
     hive: str | None = None  # pinned to this hive's workers
-    since: float = field(default_factory=time.monotonic)
+    affinity: Affinity | None = None  # prefers the worker that holds its prompt prefix
 
 
 class AdmissionQueue:
-    def __init__(self, registry: Registry, max_size: int, timeout: float) -> None:
+    def __init__(self, registry: Registry, max_size: int, timeout: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.registry = registry
         self.max_size = max_size
         self.timeout = timeout
+        self._clock = clock
         self._by_key: OrderedDict[str, deque[_Waiter]] = OrderedDict()  # rotation order = dict order
         self._freed: deque[float] = deque(maxlen=64)  # when slots came back, for Retry-After
         registry.subscribe(self.pump)  # room that frees anywhere (a lease back, a worker new or back) is handed on
@@ -43,15 +46,23 @@ class AdmissionQueue:
         return sum(len(q) for q in self._by_key.values())
 
     def position(self, waiter: _Waiter) -> int:
-        """1-based place in line, counting everyone who will be served first."""
-        ahead = 0
-        for q in self._by_key.values():
-            ahead += sum(1 for w in q if w.since < waiter.since)
+        """1-based place in line as the rotation will serve it: keys take turns in rotation order, so
+        the i-th waiter of its key goes after the first i (or i+1, for keys ahead in the rotation) of
+        every other key."""
+        keys = list(self._by_key)
+        mine = self._by_key.get(waiter.key)
+        if mine is None or waiter not in mine:
+            return 1
+        turn, rank = keys.index(waiter.key), mine.index(waiter)
+        ahead = rank
+        for i, key in enumerate(keys):
+            if key != waiter.key:
+                ahead += min(len(self._by_key[key]), rank + (1 if i < turn else 0))
         return ahead + 1
 
     def retry_after(self) -> int:
         """Seconds until the queue would likely drain, from how fast slots have been freeing."""
-        now = time.monotonic()
+        now = self._clock()
         recent = [t for t in self._freed if now - t < 60]
         if len(recent) < 2:
             return 2
@@ -59,12 +70,13 @@ class AdmissionQueue:
         return max(1, min(60, math.ceil((len(self) + 1) / rate)))
 
     async def admit(self, model: str | None, key: str = "", exclude: frozenset[str] = frozenset(),
-                    on_wait: OnWait | None = None, hive: str | None = None) -> tuple[Lease, float]:
+                    on_wait: OnWait | None = None, hive: str | None = None,
+                    affinity: Affinity | None = None) -> tuple[Lease, float]:
         """A lease (on ``hive`` when given), and how many seconds we waited for it. Raises the right 503/404
         when it can't."""
         if not self._by_key:
             try:
-                return self.registry.acquire(model, exclude, hive), 0.0
+                return self.registry.acquire(model, exclude, hive, affinity), 0.0
             except RbeeError as err:
                 if err.code != ErrorCode.NO_IDLE_WORKERS or self.timeout <= 0:
                     raise
@@ -74,7 +86,8 @@ class AdmissionQueue:
             raise self._busy()
         if len(self) >= self.max_size:
             raise self._busy(full=True)
-        waiter = _Waiter(key, model, exclude, asyncio.get_running_loop().create_future(), hive=hive)
+        waiter = _Waiter(key, model, exclude, asyncio.get_running_loop().create_future(), self._clock(), hive,
+                         affinity)
         self._by_key.setdefault(key, deque()).append(waiter)
         self.pump()
         try:
@@ -86,14 +99,14 @@ class AdmissionQueue:
             raise
         finally:
             self._forget(waiter)
-        return lease, time.monotonic() - waiter.since
+        return lease, self._clock() - waiter.since
 
     async def _wait(self, waiter: _Waiter, on_wait: OnWait | None) -> Lease:
         deadline = waiter.since + self.timeout
         while not waiter.future.done():
             if on_wait is not None:  # each second: the place in line, and a keep-alive for proxies
                 await on_wait(Queued(self.position(waiter)))
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self._clock()
             if remaining <= 0:
                 break
             try:
@@ -120,37 +133,47 @@ class AdmissionQueue:
             waiter.future.cancel()
 
     def pump(self) -> None:
-        """Hand free slots to waiters: keys take turns, each key's own requests in arrival order."""
+        """Hand free slots to waiters: keys take turns, each key's own requests in arrival order. A
+        key's request that cannot be served yet (its model has no room) does not hold up the same
+        key's later requests for a model that has."""
         progress = True
         while progress and self._by_key:
             progress = False
             for key in list(self._by_key):
                 q = self._by_key.get(key)
-                if not q:
-                    self._by_key.pop(key, None)
-                    continue
-                head = q[0]
-                if head.future.done():
+                while q and q[0].future.done():  # left already (timed out, client gone)
                     q.popleft()
-                    progress = True
-                    continue
-                if not self.registry.has_room(head.model, head.hive):
-                    continue
-                try:
-                    lease = self.registry.acquire(head.model, head.exclude, head.hive)
-                except RbeeError:
-                    continue
-                q.popleft()
-                head.future.set_result(lease)
-                self._by_key.move_to_end(key)  # served: to the back of the rotation
                 if not q:
                     self._by_key.pop(key, None)
-                progress = True
-                break
+                    continue
+                if self._serve_first_servable(q):
+                    self._by_key.move_to_end(key)  # served: to the back of the rotation
+                    if not q:
+                        self._by_key.pop(key, None)
+                    progress = True
+                    break
+
+    def _serve_first_servable(self, q: deque[_Waiter]) -> bool:
+        blocked: set[tuple[str | None, str | None]] = set()  # found without room: later ones for it wait too
+        for waiter in q:
+            wants = (waiter.model, waiter.hive)
+            if waiter.future.done() or wants in blocked:
+                continue
+            if self.registry.has_room(waiter.model, waiter.hive):
+                try:
+                    lease = self.registry.acquire(waiter.model, waiter.exclude, waiter.hive, waiter.affinity)
+                except RbeeError:
+                    blocked.add(wants)
+                    continue
+                q.remove(waiter)
+                waiter.future.set_result(lease)
+                return True
+            blocked.add(wants)
+        return False
 
     def slot_freed(self) -> None:
         """A request gave its slot back (the registry's release has handed it on): for Retry-After."""
-        self._freed.append(time.monotonic())
+        self._freed.append(self._clock())
 
     def _busy(self, full: bool = False) -> RbeeError:
         what = f"the queue is full ({self.max_size} waiting)" if full else "every worker is busy"

@@ -42,7 +42,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         peers = app[PEERS] = Peers(session, settings.cluster_key)
         app[DISPATCHER] = Dispatcher(
             app[REGISTRY], peers, app[QUEUE], stall_timeout=settings.stall_timeout,
-            max_attempts=settings.max_attempts, hooks=app[METRICS],
+            max_attempts=settings.max_attempts, hooks=app[METRICS], cache_routing=settings.cache_routing,
         )
         starter = ColdStarter(app[HIVES], peers)
         app[DISPATCHER].cold_start = starter.provide
@@ -63,7 +63,7 @@ def create_app(settings: QueenSettings) -> web.Application:
     app.middlewares.append(rate_limit_middleware)
     app[SETTINGS] = settings
     app[RATE_LIMITER] = RateLimiter(settings.rate_limit_rpm, settings.rate_limit_concurrent)
-    app[REGISTRY] = Registry()
+    app[REGISTRY] = Registry(max_load_gap=settings.max_load_gap)
     app[QUEUE] = AdmissionQueue(app[REGISTRY], settings.queue_size, settings.queue_timeout)
     app.cleanup_ctx.append(_services)
     app.router.add_get("/health", health)

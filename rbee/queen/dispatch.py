@@ -28,7 +28,9 @@ from rbee.events import Done, Event, Failed, Provisioning, from_wire
 from rbee.peer import Peers, error_of
 from rbee.protocol import InferenceRequest
 from rbee.queen.admission import AdmissionQueue, OnWait
-from rbee.queen.registry import Lease, Registry
+from rbee.queen.prefix_index import PrefixIndex, prefix_hashes
+from rbee.queen.registry import Affinity, Lease, Registry
+from rbee.queen.scheduler import Route
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +67,15 @@ class Hooks:
     def tokens(self, n: int, model: str | None) -> None: ...
     def cancellation(self) -> None: ...
     def failover(self) -> None: ...
+    def route(self, route: Route) -> None: ...
 
 
 class Dispatcher:
     def __init__(self, registry: Registry, peers: Peers, queue: AdmissionQueue, *,
-                 stall_timeout: float = 30.0, max_attempts: int = 3, hooks: Hooks | None = None) -> None:
+                 stall_timeout: float = 30.0, max_attempts: int = 3, hooks: Hooks | None = None,
+                 cache_routing: bool = True) -> None:
         self.registry = registry
+        self.prefixes = PrefixIndex() if cache_routing else None  # who was sent which prompt prefixes
         self.peers = peers
         self.queue = queue
         self.stall_timeout = stall_timeout
@@ -92,9 +97,10 @@ class Dispatcher:
         tried: set[str] = set()
         last_error: RbeeError | None = None
         queued_s = 0.0
+        hashes, affinity = self._affinity(job)
         for attempt in range(self.max_attempts):
             try:
-                lease, waited = await self._admit(job.model, api_key or "", frozenset(tried), on_wait, job.hive)
+                lease, waited = await self._admit(job, api_key or "", frozenset(tried), on_wait, affinity)
             except RbeeError as err:
                 if last_error is not None and err.code in (ErrorCode.NO_IDLE_WORKERS, ErrorCode.NO_WORKERS):
                     raise last_error from None  # say what actually went wrong with the workers we tried
@@ -102,7 +108,7 @@ class Dispatcher:
             queued_s += waited
             self.hooks.queue_wait(waited)
             try:
-                return await self._connect(lease, body, job.stream, request_id, int(queued_s * 1000))
+                upstream = await self._connect(lease, body, job.stream, request_id, int(queued_s * 1000))
             except RbeeError as err:
                 self._give_back(lease)
                 if err.code not in RETRYABLE:
@@ -113,21 +119,34 @@ class Dispatcher:
                 self.hooks.failover()
                 log.warning("failover", extra={"fields": {"worker_id": lease.worker_id, "code": err.code,
                                                           "attempt": attempt + 1}})
+                continue
+            self.hooks.route(lease.route)
+            if self.prefixes is not None:
+                self.prefixes.record(lease.worker_id, hashes)
+            return upstream
         assert last_error is not None
         raise last_error
 
-    async def _admit(self, model: str | None, key: str, tried: frozenset[str],
-                     on_wait: OnWait | None, hive: str | None = None) -> tuple[Lease, float]:
-        """Admission (to ``hive``'s workers when pinned); when no worker serves ``model`` yet, a cold start on
-        a hive (if one can), then again."""
+    def _affinity(self, job: InferenceRequest) -> tuple[list[bytes], Affinity | None]:
+        """The request's prefix hashes, and how deep each worker holds them (None: load alone decides)."""
+        if self.prefixes is None or not job.cache_prompt:
+            return [], None
+        prefixes, hashes = self.prefixes, prefix_hashes(job)
+        return hashes, lambda worker: prefixes.depth(worker.worker_id, hashes)
+
+    async def _admit(self, job: InferenceRequest, key: str, tried: frozenset[str], on_wait: OnWait | None,
+                     affinity: Affinity | None) -> tuple[Lease, float]:
+        """Admission (to the pinned hive's workers, when pinned); when no worker serves the model yet, a
+        cold start on a hive (if one can), then again."""
+        model, hive = job.model, job.hive
         try:
-            return await self.queue.admit(model, key, tried, on_wait, hive)
+            return await self.queue.admit(model, key, tried, on_wait, hive, affinity)
         except RbeeError as err:
             cold = err.code in (ErrorCode.MODEL_NOT_FOUND, ErrorCode.NO_WORKERS) and not tried
             if not (cold and model and self.cold_start is not None
                     and await self._cold_start(model, on_wait, hive)):
                 raise
-        return await self.queue.admit(model, key, tried, on_wait, hive)
+        return await self.queue.admit(model, key, tried, on_wait, hive, affinity)
 
     async def _cold_start(self, model: str, on_wait: OnWait | None, hive: str | None = None) -> bool:
         """The cold start, telling a waiting client each second that its model is being provisioned
@@ -234,6 +253,7 @@ class Dispatcher:
                 done.queued_ms = upstream.queued_ms
                 done.ttft_ms = int(((upstream.first_token_at or time.monotonic()) - upstream.started) * 1000)
                 done.worker_id = upstream.worker_id
+                done.route = upstream.lease.route
                 self.hooks.tokens(done.total_tokens, upstream.model)
                 out.append(sse.frame_event(done))
             else:

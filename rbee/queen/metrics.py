@@ -46,6 +46,8 @@ class QueenMetrics(Hooks):
                                      "the client went away.", registry=r)
         self.failovers = Counter("rbee_queen_failovers", "Requests moved to another worker before their "
                                  "first token.", registry=r)
+        self.routes = Counter("rbee_queen_routes", "Requests dispatched, by why the worker was chosen: "
+                              "cache (it likely holds the prompt's prefix) or load.", ["route"], registry=r)
         r.register(_WorkerCollector(workers))
 
     # ------------------------------------------------------------ dispatcher hooks
@@ -65,6 +67,9 @@ class QueenMetrics(Hooks):
 
     def failover(self) -> None:
         self.failovers.inc()
+
+    def route(self, route: str) -> None:
+        self.routes.labels(route=str(route)).inc()
 
     # ------------------------------------------------------------ requests
 

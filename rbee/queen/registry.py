@@ -6,7 +6,6 @@ never take the same slot.
 
 from __future__ import annotations
 
-import itertools
 import time
 import uuid
 from collections.abc import Callable
@@ -15,10 +14,11 @@ from dataclasses import dataclass, field
 from rbee.errors import ErrorCode, RbeeError
 from rbee.models import aliases
 from rbee.protocol import WorkerInfo, WorkerRegistration, WorkerState
-from rbee.queen.scheduler import pick_least_loaded
+from rbee.queen.scheduler import Route, pick
 from rbee.versions import check_peer
 
 ROUTABLE = {WorkerState.IDLE, WorkerState.BUSY}
+Affinity = Callable[["WorkerRecord"], int]  # how much of a request's prompt prefix a worker holds
 
 
 @dataclass
@@ -64,13 +64,18 @@ class Lease:
     worker_id: str
     url: str
     model_ref: str
+    route: Route = Route.LOAD  # why this worker: its cache, or its load
 
 
 class Registry:
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, max_load_gap: int = 2) -> None:
+        self.max_load_gap = max_load_gap  # a cache match may have this many fewer free slots than the least loaded
         self._workers: dict[str, WorkerRecord] = {}
         self._clock = clock
-        self._rotation = itertools.count()
+        # Advances only when load decides: misses then take turns over the workers, however many
+        # cache-routed requests come between them (else, at low concurrency, every conversation's first
+        # turn could land on the same worker).
+        self._load_turn = 0
         self._listeners: list[Callable[[], None]] = []
 
     def subscribe(self, listener: Callable[[], None]) -> None:
@@ -175,7 +180,7 @@ class Registry:
     # ------------------------------------------------------------ leases
 
     def acquire(self, model: str | None = None, exclude: frozenset[str] = frozenset(),
-                hive: str | None = None) -> Lease:
+                hive: str | None = None, affinity: Affinity | None = None) -> Lease:
         """Take one slot on the least-loaded idle worker serving ``model`` (on ``hive`` when given), or raise
         the right 503/404."""
         live = [w for w in self._workers.values() if w.state != WorkerState.OFFLINE and w.on(hive)]
@@ -204,9 +209,11 @@ class Registry:
                 f"All {len(serving)} worker(s) for this model are busy. Retry after the Retry-After delay.",
                 {"workers": len(serving)},
             )
-        chosen = pick_least_loaded(candidates, next(self._rotation))
+        chosen, route = pick(candidates, self._load_turn, affinity, self.max_load_gap)
+        if route == Route.LOAD:
+            self._load_turn += 1
         lease = Lease(lease_id=uuid.uuid4().hex, worker_id=chosen.worker_id, url=chosen.reg.url,
-                      model_ref=chosen.reg.model_ref)
+                      model_ref=chosen.reg.model_ref, route=route)
         chosen.leases.add(lease.lease_id)
         self._settle(chosen)
         return lease

@@ -35,6 +35,10 @@ class QueenSettings(ServerSettings):
     rate_limit_rpm: int = Field(0, ge=0, description="Requests per minute per key on /v1 routes (0 = off).")
     rate_limit_concurrent: int = Field(0, ge=0, description="Generations running at once per key (0 = off).")
     log_prompts: bool = Field(False, description="Log prompts and messages (off: they never reach the logs).")
+    cache_routing: bool = Field(True, description="Send a request to the worker that most likely holds its "
+                                "prompt's prefix in its cache (learnt from routing history), within --max-load-gap.")
+    max_load_gap: int = Field(2, ge=0, le=1024, description="How many fewer free slots than the least loaded "
+                              "worker a cache match may have and still be chosen.")
     state_dir: Annotated[Path, AfterValidator(Path.expanduser), Flag(metavar="DIR")] = Field(
         default_factory=default_state_dir,
         description="Where the queen keeps what must survive a restart: the node registry (nodes.json) and "
