@@ -31,8 +31,9 @@ def _wire() -> bytes:
     return b"".join(map(sse.frame_event, [*TOKENS, DONE])) + sse.DONE_FRAME
 
 
-async def _source(script: list[bytes | float | None]) -> TestServer:
-    """A worker that writes the script: bytes are written, a float is a pause, None drops the connection."""
+async def _source(script: list[bytes | float | None], cancel_delay: float = 0.0) -> TestServer:
+    """A worker that writes the script: bytes are written, a float is a pause, None drops the connection.
+    ``cancel_delay``: seconds its cancel takes to answer (across a cut link, the cancel's whole timeout)."""
 
     async def inference(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers=sse.SSE_HEADERS)
@@ -48,6 +49,7 @@ async def _source(script: list[bytes | float | None]) -> TestServer:
         return response
 
     async def cancel(request: web.Request) -> web.Response:
+        await asyncio.sleep(cancel_delay)
         return web.Response(status=204)
 
     app = web.Application()
@@ -118,6 +120,33 @@ def test_a_worker_that_stalls_past_the_stall_timeout_ends_in_one_error_event():
     events = _events(relayed)
     assert events[0] == TOKENS[0] and isinstance(events[1], Failed) and events[2] is None
     assert "stopped sending tokens" in events[1].message
+
+
+def test_a_stalled_worker_whose_cancel_hangs_still_ends_the_stream_within_the_stall_timeout():
+    # A cut link: the worker goes silent and the cancel sent to it gets no answer either. The client
+    # hears the error when the stall timeout runs out, not after the cancel's own timeout too.
+    async def scenario():
+        server = await _source([sse.frame_event(TOKENS[0]), 3.0], cancel_delay=3.0)
+        registry = Registry()
+        registry.register(WorkerRegistration(worker_id="w1", url=str(server.make_url("")).rstrip("/"),
+                                             model_ref="m", slots_total=1))
+        out = bytearray()
+        async with aiohttp.ClientSession() as session:
+            dispatcher = Dispatcher(registry, Peers(session, None), AdmissionQueue(registry, 4, 0), stall_timeout=0.3)
+            upstream = await dispatcher.open(InferenceRequest(prompt="x"), request_id="r1")
+            started = asyncio.get_running_loop().time()
+            await dispatcher.relay(upstream, _append(out))
+            took = asyncio.get_running_loop().time() - started
+            await dispatcher.close(upstream, client_gone=False)
+            free = registry.get("w1").slots_available
+        await server.close()
+        return bytes(out), took, free
+
+    relayed, took, free = asyncio.run(scenario())
+    events = _events(relayed)
+    assert isinstance(events[1], Failed) and events[1].code == "WORKER_UNAVAILABLE" and events[2] is None
+    assert took < 1.5, took  # 0.3 s of stall; the cancel's 2 s timeout runs on in the background
+    assert free == 1
 
 
 def test_the_typed_reader_sees_the_same_events_as_the_byte_relay():

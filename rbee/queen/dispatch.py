@@ -81,6 +81,7 @@ class Dispatcher:
         self.stall_timeout = stall_timeout
         self.max_attempts = max_attempts
         self.hooks = hooks or Hooks()
+        self._cancels: set[asyncio.Task] = set()  # cancels at broken workers, still under way
         # Set by the app when hives can spawn workers on demand: True once a worker for the model is ready
         # (on the pinned hive, when one is given).
         self.cold_start: Callable[[str, str | None], Awaitable[bool]] | None = None
@@ -262,7 +263,11 @@ class Dispatcher:
 
     async def _broken(self, upstream: Upstream, reason: str) -> bytes:
         self.registry.unreachable(upstream.worker_id)
-        await self.cancel_at_worker(upstream)
+        # The cancel goes on in the background: across a link whose packets vanish it takes its whole
+        # timeout, and the client must hear the error within the stall timeout, not after it.
+        task = asyncio.get_running_loop().create_task(self.cancel_at_worker(upstream))
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
         log.warning("worker %s %s", upstream.worker_id, reason)
         failed = Failed(ErrorCode.WORKER_UNAVAILABLE,
                         f"Worker '{upstream.worker_id}' {reason} mid-answer. The text so far is incomplete; "
