@@ -7,7 +7,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any
 
-from behave import then, when
+from behave import given, then, when
 from prometheus_client.parser import text_string_to_metric_families
 
 from rbee.models import DEFAULT_MODEL_REF
@@ -63,16 +63,28 @@ def _ask_openai(context, messages: list[dict[str, str]], cache: bool) -> Turn:
     return Turn(usage.prompt_tokens, usage.prompt_tokens_details.cached_tokens, completion.choices[0].message.content)
 
 
-def _hold(context, chats: list[Chat], ask, cache: bool) -> None:
-    """Every chat turn by turn, all chats' same turn at once; each turn sends the history so far
-    (with the answers the cache-on run gave, so both runs send the same prompts)."""
+def _hold(context, chats: list[Chat], ask, cache: bool, together: bool = True) -> None:
+    """Every chat turn by turn, all chats' same turn at once (``together``) or one chat after the
+    other; each turn sends the history so far (with the answers the cache-on run gave, so both runs
+    send the same prompts)."""
+    context.together = together
     for t in range(len(chats[0].questions)):
-        turns = at_once(*[functools.partial(ask, context, chat.messages(t), cache) for chat in chats],
-                        timeout=120 * context.cluster.k)
+        calls = [functools.partial(ask, context, chat.messages(t), cache) for chat in chats]
+        turns = at_once(*calls, timeout=120 * context.cluster.k) if together else [call() for call in calls]
         for chat, turn in zip(chats, turns, strict=True):
             assert isinstance(turn, Turn), turn
             (chat.cached if cache else chat.fresh).append(turn)
     context.chats = chats
+
+
+# ---------------------------------------------------------------- workers
+
+
+@given('a real worker "{worker_id:Q}" with {slots:d} slot and {mb:d} MiB of host RAM for its prompt cache '
+       'is registered')
+def step_worker_with_ram_cache(context, worker_id, slots, mb):
+    worker = context.cluster.start_worker(worker_id=worker_id, slots=slots, extra=("--cache-ram-mb", str(mb)))
+    context.cluster.register(worker)
 
 
 # ---------------------------------------------------------------- holding chats
@@ -88,10 +100,15 @@ def step_hold_chats(context, n, turns):
     _hold(context, [Chat(questions[:turns]) for questions in CHATS[:n]], _ask, cache=True)
 
 
+@when("{n:d} clients take turns holding a {turns:d}-turn chat each with the queen, at temperature 0")
+def step_take_turns(context, n, turns):
+    _hold(context, [Chat(questions[:turns]) for questions in CHATS[:n]], _ask, cache=True, together=False)
+
+
 @when("the client asks every turn of that chat again with the prompt cache off")
 @when("the client asks every turn of those chats again with the prompt cache off")
 def step_again_uncached(context):
-    _hold(context, context.chats, _ask, cache=False)
+    _hold(context, context.chats, _ask, cache=False, together=context.together)
 
 
 @when("the OpenAI client holds a {turns:d}-turn chat at temperature 0")

@@ -14,9 +14,11 @@ from prometheus_client import generate_latest
 from rbee import chat
 from rbee.events import Done, Event, Token
 from rbee.models import default_model_path
+from rbee.worker import engine as engine_module
 from rbee.worker.engine import Engine, EngineConfig, Job, Sampling, Work
 from rbee.worker.metrics import WorkerMetrics
 from rbee.worker.prompt_cache import Held, common_prefix, rank_slots, reusable
+from rbee.worker.ram_cache import RamCache, best_published
 from rbee.worker.slots import SlotPool, SlotTable
 
 _ids = itertools.count()
@@ -70,6 +72,39 @@ def test_opting_out_ignores_what_the_slots_hold():
     prompt = list(range(100))
     free = {0: Held(tuple(range(99)), 9), 1: Held((), 0), 2: Held(tuple(range(5)), 4)}
     assert rank_slots(prompt, free, use_cache=False) == [1, 2, 0]
+
+
+def test_a_better_match_in_host_ram_sends_the_request_to_the_slot_whose_loss_costs_least():
+    prompt = list(range(300))
+    free = {0: Held(tuple(range(100)), 9), 1: Held(tuple(range(500, 600)), 2)}
+    assert rank_slots(prompt, free) == [0, 1]
+    assert rank_slots(prompt, free, elsewhere=250) == [1, 0]  # slot 1 is restored into; slot 0 keeps its chat
+
+
+def test_host_ram_keeps_states_within_its_budget_least_recently_used_out():
+    ram = RamCache(budget_bytes=100)
+    assert ram.put((1, 2, 3), b"a" * 40) and ram.put((7, 8), b"b" * 40)
+    assert ram.put((4, 5, 6), b"c" * 40)  # 120 bytes: the oldest goes
+    assert ram.published == ((7, 8), (4, 5, 6)) and ram.size == 80
+    assert not ram.put((9,), b"x" * 101)  # can never fit
+
+
+def test_host_ram_finds_the_longest_shared_prefix_and_gives_it_up_when_restored():
+    ram = RamCache(budget_bytes=1000)
+    ram.put((1, 2, 3, 4), b"s" * 10)
+    ram.put((1, 2, 9, 9, 9), b"t" * 10)
+    index, shared = ram.best([1, 2, 3, 4, 5])
+    assert shared == 4 and ram.take(index).tokens == (1, 2, 3, 4)
+    assert ram.published == ((1, 2, 9, 9, 9),) and best_published(ram.published, [1, 2, 9, 9]) == 3
+    assert ram.best([5, 6]) == (-1, 0)
+
+
+def test_host_ram_keeps_one_entry_for_a_history_and_its_continuation():
+    ram = RamCache(budget_bytes=1000)
+    ram.put((1, 2, 3), b"s" * 10)
+    assert ram.put((1, 2, 3, 4, 5), b"t" * 10)  # holds all the first one did: it replaces it
+    assert not ram.put((1, 2), b"u" * 10)  # adds nothing
+    assert ram.published == ((1, 2, 3, 4, 5),)
 
 
 def test_the_slot_table_takes_the_first_slot_the_ranking_names():
@@ -310,3 +345,28 @@ def test_concurrent_conversations_each_continue_their_own_history(engine):
                 assert cached.done.cached_tokens > len(prompts[i]) // 2, (i, round_, cached.done)
         if round_ < 2:
             prompts = [turn(engine, prompts[i], results[i].text, follow_ups[round_]) for i in range(len(questions))]
+
+
+def test_a_conversation_evicted_from_its_slot_comes_back_from_host_ram():
+    """One slot, two chats taking turns: each turn finds its own history in host RAM (saved when the
+    other chat took the slot), reuses it, and answers as a fresh decode does."""
+    e = Engine(EngineConfig(model_path=default_model_path(), slots=1, ctx_size=1024, threads=2, cache_ram_mb=64))
+    e.load()
+    e.start()
+    try:
+        # Longer than RAM_MIN_SAVE: shorter histories are not worth a save.
+        prompts = [opening(e, "My bees sit in four hives by the river, two on the north bank and two on the "
+                              "south bank, and every spring the southern ones swarm first. " * 3 + "Why?"),
+                   opening(e, "Our orchard has apples, pears and plums; the plums flower first, then the "
+                              "pears, and the apples last of all, in early May. " * 3 + "Which fruit needs bees most?")]
+        assert all(len(p) > engine_module.RAM_MIN_SAVE for p in prompts)
+        answers = [submit(e, 0, p, 16).result() for p in prompts]
+        assert answers[1].done.cached_tokens < 8  # the second chat shares only the template's start
+        for i, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
+            follow_up = turn(e, prompt, answer.text, "Tell me more.")
+            cached = submit(e, 0, follow_up, 16).result()
+            assert cached.done.cached_tokens >= len(prompt), (i, cached.done)
+            fresh = submit(e, 0, follow_up, 16, cache=False).result()
+            assert fresh.done.cached_tokens == 0 and cached.text == fresh.text, i
+    finally:
+        e.close()

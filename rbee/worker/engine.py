@@ -35,12 +35,17 @@ from llama_cpp import _ctypes_extensions
 
 from rbee.errors import ErrorCode
 from rbee.events import Done, Failed, Token
-from rbee.worker import cpu_reference, devices, prompt_cache, threadpool
+from rbee.worker import cpu_reference, devices, prompt_cache, ram_cache, threadpool
 from rbee.worker.devices import Device
 from rbee.worker.engine_api import EngineConfig, EngineError, Job, Sampling, Work
 from rbee.worker.textstream import TextStream
 
 log = logging.getLogger(__name__)
+
+# Host-RAM prompt cache: a slot's state is saved when a new prompt would throw away at least this many
+# of its tokens, and a saved state restored when it gives at least this many more than the slot holds.
+RAM_MIN_SAVE = 32
+RAM_MIN_GAIN = 16
 
 __all__ = ["Device", "Engine", "EngineConfig", "EngineError", "Job", "Sampling", "Work", "list_devices"]
 
@@ -134,6 +139,7 @@ class Engine:
         self._held: list[prompt_cache.Held] = [prompt_cache.Held()] * config.slots
         self._releases = 0
         self._n_swa = 0
+        self._ram = ram_cache.RamCache(config.cache_ram_mb * 2**20) if config.cache_ram_mb else None
         self.batch_invariant = False  # the CPU backend runs ggml's reference kernels (see load)
         self._thread: threading.Thread | None = None
         self._alive = False  # the decode loop takes new work
@@ -257,8 +263,10 @@ class Engine:
     def prefer_slots(self, work: Work, free: list[int]) -> list[int]:
         """The free slots in the order ``work`` should take them (best cached prefix first). Called on
         the event loop: it reads only what the decode thread published when those slots were released."""
-        held = self._held
-        return prompt_cache.rank_slots(work.prompt_tokens, {slot: held[slot] for slot in free}, work.cache_prompt)
+        held, ram = self._held, self._ram
+        elsewhere = ram_cache.best_published(ram.published, work.prompt_tokens) if ram and work.cache_prompt else 0
+        return prompt_cache.rank_slots(work.prompt_tokens, {slot: held[slot] for slot in free}, work.cache_prompt,
+                                       elsewhere=elsewhere)
 
     def kv_usage(self) -> float:
         """The share of KV cells that running sequences hold. Cells a free slot keeps for the prompt
@@ -336,11 +344,43 @@ class Engine:
     def _admit(self, job: Job) -> None:
         work = job.work
         prompt = work.prompt_tokens
-        keep = self._keep_prefix(job.slot, prompt_cache.reusable(self._cells[job.slot], prompt)
-                                 if work.cache_prompt else 0)
+        keep = prompt_cache.reusable(self._cells[job.slot], prompt) if work.cache_prompt else 0
+        if self._ram is not None:
+            keep = self._swap_with_ram(job.slot, prompt, keep, work.cache_prompt)
+        keep = self._keep_prefix(job.slot, keep)
         seq = _Sequence(job=job, sampler=self._make_sampler(work.sampling), pending=prompt[keep:],
                         started=time.perf_counter(), text=TextStream(work.stop), n_past=keep, cached=keep)
         self._active[job.slot] = seq
+
+    def _swap_with_ram(self, slot: int, prompt: list[int], keep: int, use_cache: bool) -> int:
+        """Save to host RAM what the slot is about to lose, and restore into it a saved state that
+        gives more of ``prompt`` than the slot holds; returns how many of its tokens the slot has."""
+        ram, cells = self._ram, self._cells[slot]
+        assert ram is not None
+        index, shared = ram.best(prompt) if use_cache else (-1, 0)
+        entry = ram.take(index) if index >= 0 and shared >= keep + RAM_MIN_GAIN else None
+        if (len(cells) if entry else len(cells) - keep) >= RAM_MIN_SAVE:
+            self._save_state(slot)
+        if entry is None:
+            return keep
+        lc.llama_memory_seq_rm(self._mem, slot, -1, -1)
+        cells.clear()
+        if lc.llama_state_seq_set_data(self._ctx, entry.state, len(entry.state), slot) != len(entry.state):
+            log.warning("could not restore a saved prompt state of %d tokens; decoding the prompt", len(entry.tokens))
+            lc.llama_memory_seq_rm(self._mem, slot, -1, -1)
+            return 0
+        cells.extend(entry.tokens)
+        return shared
+
+    def _save_state(self, slot: int) -> None:
+        ram = self._ram
+        assert ram is not None
+        size = lc.llama_state_seq_get_size(self._ctx, slot)
+        if not ram.fits(size):
+            return
+        state = (ctypes.c_uint8 * size)()
+        if lc.llama_state_seq_get_data(self._ctx, state, size, slot) == size:
+            ram.put(self._cells[slot], state)
 
     def _keep_prefix(self, slot: int, keep: int) -> int:
         """Drop the slot's cells from position ``keep`` on; returns how many it kept (0 where llama.cpp

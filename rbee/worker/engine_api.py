@@ -31,6 +31,7 @@ class EngineConfig:
     # ggml's reference CPU kernels (rbee.worker.cpu_reference): a token's logits never depend on the
     # rest of its batch, so a cached answer equals the uncached one token for token
     batch_invariant: bool = True
+    cache_ram_mb: int = 0  # host RAM for slot states a new prompt took the slot from (0: none kept)
 
 
 @dataclass(frozen=True)

@@ -53,12 +53,14 @@ def reusable(held: Sequence[int], prompt: Sequence[int]) -> int:
 
 
 def rank_slots(prompt: Sequence[int], free: Mapping[int, Held], use_cache: bool = True,
-               min_similarity: float = MIN_SIMILARITY) -> list[int]:
+               min_similarity: float = MIN_SIMILARITY, elsewhere: int = 0) -> list[int]:
     """The free slots in the order a request for ``prompt`` should take them.
 
     First the slots whose held tokens share more than ``min_similarity`` of the prompt, longest
     prefix first; then the rest, least recently used first (never used ones before all). Without
-    ``use_cache`` (the request opted out) only the latter order counts.
+    ``use_cache`` (the request opted out) only the latter order counts; nor does it when a saved
+    state in host RAM would give more of the prompt (``elsewhere`` tokens) than any free slot:
+    the state is then restored into the slot whose loss costs least.
     """
 
     def least_recent(slot: int) -> tuple[int, int]:
@@ -68,7 +70,8 @@ def rank_slots(prompt: Sequence[int], free: Mapping[int, Held], use_cache: bool 
         return sorted(free, key=least_recent)
     key = tuple(prompt)
     shared = {slot: common_prefix(held.tokens, key) for slot, held in free.items()}
-    similar = [slot for slot, n in shared.items() if n > 0 and n > min_similarity * len(key)]
+    similar = [slot for slot, n in shared.items() if n > 0 and n > min_similarity * len(key)
+               and n >= elsewhere]
     similar.sort(key=lambda slot: (-shared[slot], *least_recent(slot)))
     others = sorted((slot for slot in free if slot not in similar), key=least_recent)
     return similar + others
