@@ -233,8 +233,10 @@ def start_services(args: argparse.Namespace, model: Path, llama_server: Path, lo
                                                 "--threads", str(args.threads), "--ctx-size", str(CTX_PER_SLOT)],
                             logdir / "worker.log", f"{worker_url}/v1/ready",
                             ready_check=lambda r: r.status_code == 200 and r.json().get("ready") is True)
-    queen = ServiceProcess("queen-rbee", [str(bindir / "queen-rbee"), "--port", str(queen_port)],
-                           logdir / "queen.log", f"{queen_url}/health")
+    # The stall timeout raised from 30 s: with the cache off, four ~900-token prompts prefilled at once
+    # on two busy cores can take longer than that, and the worker sends no byte until the first token.
+    queen = ServiceProcess("queen-rbee", [str(bindir / "queen-rbee"), "--port", str(queen_port),
+                                          "--stall-timeout", "600"], logdir / "queen.log", f"{queen_url}/health")
     server = ServiceProcess(LLAMA_SERVER, [str(llama_server), "-m", str(model), "--host", "127.0.0.1", "--port",
                                            str(ls_port), "-t", str(args.threads), "-tb", str(args.threads),
                                            "--parallel", n, "-c", str(args.slots * CTX_PER_SLOT)],
