@@ -49,7 +49,7 @@ Feature: Broken and hostile input
     And the queen still lists only worker "steady", idle, and answers its health
 
   Scenario: The hive refuses broken input the same way
-    Given a hive started with the cluster key "ck-shared"
+    Given a hive started with the cluster key "ck-shared-0123456789"
     When the hive is sent a spawn body that is not JSON with the cluster key
     Then the hive refuses with 400 "INVALID_REQUEST"
     When the hive is asked with the cluster key to spawn a worker with slots set to 0

@@ -4,12 +4,12 @@ Feature: Logs
   Keys never reach the logs, and prompts only when the queen is started with --log-prompts.
 
   Scenario: Keys and prompts stay out of the queen's log
-    Given a queen that requires the API key "sk-never-logged"
+    Given a queen that requires the API key "sk-never-logged-01"
     And a scripted worker "steady" with 1 slot that streams slowly
-    When "sk-never-logged" streams 3 tokens of "purple elephant secret" through the queen
+    When "sk-never-logged-01" streams 3 tokens of "purple elephant secret" through the queen
     And a client with the key "sk-wrong-and-secret" lists the workers
     Then every line of the queen's log is a JSON object
-    And the queen's log does not contain "sk-never-logged", "sk-wrong-and-secret" or "purple elephant secret"
+    And the queen's log does not contain "sk-never-logged-01", "sk-wrong-and-secret" or "purple elephant secret"
 
   Scenario: With --log-prompts the queen logs the prompt
     Given a queen that logs prompts

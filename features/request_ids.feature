@@ -4,7 +4,7 @@ Feature: Every answer carries a request id
   included, and only an id in the contract's pattern is passed on.
 
   Background:
-    Given a queen with the API key "sk-request-ids"
+    Given a queen with the API key "sk-request-ids-0123"
 
   Scenario Outline: Refusals carry the request id the client sent
     When a client sends <kind> with the request id "trace-77"

@@ -8,13 +8,60 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import stat
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from aiohttp import web
 
 from rbee.errors import ErrorCode, RbeeError
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+MIN_KEY_CHARS = 16
+LOOPBACK = frozenset({"localhost", "::1"})
+MAKE_ONE = "make one with `openssl rand -hex 16`"
+
+
+def strong_key(key: str) -> str:
+    """A key long enough to be worth checking (a validator for every key setting)."""
+    if len(key.strip()) < MIN_KEY_CHARS:
+        raise ValueError(f"a key of {len(key.strip())} characters is too short to be safe; use at least "
+                         f"{MIN_KEY_CHARS} ({MAKE_ONE})")
+    return key.strip()
+
+
+def read_key_file(path: Path) -> list[str]:
+    """The keys in ``path`` (one a line). Fails closed, saying how to fix it: a file others can read,
+    an empty one, or a key too short is refused, never run with."""
+    path = path.expanduser()
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text()
+    except OSError as err:
+        raise ValueError(f"cannot read {path} ({err.strerror})") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ValueError(f"other users can read {path}; run `chmod 600 {path}`")
+    keys = [line.strip() for line in text.splitlines() if line.strip()]
+    if not keys:
+        raise ValueError(f"{path} holds no key; put one key per line ({MAKE_ONE})")
+    for key in keys:
+        strong_key(key)
+    return keys
+
+
+def is_loopback(host: str) -> bool:
+    return host in LOOPBACK or host.startswith("127.")
+
+
+def open_to_network(host: str, keyed: bool, insecure: bool, flag: str) -> str | None:
+    """Why a server must not start: listening beyond this machine with no key, unless asked to."""
+    if keyed or insecure or is_loopback(host):
+        return None
+    return (f"--host {host} listens beyond this machine but no {flag} is set, so anyone who can reach it "
+            f"could use it. Set {flag}, or pass --insecure-no-auth to run it open on purpose.")
+
+
+INSECURE_WARNING = "running WITHOUT authentication on a non-loopback address (--insecure-no-auth)"
 
 
 def bearer_of(request: web.Request) -> str | None:

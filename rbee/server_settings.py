@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, Field
+
+from rbee.auth import INSECURE_WARNING, is_loopback, open_to_network, strong_key
 
 EventLoop = Literal["auto", "uvloop", "asyncio"]  # what rbee.web.new_event_loop makes
 
@@ -20,6 +23,45 @@ def _log_level(name: str) -> str:
 class ServerSettings(BaseModel):
     """Each server's own settings model extends this one (its port too is its own: defaults differ)."""
 
+    KEY_FLAG: ClassVar[str] = "--cluster-key"  # the key that guards this server
+
     host: str = Field("127.0.0.1", description="Address to listen on.")
     event_loop: EventLoop = Field("auto", description="Event loop: auto (uvloop where installed), uvloop or asyncio.")
     log_level: Annotated[str, AfterValidator(_log_level)] = Field("INFO", description="Logging level.")
+    insecure_no_auth: bool = Field(False, description="Listen beyond loopback with no key, on purpose: anyone "
+                                   "who can reach this server can use it (logged loudly, and said on /health).")
+
+    def keyed(self) -> bool:
+        return bool(getattr(self, "cluster_key", None))
+
+    def refusal(self) -> str | None:
+        """Why this server must not start as configured (open to the network by accident), or None."""
+        return open_to_network(self.host, self.keyed(), self.insecure_no_auth, self.KEY_FLAG)
+
+    def health_warning(self) -> dict[str, str]:
+        """For /health: a loud line when it runs open beyond loopback on purpose."""
+        open_on_purpose = self.insecure_no_auth and not self.keyed() and not is_loopback(self.host)
+        return {"warning": INSECURE_WARNING} if open_on_purpose else {}
+
+
+S = TypeVar("S", bound=ServerSettings)
+
+
+def _optional_key(key: str | None) -> str | None:
+    return None if key is None else strong_key(key)
+
+
+# A key setting (the cluster key): unset, or long enough to be worth checking.
+OptionalKey = Annotated[str | None, AfterValidator(_optional_key)]
+
+
+def fail_closed(parser: argparse.ArgumentParser, settings: S) -> S:
+    """Stop at start (usage error, exit 2) when a server would listen beyond loopback with no key;
+    with --insecure-no-auth, say loudly that it runs open."""
+    why = settings.refusal()
+    if why is not None:
+        parser.error(why)
+    if settings.health_warning():
+        logging.getLogger("rbee.auth").warning("%s: anyone who can reach %s can use this server",
+                                               INSECURE_WARNING.upper(), settings.host)
+    return settings

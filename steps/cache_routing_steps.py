@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from behave import given, then, when
 
 TOPICS = ["bees", "rivers", "trains", "maps", "tea", "owls", "glass", "clocks"]
@@ -56,7 +58,7 @@ def step_split(context):
 def step_grew(context):
     for topic, dones in context.conversations.items():
         cached = [d.get("cached_tokens") or 0 for d in dones]
-        assert all(b > a for a, b in zip(cached, cached[1:])), f"{topic}: cached tokens per turn {cached}"
+        assert all(b > a for a, b in itertools.pairwise(cached)), f"{topic}: cached tokens per turn {cached}"
 
 
 @then("every one of its turns was routed by load and reused nothing")

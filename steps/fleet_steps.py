@@ -54,8 +54,14 @@ def step_queen_queue_size(context, size, n):
 
 @given('a queen with API keys "{a:Q}" and "{b:Q}" that queues requests for up to {n:d} seconds')
 def step_queen_keys(context, a, b, n):
-    queen = context.cluster.start_queen("--api-key", a, "--api-key", b, "--queue-timeout", str(n))
-    queen.session.headers["Authorization"] = f"Bearer {a}"
+    queen = context.cluster.start_queen("--api-key", _key_of(a), "--api-key", _key_of(b), "--queue-timeout", str(n))
+    queen.session.headers["Authorization"] = f"Bearer {_key_of(a)}"
+
+
+def _key_of(name: str) -> str:
+    """The API key of the client called ``name`` ("alice"), or ``name`` itself when it is a whole key
+    (keys must be at least 16 characters)."""
+    return name if len(name) >= 16 else f"{name}-key-0123456789"
 
 
 # ---------------------------------------------------------------- workers that misbehave
@@ -193,7 +199,7 @@ def step_whole_answer(context, n):
 
 @given('a long answer is streaming from the queen for "{key:Q}"')
 def step_long_for_key(context, key):
-    stream = _queued(context, {"prompt": "long", "max_tokens": 4000}, {"Authorization": f"Bearer {key}"})
+    stream = _queued(context, {"prompt": "long", "max_tokens": 4000}, {"Authorization": f"Bearer {_key_of(key)}"})
     stream.wait_first_event(_deadline(context, 30))
     context.long_stream = stream
 
@@ -202,9 +208,9 @@ def _queue_for(context, key: str, names: list[str]) -> None:
     context.named = getattr(context, "named", {})
     for name in names:
         stream = _queued(context, {"prompt": name, "max_tokens": 3},
-                         {"Authorization": f"Bearer {key}", "X-Request-Id": name})
+                         {"Authorization": f"Bearer {_key_of(key)}", "X-Request-Id": name})
         # In line before the next one comes (its place depends on the keys' rotation).
-        wait_until(lambda: any(c.startswith("queued position=") for c in stream.comments),
+        wait_until(lambda s=stream: any(c.startswith("queued position=") for c in s.comments),
                    _deadline(context, 10), what=f"request {name} queued")
         context.named[name] = stream
 

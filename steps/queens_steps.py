@@ -29,7 +29,8 @@ def _reachable(url: str) -> bool:
 
 @given("a hive listening on every address, with a worker on the default model")
 def step_hive_wildcard(context):
-    context.cluster.start_hive("--host", "0.0.0.0", "--models-dir", str(context.log_dir / "models-wild"))
+    context.cluster.start_hive("--host", "0.0.0.0", "--insecure-no-auth",
+                               "--models-dir", str(context.log_dir / "models-wild"))
     context.hive_worker_id = context.cluster.spawn_on_hive()
 
 

@@ -53,7 +53,7 @@ def step_queen_over_ssh(context):
                   "  IdentitiesOnly yes\n  IdentityAgent none\n")
     (base / "ssh_config").write_text("\n".join(config))
     context.cluster.start_queen(
-        "--host", "0.0.0.0", "--cluster-key", CLUSTER_KEY, "--state-dir", str(base / "queen-state"),
+        "--host", "0.0.0.0", "--insecure-no-auth", "--cluster-key", CLUSTER_KEY, "--state-dir", str(base / "queen-state"),
         "--wheelhouse-dir", str(WHEELHOUSE), "--ssh-config", str(base / "ssh_config"),
         "--ssh-connect-timeout", str(max(1, round(2 * _k(context)))), "--hive-start-timeout", str(90 * _k(context)))
     context.operator_env = {**{k: v for k, v in os.environ.items() if not k.startswith("RBEE_")},

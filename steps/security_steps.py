@@ -49,6 +49,7 @@ def step_queen_key(context, key):
 def step_queen_key_file(context, a, b):
     path = context.log_dir / "api-keys.txt"
     path.write_text(f"{a}\n\n  {b}  \n")
+    path.chmod(0o600)  # a key file others can read is refused
     _start_queen(context, "--api-key-file", str(path), key=a)
 
 

@@ -161,9 +161,11 @@ def test_queen_adds_the_keys_of_its_key_file(tmp_path: Path, monkeypatch: pytest
     for var in [v for v in os.environ if v.startswith("RBEE_")]:
         monkeypatch.delenv(var)
     keys = tmp_path / "keys"
-    keys.write_text("k2\n\n  k3  \n")
-    settings = parse_queen_args(["--api-key", "k1", "--api-key-file", str(keys), "--log-level", "warning"])
-    assert settings.api_keys == ["k1", "k2", "k3"]
+    keys.write_text("key-two-0123456789\n\n  key-three-0123456789  \n")
+    keys.chmod(0o600)
+    settings = parse_queen_args(["--api-key", "key-one-0123456789", "--api-key-file", str(keys), "--log-level",
+                                 "warning"])
+    assert settings.api_keys == ["key-one-0123456789", "key-two-0123456789", "key-three-0123456789"]
     assert settings.log_level == "WARNING"
 
 

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from rbee.ports import free_port
 from rbee.process import ServiceProcess
 
-KEY = "sk-fuzz-key"
+KEY = "sk-fuzz-key-0123456789"
 FAKE_ID = "fake-worker"
 FAKE_MODEL = "fake-model"
 TIMEOUT = 15

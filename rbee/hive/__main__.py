@@ -6,6 +6,7 @@ from rbee import logs
 from rbee.flags import parse_settings, settings_parser
 from rbee.hive.app import create_app
 from rbee.hive.settings import HiveSettings
+from rbee.server_settings import fail_closed
 from rbee.web import run
 
 
@@ -13,6 +14,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = settings_parser(HiveSettings, prog="rbee-hive", description="rbee node manager: models and workers.")
     settings = parse_settings(parser, HiveSettings, argv)
     logs.setup("rbee-hive", settings.log_level)
+    fail_closed(parser, settings)
     run(create_app(settings), settings.host, settings.port, settings.event_loop)
 
 

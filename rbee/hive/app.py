@@ -40,7 +40,8 @@ routes = web.RouteTableDef()
 
 @routes.get("/v1/health")
 async def health(request: web.Request) -> web.Response:
-    return json_response({"status": "alive", "version": __version__, "api_version": "v1"})
+    return json_response({"status": "alive", "version": __version__, "api_version": "v1",
+                          **request.app[SETTINGS].health_warning()})
 
 
 @routes.get("/v1/workers/list")
@@ -170,7 +171,7 @@ def create_app(settings: HiveSettings) -> web.Application:
         advertise_host=advertised,
         callback_url=f"{settings.local_url}/v1/workers/ready", cluster_key=settings.cluster_key,
         state_path=settings.state_path, ports=ports, restart=settings.restart, max_restarts=settings.max_restarts,
-        keep_on_crash=settings.keep_workers_on_crash,
+        keep_on_crash=settings.keep_workers_on_crash, insecure_no_auth=settings.insecure_no_auth,
     )
     setup_models(app, settings.models_dir, settings.hf_base_url)  # first: the catalog opens before reconcile
     app.cleanup_ctx.append(_lifecycle)

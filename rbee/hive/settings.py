@@ -8,9 +8,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
+from rbee.auth import read_key_file
 from rbee.flags import NOT_A_FLAG, Flag
 from rbee.hive.address import http_url, local_host
-from rbee.server_settings import ServerSettings
+from rbee.server_settings import OptionalKey, ServerSettings
 
 
 def default_data_dir() -> Path:
@@ -45,15 +46,9 @@ def _queen_urls(text: str) -> str:
 
 
 def _read_key_file(path: Path) -> Path:
-    """A key file that can be read and holds a key (its first line)."""
-    path = path.expanduser()
-    try:
-        key = path.read_text().strip()
-    except OSError as err:
-        raise ValueError(f"cannot read {path} ({err.strerror})") from None
-    if not key:
-        raise ValueError(f"{path} is empty")
-    return path
+    """A key file that can be read, by us alone, and holds a key good enough (its first line)."""
+    read_key_file(path)
+    return path.expanduser()
 
 
 def _logs_beside_models(data: dict[str, Any]) -> Path:
@@ -76,7 +71,7 @@ class HiveSettings(ServerSettings):
         default_factory=_logs_beside_models,
         description="Worker log folder, one file per spawned worker (default: <models-dir>/../logs).")
     hf_base_url: str = Field("https://huggingface.co", description="Hugging Face base URL.")
-    cluster_key: str | None = Field(None, description="Key shared among queen, hives and workers.")
+    cluster_key: OptionalKey = Field(None, description="Key shared among queen, hives and workers.")
     cluster_key_file: Annotated[Path | None, AfterValidator(_read_key_file), Flag(metavar="FILE")] = Field(
         None, description="File holding the cluster key (not on the command line, so no process listing "
                           "shows it); used when --cluster-key is not given.")
@@ -97,7 +92,7 @@ class HiveSettings(ServerSettings):
     @model_validator(mode="after")
     def _key_from_file(self) -> HiveSettings:
         if self.cluster_key is None and self.cluster_key_file is not None:
-            self.cluster_key = self.cluster_key_file.read_text().strip()
+            self.cluster_key = read_key_file(self.cluster_key_file)[0]
         return self
 
     @property

@@ -115,8 +115,9 @@ class Supervisor:
         node_name: str = "local", callback_url: str = "",
         cluster_key: str | None = None, state_path: Path | None = None, ports: range | None = None,
         restart: RestartPolicy = "no", max_restarts: int = 3, keep_on_crash: bool = False,
-        worker_command: list[str] | None = None,
+        worker_command: list[str] | None = None, insecure_no_auth: bool = False,
     ) -> None:
+        self.insecure_no_auth = insecure_no_auth  # the hive runs open on purpose: so may its workers
         self.log_dir = log_dir
         self.host = host  # where workers listen
         self.advertise_host = advertise_host or host  # how other machines reach them
@@ -167,6 +168,7 @@ class Supervisor:
         log_path = self.log_dir / f"{worker_id}.log"
         args = [
             *self.worker_command, "--port", str(port), "--host", self.host, "--worker-id", worker_id,
+            *(["--insecure-no-auth"] if self.insecure_no_auth else []),
             "--backend", spec.backend, "--device", str(spec.device), "--slots", str(spec.slots),
             "--callback-url", self.callback_url,
         ]

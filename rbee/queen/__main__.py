@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from rbee import logs
+from rbee.auth import read_key_file
 from rbee.flags import parse_settings, settings_parser
 from rbee.queen.app import create_app
 from rbee.queen.settings import QueenSettings
+from rbee.server_settings import fail_closed
 from rbee.web import run
 
 
@@ -15,13 +17,12 @@ def parse_args(argv: list[str] | None = None) -> QueenSettings:
     settings = parse_settings(parser, QueenSettings, argv)
     if settings.api_key_file:
         try:
-            text = settings.api_key_file.read_text()
-        except OSError as err:
-            parser.error(f"argument --api-key-file: cannot read {settings.api_key_file} ({err.strerror})")
-        keys = [ln.strip() for ln in text.splitlines() if ln.strip()]
+            keys = read_key_file(settings.api_key_file)
+        except ValueError as err:
+            parser.error(f"argument --api-key-file: {err}")
         settings = settings.model_copy(update={"api_keys": [*settings.api_keys, *keys]})
     logs.setup("queen-rbee", settings.log_level)
-    return settings
+    return fail_closed(parser, settings)
 
 
 def main(argv: list[str] | None = None) -> None:

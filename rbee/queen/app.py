@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 async def health(request: web.Request) -> web.Response:
-    return json_response({"status": "ok", "version": __version__})
+    return json_response({"status": "ok", "version": __version__, **request.app[SETTINGS].health_warning()})
 
 
 async def _services(app: web.Application) -> AsyncIterator[None]:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, Field
 
+from rbee.auth import strong_key
 from rbee.flags import NOT_A_FLAG, Flag
-from rbee.server_settings import ServerSettings
+from rbee.server_settings import OptionalKey, ServerSettings
 
 
 def default_state_dir() -> Path:
@@ -22,11 +23,16 @@ def _wheelhouse_in_state_dir(data: dict[str, Any]) -> Path:
 
 
 class QueenSettings(ServerSettings):
+    KEY_FLAG: ClassVar[str] = "--api-key"
+
+    def keyed(self) -> bool:
+        return bool(self.api_keys)
+
     port: int = Field(8080, ge=0, le=65535, description="Port to listen on (0 = any free port).")
-    api_keys: Annotated[list[str], Flag("--api-key", metavar="KEY")] = Field(
+    api_keys: Annotated[list[Annotated[str, AfterValidator(strong_key)]], Flag("--api-key", metavar="KEY")] = Field(
         default_factory=list, description="Bearer key clients must send (repeatable; none = open).")
     api_key_file: Path | None = Field(None, description="File with one API key per line, added to --api-key.")
-    cluster_key: str | None = Field(None, description="Key hives and workers use on the control (/v2) routes.")
+    cluster_key: OptionalKey = Field(None, description="Key hives and workers use on the control (/v2) routes.")
     queue_size: int = Field(64, ge=0, description="Requests that may wait for a slot at once.")
     queue_timeout: float = Field(0.0, ge=0, description="Seconds a request may wait for a slot (0 = 503 at once).")
     heartbeat_timeout: float = Field(5.0, gt=0, description="Seconds of silence before a worker leaves routing.")

@@ -10,6 +10,7 @@ from pathlib import Path
 from rbee import logs, models
 from rbee.errors import RbeeError
 from rbee.flags import parse_settings, settings_parser
+from rbee.server_settings import fail_closed
 from rbee.web import run
 from rbee.worker.app import LIFECYCLE, create_app
 from rbee.worker.engine import EngineConfig, list_devices
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     p = settings_parser(WorkerSettings, prog="llm-worker-rbee", description="Serve one GGUF model with llama.cpp.")
     settings = parse_settings(p, WorkerSettings, argv)
     logs.setup("llm-worker-rbee", settings.log_level)
+    fail_closed(p, settings)
     if settings.list_devices:
         print(json.dumps({"devices": [dataclasses.asdict(d) for d in list_devices()]}))
         return

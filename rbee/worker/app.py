@@ -48,7 +48,8 @@ def _state(app: web.Application) -> WorkerState:
 
 @routes.get("/v1/health")
 async def health(request: web.Request) -> web.Response:
-    return json_response({"status": "ok", "version": __version__, "state": _state(request.app)})
+    return json_response({"status": "ok", "version": __version__, "state": _state(request.app),
+                          **request.app[SETTINGS].health_warning()})
 
 
 @routes.get("/v1/ready")
@@ -157,13 +158,19 @@ def _refuse_unless_serving(app: web.Application) -> None:
 
 async def _collect(pool: SlotPool, request_id: str, gen: Generation, headers: dict[str, str]) -> web.Response:
     parts: list[str] = []
+    logprobs: list[dict] | None = None
     try:
         async for event in gen.events():
             if isinstance(event, Token):
                 parts.append(event.text)
+                if event.logprobs is not None:
+                    logprobs = logprobs if logprobs is not None else []
+                    logprobs.extend(lp.wire() for lp in event.logprobs)
             elif isinstance(event, Done):
                 body = event.wire()
                 del body["done"]
+                if logprobs is not None:
+                    body["logprobs"] = logprobs
                 return json_response({"text": "".join(parts), **body}, headers=headers)
             else:
                 raise RbeeError(ErrorCode.INTERNAL, event.message, event.details)

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from rbee import models
 from rbee.flags import Flag
-from rbee.server_settings import ServerSettings
+from rbee.server_settings import OptionalKey, ServerSettings
 
 
 def _host_and_port(data: dict[str, Any]) -> str:
@@ -47,7 +47,7 @@ class WorkerSettings(ServerSettings):
                               "prompt took over, restored when a later prompt matches it better (0 = none).")
     callback_url: Annotated[str | None, Flag(metavar="URL")] = Field(
         None, description="Hive endpoint told when the model is loaded.")
-    cluster_key: str | None = Field(None, description="Shared key: sent with the ready callback; required on "
+    cluster_key: OptionalKey = Field(None, description="Shared key: sent with the ready callback; required on "
                                     "inference, cancel and shutdown.")
     drain_timeout: float = Field(30.0, ge=0, description="Seconds running requests get to finish on shutdown.")
 
