@@ -17,6 +17,8 @@ from pydantic import (
     model_validator,
 )
 
+from rbee import grammar
+
 ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 Identifier = Annotated[str, Field(pattern=ID_PATTERN, description="[A-Za-z0-9._-]{1,64}")]
 _ID = re.compile(ID_PATTERN, re.ASCII)
@@ -126,6 +128,7 @@ class ChatMessage(RequestModel):
     role: Annotated[str, Field(pattern=r"^[a-z_]{1,32}$")]
     content: Annotated[str, Field(max_length=256 * 1024)]
     name: Annotated[str, Field(max_length=64)] | None = None
+    tool_call_id: Annotated[str, Field(max_length=256)] | None = None  # a tool result: the call it answers
 
 
 class InferenceRequest(RequestModel):
@@ -145,6 +148,18 @@ class InferenceRequest(RequestModel):
     ignore_eos: bool = Field(False, description="Never end early: generate exactly max_tokens (benchmarks, tests).")
     cache_prompt: bool = Field(True, description="Reuse the KV a slot holds of an earlier prompt that begins "
                                "the same way (llama-server's cache_prompt); false decodes the whole prompt.")
+    # Structured output: the answer is held to a grammar (GBNF) or to JSON valid under a schema.
+    grammar: Annotated[str, Field(min_length=1, max_length=256 * 1024)] | None = Field(
+        None, description="A GBNF grammar (llama.cpp's format, start rule 'root') the answer must match.")
+    json_schema: dict[str, Any] | bool | None = Field(
+        None, description="The answer is JSON valid under this schema (a part rbee cannot turn into a "
+        "grammar is refused, naming it).")
+    logprobs: Annotated[int, Field(ge=0, le=20)] | None = Field(
+        None, description="Each token event carries its log-probability and this many likeliest alternatives.")
+    presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] = 0.0
+    frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] = 0.0
+    logit_bias: dict[Annotated[int, Field(ge=0)], Annotated[float, Field(ge=-100.0, le=100.0)]] = Field(
+        default_factory=dict, max_length=1024, description="Token id -> added to its logit.")
     hive: Identifier | None = Field(None, description="Serve it only on this hive's workers (the queen's "
                                     "routing; never sent on to the worker).")
 
@@ -153,11 +168,26 @@ class InferenceRequest(RequestModel):
     def _one_stop_string(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
 
+    @field_validator("json_schema")
+    @classmethod
+    def _convertible(cls, v: dict[str, Any] | bool | None) -> dict[str, Any] | bool | None:
+        if v is not None:
+            grammar.from_json_schema(v)  # a SchemaError (a ValueError) names the part it cannot handle
+        return v
+
     @model_validator(mode="after")
     def _prompt_or_messages(self) -> InferenceRequest:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("send exactly one of 'prompt' (text) and 'messages' (chat)")
+        if self.grammar is not None and self.json_schema is not None:
+            raise ValueError("send at most one of 'grammar' and 'json_schema'")
         return self
+
+    def answer_grammar(self) -> str | None:
+        """The GBNF the answer is held to, if any."""
+        if self.json_schema is not None:
+            return grammar.from_json_schema(self.json_schema)
+        return self.grammar
 
 
 class TokenEvent(WireModel):

@@ -31,11 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp as lc
+import numpy as np
 from llama_cpp import _ctypes_extensions
 
 from rbee.errors import ErrorCode
-from rbee.events import Done, Failed, Token
-from rbee.worker import cpu_reference, devices, prompt_cache, ram_cache, threadpool
+from rbee.events import Alternative, Done, Failed, Token, TokenLogprob
+from rbee.worker import cpu_reference, devices, logprobs, prompt_cache, ram_cache, threadpool
 from rbee.worker.devices import Device
 from rbee.worker.engine_api import EngineConfig, EngineError, Job, Sampling, Work
 from rbee.worker.textstream import TextStream
@@ -61,6 +62,8 @@ class _Sequence:
     generated: int = 0
     events: int = 0
     cached: int = 0  # prompt tokens whose KV the slot already held
+    guide: Any = None  # grammar and logprobs state, made on the first guided sample (_sample_guided)
+    logprobs: list[TokenLogprob] | None = None  # sampled tokens' logprobs not yet sent with text
 
 _backend_ready = threading.Lock()
 _backend_initialised = False
@@ -450,7 +453,8 @@ class Engine:
         ctx = self._ctx
         sample = self._sample
         for seq, row in rows:
-            self._on_token(seq, sample(seq.sampler, ctx, row))
+            self._on_token(seq, self._sample_guided(seq, row) if seq.job.work.sampling.guided
+                           else sample(seq.sampler, ctx, row))
 
     def _on_token(self, seq: _Sequence, token: int) -> None:
         job = seq.job
@@ -461,7 +465,7 @@ class Engine:
         piece = self._pieces.get(token)
         text = seq.text.push(piece if piece is not None else self._piece(token))
         if text:
-            job.emit(Token(text, seq.events))
+            job.emit(Token(text, seq.events) if seq.logprobs is None else Token(text, seq.events, _taken(seq)))
             seq.events += 1
         if seq.text.stopped:
             self._finish(seq, "stop")
@@ -475,7 +479,7 @@ class Engine:
         if reason != "cancelled":
             tail = seq.text.flush()
             if tail:
-                job.emit(Token(tail, seq.events))
+                job.emit(Token(tail, seq.events) if seq.logprobs is None else Token(tail, seq.events, _taken(seq)))
                 seq.events += 1
         done = Done(seq.generated, int((time.perf_counter() - seq.started) * 1000), reason,
                     prompt_tokens=len(job.work.prompt_tokens), cached_tokens=seq.cached,
@@ -504,13 +508,25 @@ class Engine:
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
         add = lc.llama_sampler_chain_add
         n_vocab = lc.llama_vocab_n_tokens(self._vocab)
+        if s.grammar is not None:  # first in the chain, which owns it; _sample_guided applies it only when needed
+            grammar = lc.llama_sampler_init_grammar(self._vocab, s.grammar.encode(), b"root")
+            if grammar:  # checked when the request came (grammar_error): failing here would be a bug
+                add(chain, grammar)
+            else:
+                log.error("a grammar that parsed before does not now; the answer is not constrained")
+        if s.logit_bias:  # llama.cpp copies the biases
+            biases = (lc.llama_logit_bias * len(s.logit_bias))(*[lc.llama_logit_bias(t, b) for t, b in s.logit_bias])
+            add(chain, lc.llama_sampler_init_logit_bias(n_vocab, len(s.logit_bias), biases))
         if s.ignore_eos:  # as llama-server does: end-of-generation tokens can never be sampled
             if self._eog_bias is None:
                 self._eog_bias = (lc.llama_logit_bias * len(self._eog))(
                     *[lc.llama_logit_bias(t, float("-inf")) for t in sorted(self._eog)])
             add(chain, lc.llama_sampler_init_logit_bias(n_vocab, len(self._eog), self._eog_bias))
-        if s.repeat_penalty != 1.0:
-            add(chain, lc.llama_sampler_init_penalties(n_vocab, 64, s.repeat_penalty, 0.0, 0.0))
+        if s.repeat_penalty != 1.0 or s.presence_penalty or s.frequency_penalty:
+            # OpenAI's penalties count every token of the answer so far; rbee's repeat_penalty the last 64.
+            last_n = self.config.ctx_size if s.presence_penalty or s.frequency_penalty else 64
+            add(chain, lc.llama_sampler_init_penalties(n_vocab, last_n, s.repeat_penalty, s.frequency_penalty,
+                                                       s.presence_penalty))
         if s.temperature <= 0:
             add(chain, lc.llama_sampler_init_greedy())
             return chain
@@ -524,6 +540,102 @@ class Engine:
         seed = s.seed if s.seed is not None else int.from_bytes(os.urandom(4), "little")
         add(chain, lc.llama_sampler_init_dist(seed))
         return chain
+
+    # ------------------------------------------------------------ guided sampling (grammar, logprobs)
+
+    _candidates: Any = None  # one vocabulary-wide llama_token_data array, filled per guided sample
+
+    def _sample_guided(self, seq: _Sequence, row: int) -> int:
+        """Sample ``seq``'s next token from batch row ``row`` with its grammar and/or noting logprobs.
+
+        The grammar as llama-server applies it: sample as if unconstrained, and only when the grammar
+        refuses that token (checked alone, microseconds) run it over the whole vocabulary (milliseconds)
+        and sample again. Nothing is ever accepted that the grammar refused: llama.cpp aborts on that.
+        """
+        guide = seq.guide
+        if guide is None:
+            guide = seq.guide = _Guide.of(seq.sampler, seq.job.work.sampling)
+            if guide.top is not None:
+                seq.logprobs = []
+        apply, accept, logits_of = _guided_calls()
+        logits = logits_of(self._ctx, row)
+        if guide.grammar is None:
+            token = self._sample(seq.sampler, self._ctx, row)
+        else:
+            cur, data = self._fill_candidates(logits)
+            for sampler in guide.rest:
+                apply(sampler, cur)
+            token = data[cur.contents.selected].id
+            if not self._allows(guide.grammar, token):
+                cur, data = self._fill_candidates(logits)
+                apply(guide.grammar, cur)
+                for sampler in guide.rest:
+                    apply(sampler, cur)
+                chosen = data[cur.contents.selected]
+                if chosen.logit == float("-inf"):  # nothing is allowed (the grammar is done, and EOG banned)
+                    return next(iter(self._eog))
+                token = chosen.id
+            accept(seq.sampler, token)
+        if guide.top is not None and token not in self._eog:
+            seq.logprobs.append(self._logprob(logits, token, guide.top))  # type: ignore[union-attr]
+        return token
+
+    def _fill_candidates(self, logits: Any) -> tuple[Any, Any]:
+        """The shared candidates array holding every token with its logit from ``logits``."""
+        n_vocab = self.metadata["vocab_size"]
+        if self._candidates is None:
+            data = (lc.llama_token_data * n_vocab)()
+            view = np.ctypeslib.as_array(data).view(np.dtype([("id", np.int32), ("logit", np.float32),
+                                                              ("p", np.float32)]))
+            array = lc.llama_token_data_array(data, n_vocab, -1, False)
+            self._candidates = (data, view, np.arange(n_vocab, dtype=np.int32), array, ctypes.pointer(array))
+        data, view, ids, array, pointer = self._candidates
+        view["id"] = ids
+        view["logit"] = np.ctypeslib.as_array(logits, shape=(n_vocab,))
+        array.size, array.selected, array.sorted = n_vocab, -1, False
+        return pointer, data
+
+    def _allows(self, grammar: Any, token: int) -> bool:
+        one = _one_candidate()
+        data, array, pointer = one
+        data[0].id, data[0].logit = token, 0.0
+        array.size, array.selected, array.sorted = 1, -1, False
+        _guided_calls()[0](grammar, pointer)
+        return data[0].logit != float("-inf")
+
+    def _logprob(self, logits: Any, token: int, top: int) -> TokenLogprob:
+        row = np.ctypeslib.as_array(logits, shape=(self.metadata["vocab_size"],))
+        chosen, best = logprobs.rank(row, token, top)
+        return TokenLogprob(self._alternative(token, chosen), tuple(self._alternative(t, lp) for t, lp in best))
+
+    def _alternative(self, token: int, logprob: float) -> Alternative:
+        piece = self._piece(token)
+        return Alternative(piece.decode("utf-8", "replace"), logprob, tuple(piece))
+
+    def grammar_error(self, grammar: str) -> str | None:
+        """Why llama.cpp cannot use ``grammar`` (GBNF, start rule ``root``), or None when it can."""
+        if self._vocab is None:
+            raise EngineError("no model is loaded")
+        sampler = lc.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
+        if not sampler:
+            return ("llama.cpp cannot parse it as GBNF with a start rule 'root' (or a rule refers to itself "
+                    "on its left)")
+        lc.llama_sampler_free(sampler)
+        return None
+
+    def grammar_matches(self, grammar: str, text: str) -> bool:
+        """Whether the grammar accepts exactly ``text``, token by token as the model would write it."""
+        sampler = lc.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
+        if not sampler:
+            raise EngineError("the grammar does not parse")
+        try:
+            for token in self.tokenize(text, add_special=False):
+                if not self._allows(sampler, token):
+                    return False
+                lc.llama_sampler_accept(sampler, token)
+            return self._allows(sampler, int(lc.llama_vocab_eos(self._vocab)))
+        finally:
+            lc.llama_sampler_free(sampler)
 
     def _piece(self, token: int) -> bytes:
         piece = self._pieces.get(token)
@@ -559,6 +671,51 @@ class Engine:
     def chat_template(self) -> str | None:
         raw = lc.llama_model_chat_template(self._model, None)
         return raw.decode("utf-8") if raw else None
+
+
+@dataclass(slots=True)
+class _Guide:
+    """A guided sequence's view of its sampler chain: the grammar (the chain's first member, if any)
+    apart from the rest, and how many alternatives its logprobs want (None: no logprobs)."""
+
+    grammar: Any
+    rest: list[Any]
+    top: int | None
+
+    @classmethod
+    def of(cls, chain: Any, sampling: Sampling) -> _Guide:
+        members = [lc.llama_sampler_chain_get(chain, i) for i in range(lc.llama_sampler_chain_n(chain))]
+        grammar = None
+        if sampling.grammar is not None and members and lc.llama_sampler_name(members[0]) == b"grammar":
+            grammar = members.pop(0)
+        return cls(grammar, members, sampling.logprobs)
+
+
+def _taken(seq: _Sequence) -> tuple[TokenLogprob, ...]:
+    """The logprobs of the tokens whose text goes out now."""
+    taken = tuple(seq.logprobs or ())
+    seq.logprobs = []
+    return taken
+
+
+@functools.cache
+def _guided_calls() -> tuple[Any, Any, Any]:
+    """llama_sampler_apply, llama_sampler_accept and llama_get_logits_ith, keeping the GIL (as sampling does)."""
+    return (_keeping_gil(lc.llama_sampler_apply), _keeping_gil(lc.llama_sampler_accept),
+            _keeping_gil(lc.llama_get_logits_ith))
+
+
+_one = threading.local()
+
+
+def _one_candidate() -> tuple[Any, Any, Any]:
+    """A one-token candidates array (per thread: the decode thread, and tests asking grammar_matches)."""
+    one = getattr(_one, "array", None)
+    if one is None:
+        data = (lc.llama_token_data * 1)()
+        array = lc.llama_token_data_array(data, 1, -1, False)
+        one = _one.array = (data, array, ctypes.pointer(array))
+    return one
 
 
 def _quantization(description: str) -> str | None:

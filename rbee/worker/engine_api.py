@@ -43,6 +43,16 @@ class Sampling:
     repeat_penalty: float = 1.0
     seed: int | None = None
     ignore_eos: bool = False
+    presence_penalty: float = 0.0  # OpenAI's: subtracted from the logit of every token already generated
+    frequency_penalty: float = 0.0  # OpenAI's: times how often it was generated
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
+    grammar: str | None = None  # GBNF the answer must match (checked before it gets here)
+    logprobs: int | None = None  # each token's log-probability and this many alternatives; None: none
+
+    @property
+    def guided(self) -> bool:
+        """Sampled on the engine's guided path (grammar, logprobs) rather than in one llama.cpp call."""
+        return self.grammar is not None or self.logprobs is not None
 
 
 @dataclass(frozen=True)

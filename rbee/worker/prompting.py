@@ -16,13 +16,32 @@ TOKENIZE_ON_LOOP_CHARS = 4096  # longer prompts take milliseconds to tokenize: n
 class Tokenizer:
     """What this needs of the engine (``rbee.worker.engine.Engine``)."""
 
+    metadata: dict
+
     def tokenize(self, text: str, add_special: bool = True) -> list[int]: ...
     def chat_template(self) -> str | None: ...
+    def grammar_error(self, grammar: str) -> str | None: ...
 
 
 def sampling_of(req: InferenceRequest) -> Sampling:
     return Sampling(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, min_p=req.min_p,
-                    repeat_penalty=req.repeat_penalty, seed=req.seed, ignore_eos=req.ignore_eos)
+                    repeat_penalty=req.repeat_penalty, seed=req.seed, ignore_eos=req.ignore_eos,
+                    presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
+                    logit_bias=tuple(sorted(req.logit_bias.items())), grammar=req.answer_grammar(),
+                    logprobs=req.logprobs)
+
+
+def check_sampling(sampling: Sampling, engine: Tokenizer) -> None:
+    """What only the loaded model can tell: token ids in its vocabulary, a grammar llama.cpp parses."""
+    vocab = engine.metadata.get("vocab_size")
+    bad = [t for t, _ in sampling.logit_bias if vocab is not None and t >= vocab]
+    if bad:
+        raise RbeeError(ErrorCode.INVALID_REQUEST, f"Invalid field 'logit_bias': token id {bad[0]} is not in this "
+                        f"model's vocabulary (ids 0-{vocab - 1}).", {"field": "logit_bias"})
+    if sampling.grammar is not None:
+        problem = engine.grammar_error(sampling.grammar)
+        if problem is not None:
+            raise RbeeError(ErrorCode.INVALID_REQUEST, f"Invalid field 'grammar': {problem}.", {"field": "grammar"})
 
 
 def fit(req: InferenceRequest, request_id: str, prompt_tokens: list[int], ctx_size: int) -> Work:
@@ -49,4 +68,6 @@ async def prepare(req: InferenceRequest, request_id: str, engine: Tokenizer, ctx
         tokens = engine.tokenize(text)
     else:
         tokens = await asyncio.get_running_loop().run_in_executor(None, engine.tokenize, text)
-    return fit(req, request_id, tokens, ctx_size)
+    work = fit(req, request_id, tokens, ctx_size)
+    check_sampling(work.sampling, engine)
+    return work
