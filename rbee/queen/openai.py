@@ -2,8 +2,11 @@
 
 Requests are routed and queued exactly like ``/v1/inference`` (through the Dispatcher); the worker
 renders chat messages with its model's template. The worker's events are reshaped into OpenAI
-objects, streamed (``chat.completion.chunk`` … ``data: [DONE]``) or whole. Errors keep rbee's
-envelope and add OpenAI's ``type``, so the official clients raise the matching exception.
+objects, streamed (``chat.completion.chunk`` … ``data: [DONE]``) or whole, with their logprobs when
+asked. With tools, the worker's answer is the tool-call JSON (``rbee.queen.tool_calls``): its calls
+become ``tool_calls`` (``finish_reason: "tool_calls"``), a reply in words streams as content.
+Errors keep rbee's envelope and add OpenAI's ``type``, so the official clients raise the matching
+exception. ``/v1/embeddings`` says plainly that no worker serves them.
 """
 
 from __future__ import annotations
@@ -12,16 +15,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from rbee.errors import ErrorCode, RbeeError
-from rbee.events import Done, Failed, Token
+from rbee.events import Done, Failed, Token, TokenLogprob
 from rbee.protocol import WorkerState
 from rbee.queen import openai_types as oa
+from rbee.queen import tool_calls
 from rbee.queen.appkeys import DISPATCHER, REGISTRY, SETTINGS
 from rbee.queen.auth import caller_of
 from rbee.queen.dispatch import Dispatcher, Upstream
@@ -31,7 +34,7 @@ from rbee.web import error_middleware, json_response, read_model, request_id_of
 
 log = logging.getLogger(__name__)
 
-PATHS = ("/v1/models", "/v1/chat/completions", "/v1/completions")
+PATHS = ("/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 routes = web.RouteTableDef()
 
 
@@ -90,47 +93,157 @@ async def get_model(request: web.Request) -> web.Response:
     return json_response(_model_object(name, served[live[0].reg.model_ref]))
 
 
+# ---------------------------------------------------------------- embeddings
+
+
+@routes.post("/v1/embeddings")
+async def embeddings(request: web.Request) -> web.Response:
+    raise RbeeError(ErrorCode.MODEL_NOT_FOUND,
+                    "No worker serves embeddings: rbee's workers (llm-worker-rbee) generate text, and none is "
+                    "started for embeddings. Use /v1/chat/completions or /v1/completions, or an embeddings server.",
+                    {"route": "/v1/embeddings", "embedding_workers": []})
+
+
 # ---------------------------------------------------------------- completions
 
 
-@dataclass(frozen=True)
-class Shape:
-    """How one route dresses the worker's events as OpenAI objects (one choice per request)."""
+class Reply:
+    """One choice, built from the worker's token events: its text, its logprobs, and in tool mode the
+    calls or the reply its JSON holds (``rbee.queen.tool_calls``)."""
 
-    kind: str  # the whole answer's "object"
-    chunk_kind: str  # each streamed chunk's "object"
-    id_prefix: str
-    chunk: Callable[[str | None, str | None], dict[str, Any]]  # (text or None at the end, finish reason)
-    whole: Callable[[str, str], dict[str, Any]]  # (text, finish reason)
-    opening: dict[str, Any] | None = None  # a first chunk before any text
+    def __init__(self, tool_mode: bool) -> None:
+        self.tool_mode = tool_mode
+        self._parts: list[str] = []
+        self._words = tool_calls.ReplyStream() if tool_mode else None
+        self.sent = ""  # the content streamed so far
+        self.logprobs: list[TokenLogprob] | None = None
+        self.unsent: list[TokenLogprob] = []  # logprobs not yet in a chunk
+
+    def add(self, token: Token) -> str:
+        """Take one event; returns the content a stream sends now (in tool mode, maybe nothing yet)."""
+        self._parts.append(token.text)
+        if token.logprobs is not None:
+            if self.logprobs is None:
+                self.logprobs = []
+            self.logprobs.extend(token.logprobs)
+            self.unsent.extend(token.logprobs)
+        text = token.text if self._words is None else self._words.feed(token.text)
+        self.sent += text
+        return text
+
+    def take_unsent(self) -> list[TokenLogprob] | None:
+        if self.logprobs is None:
+            return None
+        out, self.unsent = self.unsent, []
+        return out
+
+    @property
+    def text(self) -> str:
+        return "".join(self._parts)
+
+    def answer(self) -> tool_calls.Answer:
+        return tool_calls.parse(self.text) if self.tool_mode else tool_calls.Answer(content=self.text)
+
+    def finish_reason(self, done: Done, answer: tool_calls.Answer) -> str:
+        return "tool_calls" if answer.tool_calls and done.finish_reason == "stop" else oa.finish_reason(done)
 
 
-CHAT = Shape(
-    "chat.completion", "chat.completion.chunk", "chatcmpl",
-    chunk=lambda text, finish: {"index": 0, "delta": {} if text is None else {"content": text}, "logprobs": None,
-                                "finish_reason": finish},
-    whole=lambda text, finish: {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                                "finish_reason": finish},
-    opening={"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None},
-)
-# Legacy completions stream objects of the same kind as the whole answer (no ".chunk").
-TEXT = Shape(
-    "text_completion", "text_completion", "cmpl",
-    chunk=lambda text, finish: {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish},
-    whole=lambda text, finish: {"index": 0, "text": text, "logprobs": None, "finish_reason": finish},
-)
+def _chat_logprobs(entries: list[TokenLogprob] | None) -> dict[str, Any] | None:
+    return None if entries is None else {"content": [e.wire() for e in entries], "refusal": None}
+
+
+def _text_logprobs(entries: list[TokenLogprob] | None, offset: int = 0) -> dict[str, Any] | None:
+    """The legacy completions' shape: parallel lists, and a {token: logprob} map per position."""
+    if entries is None:
+        return None
+    offsets = []
+    for e in entries:
+        offsets.append(offset)
+        offset += len(e.chosen.token)
+    return {"tokens": [e.chosen.token for e in entries], "token_logprobs": [e.chosen.logprob for e in entries],
+            "top_logprobs": [{a.token: a.logprob for a in e.top} for e in entries], "text_offset": offsets}
+
+
+class ChatShape:
+    kind, chunk_kind, id_prefix = "chat.completion", "chat.completion.chunk", "chatcmpl"
+
+    @staticmethod
+    def opening(reply: Reply) -> dict[str, Any] | None:
+        # In tool mode the answer may be calls, which carry no content.
+        return {"index": 0, "delta": {"role": "assistant", "content": None if reply.tool_mode else ""},
+                "logprobs": None, "finish_reason": None}
+
+    @staticmethod
+    def delta(reply: Reply, text: str) -> dict[str, Any]:
+        return {"index": 0, "delta": {"content": text}, "logprobs": _chat_logprobs(reply.take_unsent()),
+                "finish_reason": None}
+
+    @staticmethod
+    def calls(reply: Reply, answer: tool_calls.Answer) -> list[dict[str, Any]]:
+        """The calls as OpenAI streams them: id and name first, then the arguments."""
+        out = []
+        for i, call in enumerate(answer.tool_calls):
+            head = {"index": i, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
+            out.append({"index": 0, "delta": {"tool_calls": [head]}, "logprobs": _chat_logprobs(reply.take_unsent()),
+                        "finish_reason": None})
+            out.append({"index": 0, "delta": {"tool_calls": [{"index": i, "function": {"arguments": call.arguments}}]},
+                        "logprobs": None, "finish_reason": None})
+        return out
+
+    @staticmethod
+    def ending(reply: Reply, finish: str) -> dict[str, Any]:
+        return {"index": 0, "delta": {}, "logprobs": _chat_logprobs(reply.take_unsent() or None), "finish_reason": finish}
+
+    @staticmethod
+    def whole(reply: Reply, answer: tool_calls.Answer, finish: str) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": answer.content, "refusal": None}
+        if answer.tool_calls:
+            message["tool_calls"] = [c.openai() for c in answer.tool_calls]
+        return {"index": 0, "message": message, "logprobs": _chat_logprobs(reply.logprobs), "finish_reason": finish}
+
+
+class TextShape:
+    # Legacy completions stream objects of the same kind as the whole answer (no ".chunk").
+    kind, chunk_kind, id_prefix = "text_completion", "text_completion", "cmpl"
+
+    @staticmethod
+    def opening(reply: Reply) -> dict[str, Any] | None:
+        return None
+
+    @staticmethod
+    def delta(reply: Reply, text: str) -> dict[str, Any]:
+        start = len(reply.sent) - len(text)
+        return {"index": 0, "text": text, "logprobs": _text_logprobs(reply.take_unsent(), start),
+                "finish_reason": None}
+
+    @staticmethod
+    def calls(reply: Reply, answer: tool_calls.Answer) -> list[dict[str, Any]]:
+        return []
+
+    @staticmethod
+    def ending(reply: Reply, finish: str) -> dict[str, Any]:
+        return {"index": 0, "text": "", "logprobs": _text_logprobs(reply.take_unsent() or None, len(reply.sent)),
+                "finish_reason": finish}
+
+    @staticmethod
+    def whole(reply: Reply, answer: tool_calls.Answer, finish: str) -> dict[str, Any]:
+        return {"index": 0, "text": answer.content or "", "logprobs": _text_logprobs(reply.logprobs),
+                "finish_reason": finish}
+
+
+Shape = type[ChatShape] | type[TextShape]
 
 
 @routes.post("/v1/chat/completions")
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     req = await read_model(request, oa.ChatCompletionRequest)
-    return await _complete(request, req, CHAT)
+    return await _complete(request, req, ChatShape)
 
 
 @routes.post("/v1/completions")
 async def completions(request: web.Request) -> web.StreamResponse:
     req = await read_model(request, oa.CompletionRequest)
-    return await _complete(request, req, TEXT)
+    return await _complete(request, req, TextShape)
 
 
 async def _complete(request: web.Request, req: oa.GenerationRequest, shape: Shape) -> web.StreamResponse:
@@ -142,15 +255,17 @@ async def _complete(request: web.Request, req: oa.GenerationRequest, shape: Shap
     dispatcher = request.app[DISPATCHER]
     upstream = await dispatcher.open(job, request_id=request_id, api_key=caller_of(request))
     log.info("dispatched", extra={"fields": {"worker_id": upstream.worker_id, "model": req.model,
-                                             "queued_ms": upstream.queued_ms, "api": shape.kind}})
+                                             "queued_ms": upstream.queued_ms, "api": shape.kind,
+                                             "user": req.safety_identifier or req.user}})
     head = {"id": f"{shape.id_prefix}-{request_id}", "created": int(time.time()), "model": req.model}
     headers = {"X-Rbee-Worker": upstream.worker_id, "X-Request-Id": request_id}
+    reply = Reply(req.tool_mode)
     client_gone = True
     try:
         if req.stream:
-            response = await _stream(request, dispatcher, upstream, req, headers, head, shape)
+            response = await _stream(request, dispatcher, upstream, req, headers, head, shape, reply)
         else:
-            response = await _whole(dispatcher, upstream, headers, head, shape)
+            response = await _whole(dispatcher, upstream, headers, head, shape, reply)
         client_gone = False
         return response
     finally:
@@ -158,16 +273,17 @@ async def _complete(request: web.Request, req: oa.GenerationRequest, shape: Shap
 
 
 async def _whole(dispatcher: Dispatcher, upstream: Upstream, headers: dict[str, str], head: dict[str, Any],
-                 shape: Shape) -> web.Response:
-    parts: list[str] = []
+                 shape: Shape, reply: Reply) -> web.Response:
     # Closed before the upstream is, so the dispatcher stops reading a stream we are done with.
     async with contextlib.aclosing(dispatcher.events(upstream)) as events:
         async for event in events:
             if isinstance(event, Token):
-                parts.append(event.text)
+                reply.add(event)
             elif isinstance(event, Done):
-                body = {**head, "object": shape.kind, "choices": [shape.whole("".join(parts), oa.finish_reason(event))],
-                        "usage": oa.usage(event), "system_fingerprint": None}
+                answer = reply.answer()
+                choice = shape.whole(reply, answer, reply.finish_reason(event, answer))
+                body = {**head, "object": shape.kind, "choices": [choice], "usage": oa.usage(event),
+                        "system_fingerprint": None}
                 return json_response(body, headers=headers)
             else:
                 raise _in_stream_error(event)
@@ -176,7 +292,7 @@ async def _whole(dispatcher: Dispatcher, upstream: Upstream, headers: dict[str, 
 
 
 async def _stream(request: web.Request, dispatcher: Dispatcher, upstream: Upstream, req: oa.GenerationRequest,
-                  headers: dict[str, str], head: dict[str, Any], shape: Shape) -> web.StreamResponse:
+                  headers: dict[str, str], head: dict[str, Any], shape: Shape, reply: Reply) -> web.StreamResponse:
     response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
     await response.prepare(request)
     extra = {"usage": None} if req.include_usage else {}
@@ -184,14 +300,17 @@ async def _stream(request: web.Request, dispatcher: Dispatcher, upstream: Upstre
     async def send(choices: list[dict[str, Any]], **more: Any) -> None:
         await response.write(frame({**head, "object": shape.chunk_kind, "choices": choices, **extra, **more}))
 
-    if shape.opening is not None:
-        await send([shape.opening])
+    opening = shape.opening(reply)
+    if opening is not None:
+        await send([opening])
     async with contextlib.aclosing(dispatcher.events(upstream)) as events:
         async for event in events:
             if isinstance(event, Token):
-                await send([shape.chunk(event.text, None)])
+                text = reply.add(event)
+                if text or not reply.tool_mode:
+                    await send([shape.delta(reply, text)])
             elif isinstance(event, Done):
-                await send([shape.chunk(None, oa.finish_reason(event))])
+                await _send_ending(send, shape, reply, event)
                 if req.include_usage:
                     await send([], usage=oa.usage(event))
                 break
@@ -200,6 +319,18 @@ async def _stream(request: web.Request, dispatcher: Dispatcher, upstream: Upstre
                 break
     await response.write(DONE_FRAME)
     return response
+
+
+async def _send_ending(send: Callable[..., Awaitable[None]], shape: Shape, reply: Reply, done: Done) -> None:
+    """What the tokens so far have not said yet (tool mode: the calls, the rest of a reply), then the end."""
+    answer = reply.answer()
+    rest = (answer.content or "")[len(reply.sent):] if answer.content is not None else ""
+    if rest and (answer.content or "").startswith(reply.sent):
+        reply.sent += rest
+        await send([shape.delta(reply, rest)])
+    for choice in shape.calls(reply, answer):
+        await send([choice])
+    await send([shape.ending(reply, reply.finish_reason(done, answer))])
 
 
 def _in_stream_error(event: Failed) -> RbeeError:
