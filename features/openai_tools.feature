@@ -26,6 +26,7 @@ Feature: OpenAI structured outputs, tool calls and logprobs
   Scenario: A streamed tool call is assembled by the client from its deltas
     When the OpenAI client streams at temperature 0 "What is the weather in Oslo?" with the weather tool required
     Then the answer calls the weather tool with arguments that validate, and ended for "tool_calls"
+    And its arguments arrived in pieces as the model wrote them
 
   Scenario: A named tool is the one called
     When the OpenAI client asks at temperature 0 "What time is it?" with the weather tool chosen by name

@@ -95,6 +95,7 @@ def step_tool_required(context, question):
 def step_tool_streamed(context, question):
     with context.openai.chat.completions.stream(model=MODEL, messages=_user(question), tools=[WEATHER],
                                                 tool_choice="required", temperature=0, max_tokens=100) as stream:
+        context.argument_deltas = sum(1 for e in stream if e.type == "tool_calls.function.arguments.delta")
         context.completion = stream.get_final_completion()
 
 
@@ -214,6 +215,11 @@ def step_called(context, reason):
     (call,) = choice.message.tool_calls
     assert call.type == "function" and call.function.name == "get_weather" and call.id, call
     WeatherArguments.model_validate_json(call.function.arguments)
+
+
+@then("its arguments arrived in pieces as the model wrote them")
+def step_arguments_streamed(context):
+    assert context.argument_deltas > 1, context.argument_deltas
 
 
 @then("the follow-up is answered in words from a prompt that held the tool's result")

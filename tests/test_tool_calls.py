@@ -96,3 +96,26 @@ def test_a_surrogate_pair_waits_for_its_second_half():
 def test_calls_do_not_stream_as_text():
     out, words = _stream(['{"tool_calls": [{"name": "get_weather", ', '"arguments": {"city": "Paris"}}]}'])
     assert out == ["", ""] and not words.replying and not words.undecided
+
+
+CALLS = ('{"tool_calls": [ {"name": "get_weather", "arguments":  {"city": "Pa\\"ris}", "days": [1, {"a": 2}], '
+         '"metric": true}\n} ,\n {"name":"get_time","arguments":{}}]}')
+
+
+@pytest.mark.parametrize("step", [1, 2, 5, len(CALLS)])
+def test_calls_stream_as_openais_deltas_however_the_text_is_cut(step):
+    calls = tc.CallStream()
+    deltas = [d for i in range(0, len(CALLS), step) for d in calls.feed(CALLS[i:i + step])]
+    assert calls.done and [c.name for c in calls.calls] == ["get_weather", "get_time"]
+    heads = [d for d in deltas if "id" in d]
+    assert [(h["index"], h["function"]["name"], h["function"]["arguments"]) for h in heads] == [
+        (0, "get_weather", ""), (1, "get_time", "")]
+    for index, call in enumerate(calls.calls):
+        streamed = "".join(d["function"]["arguments"] for d in deltas if d["index"] == index)
+        assert streamed == call.arguments and json.loads(streamed) == json.loads(tc.parse(CALLS).tool_calls[index]
+                                                                                .arguments)
+
+
+def test_a_reply_is_not_taken_for_calls():
+    calls = tc.CallStream()
+    assert calls.feed('{"response": "no calls, {\\"name\\": 1}"}') == [] and not calls.calls

@@ -115,6 +115,8 @@ class Reply:
         self.tool_mode = tool_mode
         self._parts: list[str] = []
         self._words = tool_calls.ReplyStream() if tool_mode else None
+        self._calls = tool_calls.CallStream() if tool_mode else None
+        self.call_deltas: list[dict[str, Any]] = []  # tool-call deltas not yet in a chunk
         self.sent = ""  # the content streamed so far
         self.logprobs: list[TokenLogprob] | None = None
         self.unsent: list[TokenLogprob] = []  # logprobs not yet in a chunk
@@ -127,9 +129,21 @@ class Reply:
                 self.logprobs = []
             self.logprobs.extend(token.logprobs)
             self.unsent.extend(token.logprobs)
-        text = token.text if self._words is None else self._words.feed(token.text)
+        if self._words is None:
+            text = token.text
+        else:
+            text = self._words.feed(token.text)
+            self.call_deltas = _merged(self.call_deltas + self._calls.feed(token.text))  # type: ignore[union-attr]
         self.sent += text
         return text
+
+    @property
+    def streamed_calls(self) -> bool:
+        return bool(self._calls is not None and self._calls.calls)
+
+    def take_call_deltas(self) -> list[dict[str, Any]]:
+        out, self.call_deltas = self.call_deltas, []
+        return out
 
     def take_unsent(self) -> list[TokenLogprob] | None:
         if self.logprobs is None:
@@ -146,6 +160,18 @@ class Reply:
 
     def finish_reason(self, done: Done, answer: tool_calls.Answer) -> str:
         return "tool_calls" if answer.tool_calls and done.finish_reason == "stop" else oa.finish_reason(done)
+
+
+def _merged(deltas: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tool-call deltas with one entry per call: a call's pieces in one chunk are joined."""
+    out: list[dict[str, Any]] = []
+    for d in deltas:
+        if out and out[-1]["index"] == d["index"] and "id" not in d:
+            fn = out[-1]["function"]
+            out[-1] = {**out[-1], "function": {**fn, "arguments": fn.get("arguments", "") + d["function"]["arguments"]}}
+        else:
+            out.append(d)
+    return out
 
 
 def _chat_logprobs(entries: list[TokenLogprob] | None) -> dict[str, Any] | None:
@@ -179,8 +205,16 @@ class ChatShape:
                 "finish_reason": None}
 
     @staticmethod
+    def call_delta(reply: Reply, deltas: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"index": 0, "delta": {"tool_calls": deltas}, "logprobs": _chat_logprobs(reply.take_unsent()),
+                "finish_reason": None}
+
+    @staticmethod
     def calls(reply: Reply, answer: tool_calls.Answer) -> list[dict[str, Any]]:
-        """The calls as OpenAI streams them: id and name first, then the arguments."""
+        """The calls as OpenAI streams them, id and name first, then the arguments (when they did not
+        stream as they were written)."""
+        if reply.streamed_calls:
+            return []
         out = []
         for i, call in enumerate(answer.tool_calls):
             head = {"index": i, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
@@ -215,6 +249,10 @@ class TextShape:
         start = len(reply.sent) - len(text)
         return {"index": 0, "text": text, "logprobs": _text_logprobs(reply.take_unsent(), start),
                 "finish_reason": None}
+
+    @staticmethod
+    def call_delta(reply: Reply, deltas: list[dict[str, Any]]) -> dict[str, Any]:
+        raise AssertionError("text completions have no tool calls")
 
     @staticmethod
     def calls(reply: Reply, answer: tool_calls.Answer) -> list[dict[str, Any]]:
@@ -309,6 +347,9 @@ async def _stream(request: web.Request, dispatcher: Dispatcher, upstream: Upstre
                 text = reply.add(event)
                 if text or not reply.tool_mode:
                     await send([shape.delta(reply, text)])
+                deltas = reply.take_call_deltas()
+                if deltas:
+                    await send([shape.call_delta(reply, deltas)])
             elif isinstance(event, Done):
                 await _send_ending(send, shape, reply, event)
                 if req.include_usage:

@@ -174,6 +174,103 @@ class ReplyStream:
         return out
 
 
+_CALLS_HEAD = re.compile(r'\{\s*"tool_calls"\s*:\s*\[\s*')
+_CALL_HEAD = re.compile(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*')
+_NEXT_CALL = re.compile(r'\s*\}\s*(,|\])\s*')
+
+
+class CallStream:
+    """Calls as they stream in, in OpenAI's deltas: a call's id and name once its name is whole, then
+    its ``arguments`` text piece by piece, as the model writes it (the grammar fixes the JSON's shape:
+    ``{"tool_calls": [{"name": ..., "arguments": ...}, ...]}``, name first)."""
+
+    def __init__(self) -> None:
+        self._raw = ""
+        self._pos = -1  # where reading continues; -1: the calls' head not seen (yet)
+        self._args = -1  # inside a call's arguments: where they started; -1: between calls
+        self._scan = _ValueScan()
+        self.calls: list[ToolCall] = []  # as streamed: arguments grow
+        self.done = False
+
+    def feed(self, piece: str) -> list[dict[str, Any]]:
+        """Add raw model text; returns the tool-call deltas it completes (maybe none)."""
+        self._raw += piece
+        out: list[dict[str, Any]] = []
+        if self._pos < 0:
+            head = _CALLS_HEAD.match(self._raw)
+            if head is None:
+                return out
+            self._pos = head.end()
+        while not self.done:
+            if self._args < 0:
+                call = _CALL_HEAD.match(self._raw, self._pos)
+                if call is None:
+                    break
+                name = json.loads(f'"{call.group(1)}"')
+                self.calls.append(ToolCall(new_call_id(), name, ""))
+                out.append(self.calls[-1].openai(len(self.calls) - 1) | {"function": {"name": name, "arguments": ""}})
+                self._args = self._pos = call.end()
+                self._scan = _ValueScan()
+            if not self._scan.started:  # whitespace before the arguments is not theirs
+                while self._pos < len(self._raw) and self._raw[self._pos].isspace():
+                    self._pos += 1
+            end = self._scan.feed(self._raw, self._pos)
+            fragment = self._raw[self._pos:end if end is not None else len(self._raw)]
+            self._pos = end if end is not None else len(self._raw)
+            if fragment:
+                i = len(self.calls) - 1
+                last = self.calls[i]
+                self.calls[i] = ToolCall(last.id, last.name, last.arguments + fragment)
+                out.append({"index": i, "function": {"arguments": fragment}})
+            if end is None:
+                break
+            after = _NEXT_CALL.match(self._raw, end)
+            if after is None:
+                break  # wait for what closes the call
+            self._args, self._pos = -1, after.end()
+            self.done = after.group(1) == "]"
+        return out
+
+
+class _ValueScan:
+    """Finds where one JSON value ends in text that arrives in pieces (strings and nesting tracked)."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.in_string = False
+        self.escaped = False
+        self.started = False
+
+    def feed(self, raw: str, pos: int) -> int | None:
+        """Scan ``raw`` from ``pos``; the index just past the value once it is whole, else None."""
+        for i in range(pos, len(raw)):
+            c = raw[i]
+            if self.in_string:
+                if self.escaped:
+                    self.escaped = False
+                elif c == "\\":
+                    self.escaped = True
+                elif c == '"':
+                    self.in_string = False
+                    if self.depth == 0:
+                        return i + 1
+                continue
+            if not self.started and c.isspace():
+                continue
+            if self.started and self.depth == 0 and (c in ",}]" or c.isspace()):
+                return i  # the end of a number, true, false or null
+            self.started = True
+            if c == '"':
+                self.in_string = True
+            elif c in "{[":
+                self.depth += 1
+            elif c in "}]":
+                self.depth -= 1
+                if self.depth == 0:
+                    return i + 1
+        return None
+
+
 def _decode_string(raw: str, pos: int) -> tuple[str, int, bool]:
     """Decode a JSON string's body from ``pos`` as far as it is complete: (text, new pos, ended)."""
     out = []
