@@ -64,6 +64,8 @@ def step_worker_ctx(context, slots, ctx):
 
 
 @given("a worker with {slots:d} slot and a drain timeout of {seconds:d} second")
+@given("a worker with {slots:d} slot and a drain timeout of {seconds:d} seconds")
+@given("a worker with {slots:d} slots and a drain timeout of {seconds:d} seconds")
 def step_worker_drain_timeout(context, slots, seconds):
     context.worker = context.cluster.start_worker(slots=slots, extra=("--drain-timeout", str(seconds)))
 
