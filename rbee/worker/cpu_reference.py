@@ -28,6 +28,8 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from rbee.worker.devices import bind_registry
+
 log = logging.getLogger(__name__)
 
 _DEVICE_CPU = 0  # enum ggml_backend_dev_type
@@ -82,12 +84,7 @@ def reference_kernels(ggml: ctypes.CDLL, enabled: bool = True) -> Iterator[Outco
 def _locate(ggml: ctypes.CDLL, outcome: Outcome) -> tuple[ctypes.c_void_p | None, _SetUseRef | None]:
     """The CPU device's ``init_backend`` entry and the backend's ``set_use_ref``, or Nones."""
     try:
-        ggml.ggml_backend_dev_by_type.argtypes = [ctypes.c_int]
-        ggml.ggml_backend_dev_by_type.restype = ctypes.c_void_p
-        ggml.ggml_backend_dev_backend_reg.argtypes = [ctypes.c_void_p]
-        ggml.ggml_backend_dev_backend_reg.restype = ctypes.c_void_p
-        ggml.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        ggml.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
+        bind_registry(ggml)
         ggml.ggml_backend_dev_name.argtypes, ggml.ggml_backend_dev_name.restype = [ctypes.c_void_p], ctypes.c_char_p
     except AttributeError as exc:
         outcome.reason = f"no ggml device API ({exc})"

@@ -27,6 +27,17 @@ class Device:
 _DEVICE_CPU, _DEVICE_GPU, _DEVICE_IGPU = 0, 1, 2  # enum ggml_backend_dev_type
 
 
+def bind_registry(ggml: ctypes.CDLL) -> None:
+    """Declare ggml's device-registry calls that find a backend's own entry points (the threadpool,
+    the CPU backend's reference kernels). Raises AttributeError when this libggml lacks them."""
+    ggml.ggml_backend_dev_by_type.argtypes = [ctypes.c_int]
+    ggml.ggml_backend_dev_by_type.restype = ctypes.c_void_p
+    ggml.ggml_backend_dev_backend_reg.argtypes = [ctypes.c_void_p]
+    ggml.ggml_backend_dev_backend_reg.restype = ctypes.c_void_p
+    ggml.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    ggml.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
+
+
 def enumerate_devices(ggml: ctypes.CDLL) -> list[Device]:
     """The CPU and every GPU in ggml's device registry (``ggml``: the loaded libggml, backends initialised)."""
     ggml.ggml_backend_dev_count.argtypes, ggml.ggml_backend_dev_count.restype = [], ctypes.c_size_t

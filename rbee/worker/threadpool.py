@@ -13,6 +13,8 @@ import ctypes
 import logging
 from typing import Any
 
+from rbee.worker.devices import bind_registry
+
 log = logging.getLogger(__name__)
 
 GGML_MAX_N_THREADS = 512
@@ -50,12 +52,7 @@ def attach(ggml: ctypes.CDLL, llama: ctypes.CDLL, ctx: Any, n_threads: int, poll
     Returns None (and ggml keeps making its own per graph) when the libraries lack any piece.
     """
     try:
-        ggml.ggml_backend_dev_by_type.argtypes = [ctypes.c_int]
-        ggml.ggml_backend_dev_by_type.restype = ctypes.c_void_p
-        ggml.ggml_backend_dev_backend_reg.argtypes = [ctypes.c_void_p]
-        ggml.ggml_backend_dev_backend_reg.restype = ctypes.c_void_p
-        ggml.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        ggml.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
+        bind_registry(ggml)
         ggml.ggml_threadpool_params_init.argtypes = [ctypes.POINTER(ThreadpoolParams), ctypes.c_int]
         ggml.ggml_threadpool_params_init.restype = None
         attach_fn = llama.llama_attach_threadpool
