@@ -12,7 +12,7 @@ from aiohttp import web
 
 from rbee import __version__
 from rbee.peer import Peers
-from rbee.queen import hives_api, metrics, nodes_api, openai, workers_api
+from rbee.queen import events_api, hives_api, metrics, nodes_api, openai, workers_api
 from rbee.queen.admission import AdmissionQueue
 from rbee.queen.appkeys import DISPATCHER, HIVES, PEERS, QUEUE, REGISTRY, SETTINGS
 from rbee.queen.auth import RATE_LIMITER, auth_middleware, rate_limit_middleware
@@ -73,4 +73,5 @@ def create_app(settings: QueenSettings) -> web.Application:
     nodes_api.setup(app)  # after the services: it wires the dispatcher's hive pin
     openai.setup(app)
     metrics.setup(app)
+    events_api.setup(app)  # after metrics and the services: it listens to the dispatcher beside them
     return app

@@ -1,6 +1,7 @@
 """Who may call the queen, and how much: API keys, the cluster key on control routes, per-key rate limits.
 
-- With ``--api-key`` set, every route but ``/health`` needs ``Authorization: Bearer <key>``.
+- With ``--api-key`` set, every route but ``/health`` and the dashboard's static files (``/ui``) needs
+  ``Authorization: Bearer <key>``.
 - The control routes (``/v2/...``) and ``/metrics`` also take the cluster key; with a cluster key
   set, the control routes need one of the keys even when no API key is configured.
 - Keys are compared in constant time and never logged: the rest of the queen knows a caller by
@@ -16,6 +17,7 @@ from rbee.queen.appkeys import SETTINGS
 from rbee.queen.ratelimit import RateLimiter
 
 OPEN_PATHS = frozenset({"/health"})
+OPEN_PREFIXES = ("/ui/",)  # the dashboard's static files: no data; it asks for the key itself
 GENERATING_PATHS = frozenset({"/v1/inference", "/v1/chat/completions", "/v1/completions"})
 
 CALLER = web.RequestKey("caller", str)  # fingerprint of the caller's key, or "addr-<ip>" on an open queen
@@ -35,7 +37,7 @@ def _accepted_keys(request: web.Request) -> list[str] | None:
     """The keys that may call this route, or None when it is open."""
     settings = request.app[SETTINGS]
     path = request.path
-    if path in OPEN_PATHS:
+    if path in OPEN_PATHS or path == "/ui" or path.startswith(OPEN_PREFIXES):
         return None
     keys = list(settings.api_keys)
     cluster_route = path.startswith("/v2/") or path == "/metrics"

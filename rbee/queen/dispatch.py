@@ -49,6 +49,9 @@ class Upstream:
     started: float = field(default_factory=time.monotonic)  # admission done, about to send the request
     first_token_at: float | None = None
     closed: bool = False  # we let go on purpose: a read failing after this is not the worker's fault
+    blocks: int = 0  # SSE blocks relayed so far (about one per token): the live view's tokens/s
+    done: Done | None = None  # the stamped done event, once relayed
+    broken: bool = False  # ended by the queen's error event (the worker broke, stalled or hung up)
 
     @property
     def worker_id(self) -> str:
@@ -68,6 +71,11 @@ class Hooks:
     def cancellation(self) -> None: ...
     def failover(self) -> None: ...
     def route(self, route: Route) -> None: ...
+    # A request's life, for the live view (rbee.queen.live): opened → dispatched → first token → ended.
+    def opened(self, request_id: str, model: str | None, caller: str) -> None: ...
+    def dispatched(self, upstream: Upstream) -> None: ...
+    def first_token(self, upstream: Upstream) -> None: ...
+    def ended(self, request_id: str, upstream: Upstream | None, outcome: str, error: str | None = None) -> None: ...
 
 
 class Dispatcher:
@@ -92,6 +100,22 @@ class Dispatcher:
 
     async def open(self, job: InferenceRequest, *, request_id: str, api_key: str | None = None,
                    on_wait: OnWait | None = None) -> Upstream:
+        """A worker's stream for ``job``; every request that comes here ends in ``hooks.ended`` (an
+        error or a client gone here, else at :meth:`close`)."""
+        self.hooks.opened(request_id, job.model, api_key or "")
+        try:
+            upstream = await self._open(job, request_id, api_key, on_wait)
+        except RbeeError as err:
+            self.hooks.ended(request_id, None, "error", str(err.code))
+            raise
+        except BaseException:
+            self.hooks.ended(request_id, None, "cancelled")
+            raise
+        self.hooks.dispatched(upstream)
+        return upstream
+
+    async def _open(self, job: InferenceRequest, request_id: str, api_key: str | None,
+                    on_wait: OnWait | None) -> Upstream:
         if job.hive is not None and self.check_hive is not None:
             self.check_hive(job.hive)
         body = job.model_dump(mode="json", exclude_none=True, exclude={"hive"})  # the pin is the queen's
@@ -210,6 +234,7 @@ class Dispatcher:
                     if upstream.first_token_at is None:
                         self._first_token(upstream)
                     blocks, _ = sse.split_blocks(out)
+                    upstream.blocks += len(blocks)
                     if any(sse.is_done(b) for b in blocks):
                         out = self._stamp_done(upstream, blocks)
                     yield out
@@ -244,6 +269,7 @@ class Dispatcher:
     def _first_token(self, upstream: Upstream) -> None:
         upstream.first_token_at = time.monotonic()
         self.hooks.ttft(upstream.first_token_at - upstream.started)
+        self.hooks.first_token(upstream)
 
     def _stamp_done(self, upstream: Upstream, blocks: list[bytes]) -> bytes:
         out = []
@@ -255,6 +281,7 @@ class Dispatcher:
                 done.ttft_ms = int(((upstream.first_token_at or time.monotonic()) - upstream.started) * 1000)
                 done.worker_id = upstream.worker_id
                 done.route = upstream.lease.route
+                upstream.done = done
                 self.hooks.tokens(done.total_tokens, upstream.model)
                 out.append(sse.frame_event(done))
             else:
@@ -262,6 +289,7 @@ class Dispatcher:
         return b"".join(out)
 
     async def _broken(self, upstream: Upstream, reason: str) -> bytes:
+        upstream.broken = True
         self.registry.unreachable(upstream.worker_id)
         # The cancel goes on in the background: across a link whose packets vanish it takes its whole
         # timeout, and the client must hear the error within the stall timeout, not after it.
@@ -282,6 +310,8 @@ class Dispatcher:
         finds room there rather than racing the cancel to an ``ALL_SLOTS_BUSY``."""
         upstream.closed = True
         upstream.response.release()
+        outcome = "cancelled" if client_gone else "error" if upstream.broken else "done"
+        self.hooks.ended(upstream.request_id, upstream, outcome, str(ErrorCode.WORKER_UNAVAILABLE) if upstream.broken else None)
         try:
             if client_gone:
                 self.hooks.cancellation()

@@ -40,6 +40,8 @@ class QueenSettings(ServerSettings):
     stall_timeout: float = Field(30.0, gt=0, description="Seconds without a byte from a streaming worker = failed.")
     rate_limit_rpm: int = Field(0, ge=0, description="Requests per minute per key on /v1 routes (0 = off).")
     rate_limit_concurrent: int = Field(0, ge=0, description="Generations running at once per key (0 = off).")
+    events_queue: int = Field(256, ge=1, le=65536, description="Events a /v2/events subscriber may fall behind "
+                              "by before it is dropped (it never slows the token path).")
     log_prompts: bool = Field(False, description="Log prompts and messages (off: they never reach the logs).")
     cache_routing: bool = Field(True, description="Send a request to the worker that most likely holds its "
                                 "prompt's prefix in its cache (learnt from routing history), within --max-load-gap.")
