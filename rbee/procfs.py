@@ -58,3 +58,9 @@ def meminfo_bytes(field: str, path: Path = PROC / "meminfo") -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def status_bytes(pid: int, field: str) -> int | None:
+    """One ``/proc/PID/status`` memory figure (``VmRSS``: resident now, ``VmHWM``: its peak) in bytes,
+    or None when the process is gone."""
+    return meminfo_bytes(field, PROC / str(pid) / "status")

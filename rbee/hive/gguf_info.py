@@ -1,8 +1,10 @@
-"""What a GGUF file says about itself: architecture, quantization, name, read from its header only.
+"""What a GGUF file says about itself, read from its header only: architecture, quantization, name
+(:func:`read_gguf_info`), and every scalar key with the tensor table (:func:`read_gguf_header`, for
+memory estimates).
 
-A small parser of the key/value section (the tensor data is never touched), because
-``gguf.GGUFReader`` maps every tensor and takes seconds on a real model. The file-type
-names come from the ``gguf`` package so they track llama.cpp's list.
+A small parser of the key/value section and the tensor infos (the tensor data is never touched),
+because ``gguf.GGUFReader`` maps every tensor and takes seconds on a real model. The file-type
+names and the quantization block sizes come from the ``gguf`` package so they track llama.cpp's.
 """
 
 from __future__ import annotations
@@ -18,6 +20,33 @@ _WANTED = ("general.architecture", "general.file_type", "general.name")
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
 _MAX_STRING = 64 * 1024 * 1024  # a tokenizer blob is large but never this large; beyond it the file is broken
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]
+    ggml_type: int
+
+    @property
+    def n_bytes(self) -> int:
+        """Its size in the file: elements over the type's block size, times the block's bytes."""
+        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+        block, size = GGML_QUANT_SIZES[GGMLQuantizationType(self.ggml_type)]
+        elements = 1
+        for n in self.shape:
+            elements *= n
+        return elements // block * size
+
+
+@dataclass(frozen=True)
+class GGUFHeader:
+    """Every scalar and string key, the length of every array key, and the tensor table."""
+
+    values: dict[str, Any]
+    array_lengths: dict[str, int]
+    tensors: tuple[TensorInfo, ...]
 
 
 class GGUFError(ValueError):
@@ -61,7 +90,41 @@ def read_gguf_info(path: Path | str) -> GGUFInfo:
         raise GGUFError(f"{path}: {exc}") from None
 
 
-def _parse(f: BinaryIO) -> GGUFInfo:
+def read_gguf_header(path: Path | str) -> GGUFHeader:
+    """All keys (arrays by length only) and the tensor infos of ``path``; raises :class:`GGUFError`."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            _, count_fmt, tensor_count, kv_count = _preamble(f)
+            values: dict[str, Any] = {}
+            lengths: dict[str, int] = {}
+            for _ in range(kv_count):
+                key = _read_string(f, count_fmt)
+                (vtype,) = _unpack(f, "<I")
+                if vtype == _ARRAY:
+                    lengths[key] = _skip_array(f, count_fmt)
+                else:
+                    values[key] = _read_value(f, vtype, count_fmt)
+            tensors = tuple(_read_tensor_info(f, count_fmt) for _ in range(tensor_count))
+    except struct.error:
+        raise GGUFError(f"{path}: the GGUF header is truncated") from None
+    except (UnicodeDecodeError, KeyError, ValueError) as exc:
+        raise GGUFError(f"{path}: malformed GGUF header ({exc.__class__.__name__})") from None
+    return GGUFHeader(values, lengths, tensors)
+
+
+def _read_tensor_info(f: BinaryIO, count_fmt: str) -> TensorInfo:
+    name = _read_string(f, count_fmt)
+    (n_dims,) = _unpack(f, "<I")
+    if n_dims > 8:
+        raise GGUFError(f"tensor {name} has {n_dims} dimensions")
+    shape = tuple(_unpack(f, count_fmt)[0] for _ in range(n_dims))
+    (ggml_type,) = _unpack(f, "<I")
+    _unpack(f, "<Q")  # its offset in the data section
+    return TensorInfo(name, shape, ggml_type)
+
+
+def _preamble(f: BinaryIO) -> tuple[int, str, int, int]:
     if f.read(4) != GGUF_MAGIC:
         raise GGUFError("not a GGUF file (bad magic)")
     (version,) = _unpack(f, "<I")
@@ -70,6 +133,11 @@ def _parse(f: BinaryIO) -> GGUFInfo:
     count_fmt = "<I" if version == 1 else "<Q"  # version 1 used 32-bit counts
     (tensor_count,) = _unpack(f, count_fmt)
     (kv_count,) = _unpack(f, count_fmt)
+    return version, count_fmt, tensor_count, kv_count
+
+
+def _parse(f: BinaryIO) -> GGUFInfo:
+    version, count_fmt, tensor_count, kv_count = _preamble(f)
     found: dict[str, Any] = {}
     for _ in range(kv_count):
         key = _read_string(f, count_fmt)
@@ -123,12 +191,18 @@ def _skip_value(f: BinaryIO, vtype: int, count_fmt: str) -> None:
         (length,) = _unpack(f, count_fmt)
         f.seek(length, 1)
     elif vtype == _ARRAY:
-        (item_type,) = _unpack(f, "<I")
-        (count,) = _unpack(f, count_fmt)
-        if item_type in _SCALARS:
-            f.seek(count * struct.calcsize(_SCALARS[item_type]), 1)
-        else:
-            for _ in range(count):
-                _skip_value(f, item_type, count_fmt)
+        _skip_array(f, count_fmt)
     else:
         raise GGUFError(f"unknown value type {vtype} in the header")
+
+
+def _skip_array(f: BinaryIO, count_fmt: str) -> int:
+    """Past an array value; returns how many items it held."""
+    (item_type,) = _unpack(f, "<I")
+    (count,) = _unpack(f, count_fmt)
+    if item_type in _SCALARS:
+        f.seek(count * struct.calcsize(_SCALARS[item_type]), 1)
+    else:
+        for _ in range(count):
+            _skip_value(f, item_type, count_fmt)
+    return count
