@@ -80,7 +80,7 @@ class AdmissionQueue:
             except RbeeError as err:
                 if err.code != ErrorCode.NO_IDLE_WORKERS or self.timeout <= 0:
                     raise
-        elif not self.registry.knows_model(model, hive):
+        elif not self.registry.knows_model(model, hive, exclude):
             self.registry.acquire(model, exclude, hive)  # raises NO_WORKERS / MODEL_NOT_FOUND
         if self.timeout <= 0:
             raise self._busy()

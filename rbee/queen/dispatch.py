@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 RETRYABLE = {ErrorCode.ALL_SLOTS_BUSY, ErrorCode.DRAINING, ErrorCode.MODEL_LOADING, ErrorCode.WORKER_UNAVAILABLE,
              ErrorCode.INTERNAL}
 Write = Callable[[bytes], Awaitable[None]]
+# Lost ALL_SLOTS_BUSY races one request may retry: each waits for a sign of room first (Registry.full),
+# so this bounds a worker that keeps saying it is idle and then busy, not ordinary contention.
+MAX_RACES = 8
 
 
 @dataclass
@@ -122,13 +125,14 @@ class Dispatcher:
         tried: set[str] = set()
         last_error: RbeeError | None = None
         queued_s = 0.0
+        failures = races = 0
         hashes, affinity = self._affinity(job)
-        for attempt in range(self.max_attempts):
+        while True:
             try:
                 lease, waited = await self._admit(job, api_key or "", frozenset(tried), on_wait, affinity)
             except RbeeError as err:
                 if last_error is not None and err.code in (ErrorCode.NO_IDLE_WORKERS, ErrorCode.NO_WORKERS):
-                    raise last_error from None  # say what actually went wrong with the workers we tried
+                    raise _pinned(job, last_error) from None  # say what went wrong with the workers we tried
                 raise
             queued_s += waited
             self.hooks.queue_wait(waited)
@@ -138,19 +142,25 @@ class Dispatcher:
                 self._give_back(lease)
                 if err.code not in RETRYABLE:
                     raise
-                if err.code != ErrorCode.ALL_SLOTS_BUSY:  # busy is a race lost, not a broken worker: wait again
+                if err.code == ErrorCode.ALL_SLOTS_BUSY:
+                    # A race lost (another queen, a slot not freed yet), not a broken worker: it counts as
+                    # full until it shows room, so the retry goes elsewhere or waits in the queue.
+                    self.registry.full(lease.worker_id)
+                    races += 1
+                else:
                     tried.add(lease.worker_id)
+                    failures += 1
                 last_error = err
                 self.hooks.failover()
                 log.warning("failover", extra={"fields": {"worker_id": lease.worker_id, "code": err.code,
-                                                          "attempt": attempt + 1}})
+                                                          "attempt": failures + races}})
+                if failures >= self.max_attempts or races >= MAX_RACES:
+                    raise _pinned(job, err) from None
                 continue
             self.hooks.route(lease.route)
             if self.prefixes is not None:
                 self.prefixes.record(lease.worker_id, hashes)
             return upstream
-        assert last_error is not None
-        raise last_error
 
     def _affinity(self, job: InferenceRequest) -> tuple[list[bytes], Affinity | None]:
         """The request's prefix hashes, and how deep each worker holds them (None: load alone decides)."""
@@ -329,6 +339,15 @@ class Dispatcher:
     def _give_back(self, lease: Lease) -> None:
         self.registry.release(lease)
         self.queue.slot_freed()
+
+
+def _pinned(job: InferenceRequest, err: RbeeError) -> RbeeError:
+    """The last worker's error; for a request pinned to a hive, saying that hive had no other worker."""
+    if job.hive is None:
+        return err
+    return RbeeError(err.code, f"{err.message} Hive '{job.hive}' has no other worker that could take it: "
+                     "check it with `rbee-keeper hives list`, or send the request without --hive.",
+                     {**err.details, "hive": job.hive}, retry_after=err.retry_after)
 
 
 def _unavailable(lease: Lease, why: str) -> RbeeError:

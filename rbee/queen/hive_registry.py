@@ -73,7 +73,11 @@ class HiveRegistry:
         return record
 
     def is_live(self, record: HiveRecord) -> bool:
-        return self._clock() - record.last_seen <= self.timeout
+        return self.silence(record) <= self.timeout
+
+    def silence(self, record: HiveRecord) -> float:
+        """Seconds since the hive's last registration or heartbeat."""
+        return self._clock() - record.last_seen
 
     def list(self) -> list[HiveRecord]:
         return list(self._hives.values())

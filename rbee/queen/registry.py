@@ -30,6 +30,9 @@ class WorkerRecord:
     leases: set[str] = field(default_factory=set)
     model_names: set[str] = field(default_factory=set)
     failures: int = 0  # consecutive failed probes
+    # The worker answered ALL_SLOTS_BUSY: its slots are taken by someone we do not see (another queen, a
+    # stream we let go of that it has not freed yet). No room until it shows some: see Registry.full.
+    full: bool = False
 
     @property
     def worker_id(self) -> str:
@@ -37,7 +40,7 @@ class WorkerRecord:
 
     @property
     def slots_available(self) -> int:
-        return max(0, self.reg.slots_total - len(self.leases))
+        return 0 if self.full else max(0, self.reg.slots_total - len(self.leases))
 
     def serves(self, model: str | None) -> bool:
         return model is None or model in self.model_names
@@ -162,6 +165,8 @@ class Registry:
     def heartbeat(self, worker_id: str, state: WorkerState | None, slots_available: int | None) -> WorkerRecord:
         record = self.get(worker_id)
         self.seen(worker_id)
+        if state == WorkerState.IDLE or (slots_available or 0) > 0:
+            record.full = False  # the worker says it has room
         if state is not None:
             if state not in ROUTABLE:
                 record.state = state
@@ -200,6 +205,14 @@ class Registry:
                 "Pick one of those or spawn a worker for this model.",
                 {"model": model, "available": known},
             )
+        if all(w.worker_id in exclude for w in serving):
+            where = f" on hive '{hive}'" if hive else ""
+            raise RbeeError(
+                ErrorCode.NO_WORKERS,
+                f"Every live worker for '{model}'{where} already failed this request, so waiting for one "
+                "would not help. Retry later, or check the workers with `rbee-keeper workers health`.",
+                {"model": model, "hive": hive, "tried": sorted(exclude)},
+            )
         candidates = [
             w for w in serving if w.state == WorkerState.IDLE and w.slots_available > 0 and w.worker_id not in exclude
         ]
@@ -222,8 +235,11 @@ class Registry:
         return any(w.state == WorkerState.IDLE and w.slots_available > 0 and w.serves(model) and w.on(hive)
                    for w in self._workers.values())
 
-    def knows_model(self, model: str | None, hive: str | None = None) -> bool:
-        return any(w.serves(model) and w.on(hive) for w in self._workers.values() if w.state != WorkerState.OFFLINE)
+    def knows_model(self, model: str | None, hive: str | None = None, exclude: frozenset[str] = frozenset()) -> bool:
+        """Some live worker (on ``hive``) serves ``model`` and has not failed this request (``exclude``):
+        worth waiting for."""
+        return any(w.serves(model) and w.on(hive) and w.worker_id not in exclude
+                   for w in self._workers.values() if w.state != WorkerState.OFFLINE)
 
     def hive_names(self) -> set[str]:
         """The hives (node names) that have workers here."""
@@ -240,6 +256,23 @@ class Registry:
         record.failures = 0
         if record.state == WorkerState.OFFLINE:
             record.state = WorkerState.IDLE
+            self._settle(record)
+            self._changed()
+
+    def full(self, worker_id: str) -> None:
+        """The worker answered ``ALL_SLOTS_BUSY``: it has no room whatever our leases say, until it shows
+        some (a heartbeat or probe saying idle, or one of our leases on it given back). Without this a
+        retry lands on it again at once and loses the same race."""
+        record = self._workers.get(worker_id)
+        if record is not None:
+            record.full = True
+            self._settle(record)
+
+    def room_seen(self, worker_id: str) -> None:
+        """The worker said it is idle (its health answer): a worker marked full has room again."""
+        record = self._workers.get(worker_id)
+        if record is not None and record.full:
+            record.full = False
             self._settle(record)
             self._changed()
 
@@ -271,5 +304,6 @@ class Registry:
         record = self._workers.get(lease.worker_id)
         if record is not None and lease.lease_id in record.leases:
             record.leases.discard(lease.lease_id)
+            record.full = False  # the slot our lease held there is free now
             self._settle(record)
             self._changed()

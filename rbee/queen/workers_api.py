@@ -56,7 +56,7 @@ async def workers_health(request: web.Request) -> web.Response:
 
     alive = await asyncio.gather(*(probe(session, r.reg.url, 2.0) for r in records))
     return json_response(
-        {"workers": [{"worker_id": r.worker_id, "url": r.reg.url, "state": r.state, "healthy": ok}
+        {"workers": [{"worker_id": r.worker_id, "url": r.reg.url, "state": r.state, "healthy": ok is not None}
                      for r, ok in zip(records, alive, strict=True)]}
     )
 

@@ -29,7 +29,8 @@ FREED = web.AppKey("freed", dict)  # request id -> asyncio.Event set once its sl
 
 
 async def health(request: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
+    full = len(request.app[RUNNING]) >= request.app[SCRIPT].slots
+    return json_response({"status": "ok", "state": "busy" if full else "idle"})  # as the real worker
 
 
 async def ready(request: web.Request) -> web.Response:
