@@ -163,6 +163,9 @@ def before_scenario(context, scenario):
 
 def after_scenario(context, scenario):
     _time_scenario(context, scenario)
+    browser = getattr(context, "browser", None)  # @ui: a failed page's screenshot beside the logs
+    if browser is not None:
+        browser.keep_failure(context.log_dir, scenario)
 
 
 def after_feature(context, feature: Feature):

@@ -199,6 +199,7 @@ class LiveHub(Hooks):
             return
         view.state, view.worker_id, view.queued_ms, view.upstream = (
             "dispatched", upstream.worker_id, upstream.queued_ms, upstream)
+        view.model = view.model or upstream.model  # the worker's model, when the request named none
         self._send(view)
 
     def first_token(self, upstream: Upstream) -> None:
