@@ -16,7 +16,7 @@ from typing import Any
 
 from rbee.client import HiveClient, QueenClient
 from rbee.flags import add_flag, env_name
-from rbee.keeper import cluster, config, fleet, hive_models, hives, infer, logfiles, records
+from rbee.keeper import cluster, config, fleet, hive_models, hives, infer, logfiles, records, top
 from rbee.keeper.config import OPTIONS, ConfigError, Resolved
 from rbee.keeper.failures import EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, EXIT_USAGE, KeeperError
 from rbee.keeper.output import Output
@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     _option(p, "model", metavar="REF", help="model for the worker (default: the built-in default model)")
     _sub(subs, "down", "stop what `rbee-keeper up` (or infer --keep) started", _down)
     _sub(subs, "status", "what runs locally, and its health", _status, [queen])
+    _sub(subs, "top", "the fleet live: workers, slots, queue, requests in flight (q quits); a snapshot when "
+         "not on a terminal", _top, [queen])
 
     workers = _sub(subs, "workers", "the queen's workers").add_subparsers(dest="action", metavar="ACTION",
                                                                            required=True)
@@ -192,6 +194,10 @@ def _down(args: argparse.Namespace, cfg: Resolved, out: Output) -> int:
 
 def _status(args: argparse.Namespace, cfg: Resolved, out: Output) -> int:
     return cluster.status(cfg.queen_url, cfg.api_key, out)
+
+
+def _top(args: argparse.Namespace, cfg: Resolved, out: Output) -> int:
+    return top.run(_queen(cfg), out)
 
 
 def _queen(cfg: Resolved) -> QueenClient:
