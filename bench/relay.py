@@ -5,7 +5,11 @@ own) is reached (1) directly, (2) through queen-rbee, with the source registered
 (3) through nginx as a reverse proxy with ``proxy_buffering off``. Prints the TTFT each relay adds
 at 1 stream and the aggregate events/s at 1, 16 and 64 concurrent streams, with ratios.
 
-    python bench/relay.py [--ttft-samples 300] [--concurrency 1,16,64] [--skip-nginx]
+With ``--dashboard``, also (4) through a second queen that has a dashboard subscribed to its
+``GET /v2/events`` (a child process reading and parsing every event, as the page does), measured
+interleaved with the plain queen: the live view's cost on the token path (target: within 5 %).
+
+    python bench/relay.py [--ttft-samples 300] [--concurrency 1,16,64] [--skip-nginx] [--dashboard]
 
 See bench/README.md. This is a script, not a test: nothing under tests/ or features/ runs it.
 """
@@ -100,6 +104,34 @@ def serve_source(port: int, rate: float) -> None:
     web.run_app(source_app(rate), host="127.0.0.1", port=port, print=None, access_log=None)
 
 
+def subscribe(queen_url: str) -> None:
+    """The dashboard's side (child process): read and parse every event of the queen's /v2/events,
+    reconnecting when dropped, until stopped; says how many it read and how often it was dropped."""
+    import json
+
+    from rbee import sse
+
+    events = drops = 0
+    try:
+        while True:
+            with requests.get(f"{queen_url}/v2/events", stream=True, timeout=(5, 60)) as r:
+                r.raise_for_status()
+                for kind, data in sse.iter_messages(r.iter_content(chunk_size=None)):
+                    if kind == "data":
+                        events += 1
+                        drops += json.loads(data).get("type") == "dropped"
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print(f"dashboard subscriber: {events} events read, dropped {drops}×", flush=True)
+
+
+def subscribers(queen_url: str) -> float:
+    """The queen's rbee_queen_event_subscribers gauge."""
+    text = requests.get(f"{queen_url}/metrics", timeout=10).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("rbee_queen_event_subscribers "))
+
+
 # ---------------------------------------------------------------- the paths under test
 
 
@@ -158,6 +190,7 @@ class Paths:
     urls: dict[str, str] = field(default_factory=dict)  # name -> base URL of /v1/inference
     children: list[ServiceProcess] = field(default_factory=list)
     relay_pgids: dict[str, int] = field(default_factory=dict)  # name -> process group doing the relaying
+    helper_pgids: list[int] = field(default_factory=list)  # ours too, but not a path (the dashboard subscriber)
 
     def stop(self) -> None:
         for child in reversed(self.children):
@@ -177,18 +210,19 @@ def start_paths(args: argparse.Namespace, tmp: Path, nginx: str | None) -> Paths
         paths.urls["direct"] = source_url
         paths.relay_pgids["direct"] = source.pid
 
-        queen_port = free_port()
-        queen_url = f"http://127.0.0.1:{queen_port}"
-        queen = ServiceProcess("queen-rbee", [str(Path(sys.executable).parent / "queen-rbee"), "--port",
-                                              str(queen_port)], tmp / "queen.log", f"{queen_url}/health")
-        paths.children.append(queen.start())
-        queen.wait_ready(60)
-        r = requests.post(f"{queen_url}/v2/workers/register", timeout=10, json={
-            "worker_id": SOURCE_ID, "url": source_url, "model_ref": SOURCE_MODEL, "slots_total": SOURCE_SLOTS})
-        if r.status_code != 200:
-            raise BenchError(f"queen refused to register the token source: HTTP {r.status_code} {r.text}")
-        paths.urls["queen"] = queen_url
-        paths.relay_pgids["queen"] = queen.pid
+        start_queen(paths, "queen", source_url, tmp)
+        if args.dashboard:
+            queen_url = start_queen(paths, "queen+dashboard", source_url, tmp)
+            sub = ServiceProcess("dashboard subscriber", [sys.executable, str(Path(__file__).resolve()),
+                                                          "--subscribe", queen_url], tmp / "subscriber.log",
+                                 f"{queen_url}/health")
+            paths.children.append(sub.start())
+            paths.helper_pgids.append(sub.pid)
+            deadline = time.monotonic() + 30
+            while subscribers(queen_url) < 1:
+                if time.monotonic() > deadline:
+                    raise BenchError(f"the dashboard subscriber did not subscribe within 30 s (see {tmp})")
+                time.sleep(0.1)  # poll interval
 
         if nginx is not None:
             nginx_port = free_port()
@@ -205,6 +239,24 @@ def start_paths(args: argparse.Namespace, tmp: Path, nginx: str | None) -> Paths
     except BaseException:
         paths.stop()
         raise
+
+
+def start_queen(paths: Paths, name: str, source_url: str, tmp: Path) -> str:
+    """A queen with the token source registered as its worker, as path ``name``. Returns its URL."""
+    queen_port = free_port()
+    queen_url = f"http://127.0.0.1:{queen_port}"
+    log = tmp / f"{name.replace('+', '-')}.log"
+    queen = ServiceProcess(name, [str(Path(sys.executable).parent / "queen-rbee"), "--port", str(queen_port)],
+                           log, f"{queen_url}/health")
+    paths.children.append(queen.start())
+    queen.wait_ready(60)
+    r = requests.post(f"{queen_url}/v2/workers/register", timeout=10, json={
+        "worker_id": SOURCE_ID, "url": source_url, "model_ref": SOURCE_MODEL, "slots_total": SOURCE_SLOTS})
+    if r.status_code != 200:
+        raise BenchError(f"{name} refused to register the token source: HTTP {r.status_code} {r.text}")
+    paths.urls[name] = queen_url
+    paths.relay_pgids[name] = queen.pid
+    return queen_url
 
 
 # ---------------------------------------------------------------- the client
@@ -262,7 +314,7 @@ async def measure_ttft(paths: Paths, samples: int, events: int, gate: QuietGate,
             rounds = min(TTFT_BLOCK, samples - done)
             for attempt in range(retries + 1):
                 await asyncio.to_thread(gate.wait)
-                gate.begin(*paths.relay_pgids.values())
+                gate.begin(*paths.relay_pgids.values(), *paths.helper_pgids)
                 block: dict[str, list[float]] = {name: [] for name in urls}
                 for i in range(done, done + rounds):
                     order = list(urls.items())
@@ -341,7 +393,7 @@ def report(args: argparse.Namespace, ttft: dict[str, list[float]], tput: dict[tu
         rows.append([name, f"{p50 * 1000:.3f}", f"{p99 * 1000:.3f}",
                      f"{(p50 - base50) * 1000:+.3f}" if added else "—", f"{(p99 - base99) * 1000:+.3f}" if added else "—"]
                     + [f"{median(tput[(name, c)]):,.0f}" for c in args.concurrency_levels])
-    pairs = [("queen", "direct"), ("nginx", "direct"), ("queen", "nginx")]
+    pairs = [("queen", "direct"), ("nginx", "direct"), ("queen", "nginx"), ("queen+dashboard", "queen")]
     for a, b in pairs:
         if a in names and b in names:
             rows.append([f"{a} / {b}", ratio(percentile(ttft[a], 50), percentile(ttft[b], 50)),
@@ -352,6 +404,9 @@ def report(args: argparse.Namespace, ttft: dict[str, list[float]], tput: dict[tu
     print("CPU time per 1,000 events (ms, median) of the process doing the work on each path: the relay for "
           "queen and nginx, the source itself for direct. Less sensitive to other load than events/s.")
     cpu_rows = [[name] + [f"{median(cpu[(name, c)]):.1f}" for c in args.concurrency_levels] for name in names]
+    if "queen+dashboard" in names:
+        cpu_rows.append(["queen+dashboard / queen"] + [ratio(median(cpu[("queen+dashboard", c)]),
+                                                             median(cpu[("queen", c)])) for c in args.concurrency_levels])
     if "queen" in names and "nginx" in names:
         cpu_rows.append(["queen / nginx"] + [ratio(median(cpu[("queen", c)]), median(cpu[("nginx", c)]))
                                              for c in args.concurrency_levels])
@@ -367,6 +422,12 @@ def report(args: argparse.Namespace, ttft: dict[str, list[float]], tput: dict[tu
     added50 = (percentile(ttft["queen"], 50) - base50) * 1000
     print(f"target queen adds ≤ 2 ms p50 TTFT: +{added50:.3f} ms → {'met' if added50 <= 2 else 'NOT met'}")
     top = max(args.concurrency_levels)
+    if "queen+dashboard" in names:
+        d50, q50 = percentile(ttft["queen+dashboard"], 50), percentile(ttft["queen"], 50)
+        worst = min(median(tput[("queen+dashboard", c)]) / median(tput[("queen", c)]) for c in args.concurrency_levels)
+        ok = d50 <= 1.05 * q50 and worst >= 0.95
+        print(f"target a dashboard subscriber costs ≤ 5 %: TTFT p50 {d50 / q50:.3f}× the plain queen's, "
+              f"throughput ≥ {worst:.3f}× at every concurrency → {'met' if ok else 'NOT met'}")
     if "nginx" in names:
         q, n = median(tput[("queen", top)]), median(tput[("nginx", top)])
         print(f"target queen ≥ 0.8× nginx throughput at {top} streams: {q / n:.2f}× → "
@@ -385,7 +446,7 @@ async def run_all(args: argparse.Namespace, paths: Paths, gate: QuietGate) -> No
             for name in names:  # interleaved
                 print(f"rep {rep + 1}/{args.reps}: {name}, {c} stream(s)", flush=True)
                 # The source and the relay on this path are ours; anything else busy is someone else's.
-                pgids = [paths.relay_pgids["direct"], paths.relay_pgids[name]]
+                pgids = [paths.relay_pgids["direct"], *paths.helper_pgids, paths.relay_pgids[name]]
                 wave = await measure_throughput(urls[name], pgids, c, args.events, gate, args.retries)
                 tput.setdefault((name, c), []).append(wave.events_per_s)
                 cpu.setdefault((name, c), []).append(wave.cpu_ms_per_1k)
@@ -403,7 +464,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--nginx-workers", type=int, default=1, help="nginx worker_processes (the queen is one process)")
     add_gate_args(p, "measurement")
     p.add_argument("--skip-nginx", action="store_true", help="do not run nginx")
+    p.add_argument("--dashboard", action="store_true",
+                   help="also measure a second queen with a dashboard subscribed to its /v2/events")
     p.add_argument("--serve-source", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the child's own mode
+    p.add_argument("--subscribe", metavar="QUEEN_URL", help=argparse.SUPPRESS)  # the subscriber child's mode
     args = p.parse_args(argv)
     args.concurrency_levels = sorted({int(c) for c in args.concurrency.split(",") if c.strip()})
     return args
@@ -413,6 +477,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.serve_source:
         serve_source(args.serve_source, args.rate)
+        return
+    if args.subscribe:
+        subscribe(args.subscribe)
         return
     exit_on_sigterm()
     nginx = None if args.skip_nginx else find_nginx()

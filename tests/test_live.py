@@ -1,11 +1,14 @@
 """The live view (rbee.queen.live) and GET /v2/events: a request's timeline as a real dispatcher reports
 it, throughput from the blocks relayed, a subscriber that stops reading dropped without the publisher
-ever waiting, and the stream itself on an in-process queen (snapshot first, changes after, key needed)."""
+ever waiting, and the stream itself on an in-process queen (snapshot first, changes after, key needed,
+a real HTTP client that never reads dropped and counted)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import time
 
 import aiohttp
 from aiohttp import web
@@ -18,6 +21,7 @@ from rbee.protocol import InferenceRequest, WorkerRegistration
 from rbee.queen.admission import AdmissionQueue
 from rbee.queen.app import create_app
 from rbee.queen.dispatch import Dispatcher
+from rbee.queen.events_api import LIVE
 from rbee.queen.live import LiveHub
 from rbee.queen.registry import Registry
 from rbee.queen.settings import QueenSettings
@@ -132,6 +136,8 @@ def test_events_need_the_key_open_with_a_snapshot_then_carry_the_fleet_changes()
                         seen.append(event["type"])
                         if event["type"] == "snapshot":
                             assert event["workers"] == [] and event["recent"] == []
+                            async with session.get(str(server.make_url("/metrics")), headers=auth) as m:
+                                assert "rbee_queen_event_subscribers 1.0" in await m.text()
                             reg = {"worker_id": "w9", "url": "http://127.0.0.1:9", "model_ref": "m",
                                    "slots_total": 3}
                             async with session.post(str(server.make_url("/v2/workers/register")), json=reg,
@@ -146,3 +152,40 @@ def test_events_need_the_key_open_with_a_snapshot_then_carry_the_fleet_changes()
 
     seen = asyncio.run(asyncio.wait_for(scenario(), 20))
     assert seen[0] == "snapshot" and seen[-1] == "fleet"
+
+
+def test_a_real_http_subscriber_that_never_reads_is_dropped_while_publishing_never_waits():
+    async def scenario():
+        app = create_app(QueenSettings(api_keys=[KEY], port=0, events_queue=8))
+        server = TestServer(app)
+        await server.start_server()
+        hub = app[LIVE]
+        sock = socket.create_connection((server.host, server.port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(f"GET /v2/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\r\n".encode())
+        try:
+            deadline = asyncio.get_running_loop().time() + 20
+            while not hub.subscribers:
+                assert asyncio.get_running_loop().time() < deadline, "never subscribed"
+                await asyncio.sleep(0.01)  # poll: the handler runs on this loop
+            slowest = 0.0
+            blob = "x" * 64 * 1024
+            while hub.dropped == 0:
+                assert asyncio.get_running_loop().time() < deadline, "the silent subscriber was never dropped"
+                started = time.perf_counter()
+                hub.publish({"type": "test", "blob": blob})
+                slowest = max(slowest, time.perf_counter() - started)
+                await asyncio.sleep(0.001)  # let the handler write (and block on the full socket)
+            auth = {"Authorization": f"Bearer {KEY}"}
+            async with aiohttp.ClientSession() as session, session.get(str(server.make_url("/metrics")),
+                                                                       headers=auth) as m:
+                text = await m.text()
+            return hub, slowest, text
+        finally:
+            sock.close()
+            await server.close()
+
+    hub, slowest, metrics = asyncio.run(scenario())
+    assert hub.dropped == 1 and not hub.subscribers
+    assert "rbee_queen_event_subscribers_dropped_total 1.0" in metrics
+    assert slowest < 0.05, f"one publish took {slowest * 1000:.1f} ms"

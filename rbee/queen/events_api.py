@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from rbee import sse
 from rbee.queen.appkeys import DISPATCHER, HIVES, QUEUE, REGISTRY, SETTINGS
@@ -81,6 +81,8 @@ def setup(app: web.Application) -> LiveHub:
                       "fell too far behind.", registry=app[METRICS].registry)
     hub = app[LIVE] = LiveHub(app[REGISTRY], app.get(HIVES), app[QUEUE], limit=app[SETTINGS].events_queue,
                               on_drop=dropped.inc)
+    Gauge("rbee_queen_event_subscribers", "Subscribers of /v2/events now.",
+          registry=app[METRICS].registry).set_function(lambda: len(hub.subscribers))
     app.cleanup_ctx.append(_lifetime)
     app.on_shutdown.append(_end_streams)
     app.router.add_get("/v2/events", events)
