@@ -20,6 +20,7 @@ from rbee.protocol import NodeAdd, NodeList, NodeLogQuery, NodeStarted, NodeStop
 from rbee.queen.appkeys import DISPATCHER, HIVE_CONTROL, HIVES, REGISTRY, SETTINGS
 from rbee.queen.hive_control import HiveControl, QueenAddress
 from rbee.queen.installer import Installer
+from rbee.queen.node_watch import NodeWatch
 from rbee.queen.nodes import NodeRegistry
 from rbee.queen.ssh import Ssh, SshOptions
 from rbee.queen.wheelhouse import WheelhouseBuilder
@@ -128,8 +129,8 @@ def _client_gone(request: web.Request) -> bool:
 
 
 async def _hive_control(app: web.Application) -> AsyncIterator[None]:
-    """The node registry (read from the state dir) and what acts on it; requests pinned to a hive are
-    checked against what it knows."""
+    """The node registry (read from the state dir), what acts on it, and the background look at its
+    machines; requests pinned to a hive are checked against what it knows."""
     s = app[SETTINGS]
     ssh = Ssh(SshOptions(config_file=s.ssh_config, connect_timeout=s.ssh_connect_timeout, attempts=s.ssh_attempts))
     nodes = await asyncio.to_thread(NodeRegistry, s.state_dir)
@@ -137,7 +138,16 @@ async def _hive_control(app: web.Application) -> AsyncIterator[None]:
         nodes, app[HIVES], app[REGISTRY], ssh, Installer(ssh, WheelhouseBuilder(s.wheelhouse_dir)),
         QueenAddress(s.host, s.port, s.advertise_url, s.cluster_key), start_timeout=s.hive_start_timeout)
     app[DISPATCHER].check_hive = control.check_pin
+    watch = None
+    if s.node_probe_interval > 0:
+        watch = asyncio.get_running_loop().create_task(NodeWatch(
+            nodes, lambda name: control.info(name).state == "online", ssh,
+            interval=s.node_probe_interval, timeout=min(3.0, s.node_probe_interval)).run())
     yield
+    if watch is not None:
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
 
 
 def setup(app: web.Application) -> None:

@@ -62,6 +62,9 @@ class QueenSettings(ServerSettings):
         None, description="ssh_config for every ssh the queen runs (default: ssh's own, ~/.ssh/config).")
     ssh_connect_timeout: float = Field(10.0, gt=0, le=300, description="Seconds an SSH connection may take.")
     ssh_attempts: int = Field(3, ge=1, le=10, description="Tries of an SSH connection that fails to connect.")
+    node_probe_interval: float = Field(
+        10.0, ge=0, description="Seconds between the queen's checks of added machines whose hive is not online "
+        "(one TCP connect to their SSH port), so `hives list` shows them unreachable or not (0 = off).")
     hive_start_timeout: float = Field(
         60.0, gt=0, description="Seconds `hives start` waits for the hive to register.")
     probe_interval: Annotated[float, NOT_A_FLAG] = Field(
