@@ -109,9 +109,9 @@ async def _held(server: TestServer, n: int, tokens: int = 400) -> AsyncIterator[
                 r.release()
 
 
-async def _served_by(dispatcher: Dispatcher, job: InferenceRequest) -> tuple[str, float]:
+async def _served_by(dispatcher: Dispatcher, job: InferenceRequest, request_id: str = "q-1") -> tuple[str, float]:
     started = time.monotonic()
-    upstream = await asyncio.wait_for(dispatcher.open(job, request_id="q-1"), DEADLINE_S)
+    upstream = await asyncio.wait_for(dispatcher.open(job, request_id=request_id), DEADLINE_S)
     try:
         return upstream.worker_id, time.monotonic() - started
     finally:
@@ -152,6 +152,26 @@ def test_a_lost_slot_race_with_no_other_room_waits_in_the_queue_until_the_worker
     worker, took = asyncio.run(scenario())
     assert worker == "only"
     assert took > 0.3, "it was served while the only slot was someone else's: the race was not real"
+
+
+def test_requests_that_all_lost_the_race_wait_together_and_do_not_free_the_slots_for_each_other():
+    """Two requests meet a worker whose two slots someone else holds: a refused lease given back is no
+    sign of room (else each one's give-back would send the other straight back into the race)."""
+
+    async def scenario() -> list[tuple[str, float]]:
+        only = await _scripted(2)
+        registry = Registry()
+        _register(registry, "only", only, 2)
+        try:
+            async with _held(only, 2, tokens=30), _queen(registry, queue_timeout=DEADLINE_S) as dispatcher:
+                return await asyncio.gather(*(_served_by(dispatcher, InferenceRequest(prompt="x", max_tokens=4),
+                                                         request_id=f"q-{i}") for i in range(2)))
+        finally:
+            await only.close()
+
+    served = asyncio.run(scenario())
+    assert [worker for worker, _ in served] == ["only", "only"]
+    assert all(took > 0.3 for _, took in served), served
 
 
 def test_a_request_pinned_to_a_hive_whose_only_worker_failed_it_is_answered_at_once_naming_the_hive():

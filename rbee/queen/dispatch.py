@@ -139,13 +139,15 @@ class Dispatcher:
             try:
                 upstream = await self._connect(lease, body, job.stream, request_id, int(queued_s * 1000))
             except RbeeError as err:
-                self._give_back(lease)
-                if err.code not in RETRYABLE:
-                    raise
-                if err.code == ErrorCode.ALL_SLOTS_BUSY:
+                busy = err.code == ErrorCode.ALL_SLOTS_BUSY
+                if busy:
                     # A race lost (another queen, a slot not freed yet), not a broken worker: it counts as
                     # full until it shows room, so the retry goes elsewhere or waits in the queue.
                     self.registry.full(lease.worker_id)
+                self._give_back(lease, held=not busy)
+                if err.code not in RETRYABLE:
+                    raise
+                if busy:
                     races += 1
                 else:
                     tried.add(lease.worker_id)
@@ -336,8 +338,8 @@ class Dispatcher:
                                   peer=f"Worker '{upstream.worker_id}'", ident={"worker_id": upstream.worker_id},
                                   next_step="", timeout=aiohttp.ClientTimeout(total=2))
 
-    def _give_back(self, lease: Lease) -> None:
-        self.registry.release(lease)
+    def _give_back(self, lease: Lease, held: bool = True) -> None:
+        self.registry.release(lease, held=held)
         self.queue.slot_freed()
 
 

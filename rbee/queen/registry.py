@@ -299,11 +299,13 @@ class Registry:
                 offline.append(record.worker_id)
         return offline, removed
 
-    def release(self, lease: Lease) -> None:
-        """Return a slot. Safe to call twice, and after the worker was removed."""
+    def release(self, lease: Lease, *, held: bool = True) -> None:
+        """Return a slot. Safe to call twice, and after the worker was removed. ``held``: the worker gave
+        the lease a slot, free there now (one refused with ``ALL_SLOTS_BUSY`` never had one)."""
         record = self._workers.get(lease.worker_id)
         if record is not None and lease.lease_id in record.leases:
             record.leases.discard(lease.lease_id)
-            record.full = False  # the slot our lease held there is free now
+            if held:
+                record.full = False  # the slot our lease held there is free now
             self._settle(record)
             self._changed()
