@@ -158,6 +158,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await supervisor.stop_all(settings.stop_grace)
         await asyncio.gather(*(link.deregister_worker(w) for w in supervisor.list()), *pending,
                              return_exceptions=True)
+        await link.close()
 
 
 def create_app(settings: HiveSettings) -> web.Application:

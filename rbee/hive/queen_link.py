@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from rbee import __version__
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 
 QUEEN = "The queen"
+LINK_WAIT_S = 0.5  # the longest a heartbeat round waits on any one queen (see Queens)
 START_THE_QUEEN = "Start queen-rbee, or fix --queen-url."
 
 
@@ -101,10 +103,16 @@ class QueenLink:
 
 class Queens:
     """Every queen this hive serves (``--queen-url A,B``: active-active, no shared store): each is told
-    everything, on its own, so one that is down or restarting never holds up the others."""
+    everything, on its own, so one that is down or restarting never holds up the others.
+
+    Heartbeats go to each queen as a task of its own, awaited for at most :data:`LINK_WAIT_S`: a queen
+    whose packets vanish (its machine died, its link was cut) answers nothing until the session's
+    timeout, and waiting for it would stretch every heartbeat to the others past their timeout. While
+    a queen's last heartbeat is still under way, the next one to it is skipped, not piled up."""
 
     def __init__(self, links: list[QueenLink]) -> None:
         self.links = links
+        self._inflight: dict[tuple[str, ...], asyncio.Task[None]] = {}
 
     @property
     def headers(self) -> dict[str, str]:
@@ -125,11 +133,38 @@ class Queens:
         await asyncio.gather(*(link.deregister_worker(worker) for link in self.links))
 
     async def heartbeat_worker(self, worker: ManagedWorker, state: str, slots_available: int) -> None:
-        results = await asyncio.gather(*(link.heartbeat_worker(worker, state, slots_available)
-                                         for link in self.links), return_exceptions=True)
-        for link, err in zip(self.links, results, strict=True):
-            if isinstance(err, RbeeError):
-                log.debug("heartbeat for %s to %s failed: %s", worker.worker_id, link.queen_url, err.message)
+        await self._each(("worker", worker.worker_id),
+                         lambda link: link.heartbeat_worker(worker, state, slots_available))
 
     async def heartbeat_hive(self, models: list[str], workers: int) -> None:
-        await asyncio.gather(*(link.heartbeat_hive(models, workers) for link in self.links))
+        await self._each(("hive",), lambda link: link.heartbeat_hive(models, workers))
+
+    async def _each(self, kind: tuple[str, ...], call: Callable[[QueenLink], Awaitable[None]]) -> None:
+        started = []
+        for link in self.links:
+            key = (*kind, link.queen_url)
+            previous = self._inflight.get(key)
+            if previous is not None and not previous.done():
+                continue  # that queen has not answered the last one yet
+            task = asyncio.get_running_loop().create_task(call(link))
+            task.add_done_callback(lambda t, url=link.queen_url, k=key: self._settled(k, url, t))
+            self._inflight[key] = task
+            started.append(task)
+        if started:
+            await asyncio.wait(started, timeout=LINK_WAIT_S)
+
+    def _settled(self, key: tuple[str, ...], url: str, task: asyncio.Task[None]) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        exc = None if task.cancelled() else task.exception()
+        if isinstance(exc, RbeeError):
+            log.debug("heartbeat to %s failed: %s", url, exc.message)
+        elif exc is not None:
+            log.warning("heartbeat to %s failed: %r", url, exc)
+
+    async def close(self) -> None:
+        """Stop the heartbeats still waiting on a queen."""
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
