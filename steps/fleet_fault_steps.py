@@ -9,28 +9,21 @@ keeps its state dir, so that a restarted queen is the same queen. Every fault pr
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
-import uuid
-from pathlib import Path
 
 from behave import given, then, when
 
-from rbee.client import HiveClient, QueenClient, WorkerClient
+from rbee.client import QueenClient, WorkerClient
 from rbee.testing.clients import BackgroundStream, at_once, wait_until
+from rbee.testing.fleet import (
+    CLUSTER_KEY,
+    ROUTED,
+    measured,
+    spawn_fleet_workers,
+    start_fleet_hive,
+    start_fleet_queen,
+)
 
-HIVE_PORT = 9200
-API_KEY = f"ak-{uuid.uuid4().hex}"      # clients of the queen
-CLUSTER_KEY = f"ck-{uuid.uuid4().hex}"  # queen, hives and workers among themselves (what listens beyond loopback is keyed)
-HEARTBEAT_TIMEOUT = 2  # seconds of silence before the queen drops a worker from routing
-STALL_TIMEOUT = 4      # seconds without a byte before the queen gives up on a stream (a cut link's bound)
-SLOTS = 2  # per worker: requests at once that fit the fleet never race a slot being freed
-# Inherited by the hives' workers: one llama.cpp thread each, so two workers (and whatever else runs
-# on a small CI machine) do not fight over the cores and stall a stream past the stall timeout.
-WORKER_ENV = {"RBEE_THREADS": "1"}
-ROUTED = ("idle", "busy")
 LONG = {"prompt": "Write a very long story about a bee who travels the world.", "max_tokens": 4000,
         "ignore_eos": True, "temperature": 0}
 WORDS = ["Apple", "Bridge", "Cloud", "Desert", "Engine", "Forest", "Garden", "Harbour", "Island", "Jungle"]
@@ -45,66 +38,14 @@ def _queen(context) -> QueenClient:
     return context.cluster.queen
 
 
-def _measured(context, what: str, seconds: float) -> None:
-    line = f"measured: {what}: {seconds:.2f} s"
-    context.fleet_timings.append(line)
-    print(line, file=sys.__stdout__, flush=True)  # past behave's capture, for the run's record
-
-
 # ---------------------------------------------------------------- the fleet
-
-
-def _start_hive(context, name: str) -> HiveClient:
-    host = context.testbed.host(name)
-    base = Path(context.log_dir) / context.fleet_run / name
-    base.mkdir(parents=True)
-    log = open(base / "hive.log", "ab")  # noqa: SIM115 - the hive's log, open for as long as it runs
-    context.add_cleanup(log.close)
-    host.run([f"{sys.prefix}/bin/rbee-hive", "--host", host.address, "--port", str(HIVE_PORT),
-              "--queen-url", context.control_queen_url, "--node-name", name, "--cluster-key", CLUSTER_KEY,
-              "--models-dir", str(base / "models"), "--log-dir", str(base / "logs")],
-             stdout=log, stderr=log, stdin=subprocess.DEVNULL, env={**os.environ, **WORKER_ENV})
-    hive = HiveClient(f"http://{host.address}:{HIVE_PORT}", api_key=CLUSTER_KEY)
-    wait_until(lambda: hive.get("/v1/health").status_code == 200, 30 * _k(context), what=f"the hive on {name}")
-    return hive
 
 
 @given("a queen on the control host and a hive with a worker on each of alpha and beta")
 def step_fleet(context):
-    bed = context.testbed
-    context.fleet_run = f"fleet-{uuid.uuid4().hex[:8]}"
-    context.fleet_timings = []
-    state = Path(context.log_dir) / context.fleet_run / "queen-state"
-    queen = context.cluster.start_queen(
-        "--host", "0.0.0.0", "--state-dir", str(state), "--heartbeat-timeout", str(HEARTBEAT_TIMEOUT),
-        "--stall-timeout", str(STALL_TIMEOUT), "--queue-timeout", "120", "--api-key", API_KEY,
-        "--cluster-key", CLUSTER_KEY)
-    queen.session.headers["Authorization"] = f"Bearer {API_KEY}"
-    port = queen.base_url.rsplit(":", 1)[1]
-    context.control_queen_url = f"http://{bed.control_address}:{port}"
-    context.fleet_hives = {name: _start_hive(context, name) for name in ("alpha", "beta")}
-    names = list(context.fleet_hives)
-    answers = at_once(*[lambda h=context.fleet_hives[n]: h.post(  # the hive answers once its worker is ready
-        "/v1/workers/spawn", json={"slots": SLOTS, "wait": True}, timeout=180 * _k(context)) for n in names],
-        timeout=200 * _k(context))
-    spawned = {}
-    for name, r in zip(names, answers, strict=True):
-        assert not isinstance(r, BaseException) and r.status_code == 200, (name, r if isinstance(r, BaseException)
-                                                                         else r.text)
-        spawned[name] = r.json()["worker_id"]
-    for name, worker_id in spawned.items():
-        wait_until(lambda w=worker_id: (info := queen.worker(w)) is not None and info.state == "idle",
-                   180 * _k(context), what=f"worker {worker_id} on {name} registered and idle at the queen")
-    context.fleet_workers = spawned  # host -> worker id
-    context.fleet_worker_urls = {name: queen.worker(w).url for name, w in spawned.items()}
-    for name, url in context.fleet_worker_urls.items():
-        assert url.startswith(f"http://{bed.host(name).address}:"), (name, url)
-    # A cold worker's first answer can take longer than the stall timeout on a busy machine: each
-    # answers once, asked directly, before the queen sends it anything.
-    for name, url in context.fleet_worker_urls.items():
-        warm = WorkerClient(url, api_key=CLUSTER_KEY).stream("/v1/inference", {"prompt": "Hello", "max_tokens": 2, "ignore_eos": True},
-                                        read_timeout=120 * _k(context))
-        assert warm.status == 200 and warm.terminated and warm.done, (name, warm.status, warm.error)
+    start_fleet_queen(context)
+    context.fleet_hives = {name: start_fleet_hive(context, name) for name in ("alpha", "beta")}
+    spawn_fleet_workers(context, context.fleet_hives)
 
 
 def _host_of(context, worker_id: str) -> str:
@@ -180,7 +121,7 @@ def step_leaves(context, n):
     worker_id = context.fleet_workers[context.victim]
     wait_until(lambda: not _routed(context, worker_id), n * _k(context),
                what=f"worker {worker_id} out of routing after the {context.fault}")
-    _measured(context, f"{context.fault} on {context.victim}: worker out of routing",
+    measured(context, f"{context.fault} on {context.victim}: worker out of routing",
               time.monotonic() - context.fault_at)
 
 
@@ -189,7 +130,7 @@ def step_stream_ends(context, code, n):
     stream = context.stream
     left = n * _k(context) - (time.monotonic() - context.fault_at)
     stream.wait_finished(max(0.0, left))
-    _measured(context, f"{context.fault} on {context.victim}: stream ended", time.monotonic() - context.fault_at)
+    measured(context, f"{context.fault} on {context.victim}: stream ended", time.monotonic() - context.fault_at)
     errors = [e["error"] for e in stream.events if "error" in e]
     assert errors and errors[-1]["code"] == code, stream.events[-3:]
     assert stream.terminated, f"no [DONE] after {stream.events[-3:]}"
@@ -222,14 +163,14 @@ def _hive_live(context, name: str) -> bool | None:
 def step_hive_not_live(context):
     wait_until(lambda: _hive_live(context, context.victim) is False, 10 * _k(context),
                what=f"the queen's hives list showing {context.victim} not live")
-    _measured(context, f"{context.fault} on {context.victim}: hive not live", time.monotonic() - context.fault_at)
+    measured(context, f"{context.fault} on {context.victim}: hive not live", time.monotonic() - context.fault_at)
 
 
 @then("the queen's hives list shows that host live")
 def step_hive_live(context):
     wait_until(lambda: _hive_live(context, context.victim) is True, 5 * _k(context),
                what=f"the queen's hives list showing {context.victim} live")
-    _measured(context, f"{context.fault} on {context.victim}: hive live again", time.monotonic() - context.fault_at)
+    measured(context, f"{context.fault} on {context.victim}: hive live again", time.monotonic() - context.fault_at)
 
 
 @then("its worker is back in routing within {n:d} seconds")
@@ -237,7 +178,7 @@ def step_back(context, n):
     worker_id = context.fleet_workers[context.victim]
     wait_until(lambda: (info := _queen(context).worker(worker_id)) is not None and info.state == "idle",
                n * _k(context), what=f"worker {worker_id} back in routing after the {context.fault}")
-    _measured(context, f"{context.fault} on {context.victim}: worker back in routing",
+    measured(context, f"{context.fault} on {context.victim}: worker back in routing",
               time.monotonic() - context.fault_at)
 
 
@@ -270,5 +211,5 @@ def step_routes_again(context, n):
     for name, worker_id in context.fleet_workers.items():
         wait_until(lambda w=worker_id: _routed(context, w), n * _k(context) - (time.monotonic() - context.queen_back_at),
                    what=f"worker {worker_id} on {name} registered again with the restarted queen")
-        _measured(context, f"queen restarted: worker on {name} re-registered",
+        measured(context, f"queen restarted: worker on {name} re-registered",
                   time.monotonic() - context.queen_back_at)

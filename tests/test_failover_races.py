@@ -76,8 +76,9 @@ async def _queen(registry: Registry, queue_timeout: float, hives: HiveRegistry |
     async with aiohttp.ClientSession() as session:
         peers = Peers(session, None)
         dispatcher = Dispatcher(registry, peers, AdmissionQueue(registry, 8, queue_timeout))
-        if hives is not None:
+        if hives is not None:  # as the app wires it
             dispatcher.cold_start = ColdStarter(hives, peers).provide
+            dispatcher.require_live_hive = hives.require_live
         prober = asyncio.ensure_future(probe_loop(registry, session, interval=0.2, heartbeat_timeout=30,
                                                   remove_after=60))
         try:
@@ -198,7 +199,7 @@ def test_a_request_pinned_to_a_hive_whose_only_worker_failed_it_is_answered_at_o
 
 
 def test_a_request_pinned_to_a_silent_hive_without_live_workers_is_told_the_hive_is_offline():
-    async def scenario() -> RbeeError:
+    async def scenario() -> list[RbeeError]:
         worker = await _scripted(1)
         now = [1000.0]
         hives = HiveRegistry(timeout=3.0, clock=lambda: now[0])
@@ -209,11 +210,16 @@ def test_a_request_pinned_to_a_silent_hive_without_live_workers_is_told_the_hive
         now[0] += 10  # and the hive's heartbeats stopped
         await worker.close()
         async with _queen(registry, queue_timeout=DEADLINE_S, hives=hives) as dispatcher:
-            with pytest.raises(RbeeError) as refused:
-                await asyncio.wait_for(dispatcher.open(InferenceRequest(prompt="x", model="m", hive="alpha"),
-                                                       request_id="q-1"), DEADLINE_S)
-            return refused.value
+            errors = []
+            for model in ("m", None):  # named, or the default model (no cold start for that)
+                with pytest.raises(RbeeError) as refused:
+                    await asyncio.wait_for(dispatcher.open(InferenceRequest(prompt="x", model=model, hive="alpha"),
+                                                           request_id="q-1"), DEADLINE_S)
+                errors.append(refused.value)
+            return errors
 
-    err = asyncio.run(scenario())
+    named, default = asyncio.run(scenario())
+    assert default.code == ErrorCode.HIVE_OFFLINE and "alpha" in default.message
+    err = named
     assert err.code == ErrorCode.HIVE_OFFLINE
     assert "alpha" in err.message and "rbee-keeper hives start alpha" in err.message and "10 s" in err.message

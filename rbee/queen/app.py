@@ -46,6 +46,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         )
         starter = ColdStarter(app[HIVES], peers)
         app[DISPATCHER].cold_start = starter.provide
+        app[DISPATCHER].require_live_hive = app[HIVES].require_live
         prober = asyncio.get_running_loop().create_task(probe_loop(
             app[REGISTRY], session, interval=settings.probe_interval,
             heartbeat_timeout=settings.heartbeat_timeout, remove_after=settings.remove_after,

@@ -46,7 +46,7 @@ class ColdStarter:
 
     async def _provide(self, model: str, pinned: str | None) -> bool:
         if pinned is not None:
-            self._require_live(pinned, model)
+            self.hives.require_live(pinned, model)
         last: RbeeError | None = None
         for hive in self.hives.candidates(model):
             if pinned is not None and hive.hive_id != pinned:
@@ -61,18 +61,6 @@ class ColdStarter:
         if last is not None:
             raise last
         return False
-
-    def _require_live(self, name: str, model: str) -> None:
-        """A request pinned to a hive that has no live worker for it, and whose hive is silent, can't be
-        served there: say so at once (503 ``HIVE_OFFLINE``) rather than let it wait for nothing."""
-        hive = self.hives.find(name)
-        if hive is not None and self.hives.is_live(hive):
-            return
-        silent = f"no heartbeat for {self.hives.silence(hive):.0f} s" if hive else "it never registered here"
-        raise RbeeError(ErrorCode.HIVE_OFFLINE,
-                        f"Hive '{name}' is offline ({silent}) and has no live worker for '{model}'. Start it "
-                        f"(`rbee-keeper hives start {name}`) or check its machine, then retry; or send the "
-                        "request without --hive so any hive may serve it.", {"hive": name, "model": model})
 
     async def _spawn(self, hive: HiveRecord, model: str) -> None:
         await self.peers.call(

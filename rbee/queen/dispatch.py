@@ -98,6 +98,8 @@ class Dispatcher:
         self.cold_start: Callable[[str, str | None], Awaitable[bool]] | None = None
         # Set by the app: raises HIVE_NOT_FOUND for a pin to a hive the queen does not know.
         self.check_hive: Callable[[str], None] | None = None
+        # Set by the app: raises HIVE_OFFLINE for a pin to a silent hive (HiveRegistry.require_live).
+        self.require_live_hive: Callable[[str, str | None], None] | None = None
 
     # ------------------------------------------------------------ opening
 
@@ -179,6 +181,8 @@ class Dispatcher:
         try:
             return await self.queue.admit(model, key, tried, on_wait, hive, affinity)
         except RbeeError as err:
+            if err.code == ErrorCode.NO_WORKERS and hive is not None and self.require_live_hive is not None:
+                self.require_live_hive(hive, model)  # no live worker there: is the hive itself gone?
             cold = err.code in (ErrorCode.MODEL_NOT_FOUND, ErrorCode.NO_WORKERS) and not tried
             if not (cold and model and self.cold_start is not None
                     and await self._cold_start(model, on_wait, hive)):

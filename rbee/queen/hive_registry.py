@@ -79,6 +79,19 @@ class HiveRegistry:
         """Seconds since the hive's last registration or heartbeat."""
         return self._clock() - record.last_seen
 
+    def require_live(self, name: str, model: str | None = None) -> None:
+        """For a request pinned to hive ``name`` that has no live worker for it: 503 ``HIVE_OFFLINE`` at once
+        when the hive itself is silent too (no one there can start a worker), rather than a wait for nothing."""
+        hive = self._hives.get(name)
+        if hive is not None and self.is_live(hive):
+            return
+        silent = f"no heartbeat for {self.silence(hive):.0f} s" if hive else "it never registered here"
+        what = f" for '{model}'" if model else ""
+        raise RbeeError(ErrorCode.HIVE_OFFLINE,
+                        f"Hive '{name}' is offline ({silent}) and has no live worker{what}. Start it "
+                        f"(`rbee-keeper hives start {name}`) or check its machine, then retry; or send the "
+                        "request without --hive so any hive may serve it.", {"hive": name, "model": model})
+
     def list(self) -> list[HiveRecord]:
         return list(self._hives.values())
 
