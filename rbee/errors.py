@@ -50,6 +50,8 @@ class ErrorCode(StrEnum):
     SSH_HOST_KEY_CHANGED = "SSH_HOST_KEY_CHANGED"
     SSH_HOST_KEY_UNKNOWN = "SSH_HOST_KEY_UNKNOWN"
     SSH_FAILED = "SSH_FAILED"
+    REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
+    TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"
     INTERNAL = "INTERNAL"
 
 
@@ -66,6 +68,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.WORKER_NOT_FOUND: 404,
     ErrorCode.MODEL_NOT_FOUND: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.REQUEST_TIMEOUT: 408,
     ErrorCode.WORKER_ALREADY_REGISTERED: 409,
     ErrorCode.HIVE_ALREADY_EXISTS: 409,
     ErrorCode.HIVE_RUNNING: 409,
@@ -93,6 +96,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.QUEUE_TIMEOUT: 503,
     ErrorCode.DRAINING: 503,
     ErrorCode.MODEL_LOADING: 503,
+    ErrorCode.TOO_MANY_CONNECTIONS: 503,
     ErrorCode.INTERNAL: 500,
 }
 
@@ -106,6 +110,7 @@ DEFAULT_RETRY_AFTER: dict[ErrorCode, int] = {
     ErrorCode.QUEUE_TIMEOUT: 1,
     ErrorCode.DRAINING: 5,
     ErrorCode.MODEL_LOADING: 1,
+    ErrorCode.TOO_MANY_CONNECTIONS: 1,
 }
 
 

@@ -9,6 +9,7 @@ from typing import Annotated, ClassVar, Literal, TypeVar
 from pydantic import AfterValidator, BaseModel, Field
 
 from rbee.auth import INSECURE_WARNING, is_loopback, open_to_network, strong_key
+from rbee.listener import ListenLimits
 
 EventLoop = Literal["auto", "uvloop", "asyncio"]  # what rbee.web.new_event_loop makes
 
@@ -30,6 +31,18 @@ class ServerSettings(BaseModel):
     log_level: Annotated[str, AfterValidator(_log_level)] = Field("INFO", description="Logging level.")
     insecure_no_auth: bool = Field(False, description="Listen beyond loopback with no key, on purpose: anyone "
                                    "who can reach this server can use it (logged loudly, and said on /health).")
+    header_timeout: float = Field(10.0, gt=0, le=3600, description="Seconds a client gets to send a whole "
+                                  "request head (request line and headers), from connecting or from the first "
+                                  "byte of a later request; then 408 and the connection is closed.")
+    keepalive_timeout: float = Field(75.0, gt=0, le=86400, description="Seconds an idle keep-alive connection "
+                                     "stays open between requests.")
+    max_conns_per_client: int = Field(256, ge=0, description="Connections one client address may hold open at "
+                                      "once, loopback included (0 = no cap); one more is answered 503 "
+                                      "TOO_MANY_CONNECTIONS. Keep it above what a proxy in front of this server, "
+                                      "or a queen relaying to this worker, opens.")
+
+    def listen_limits(self) -> ListenLimits:
+        return ListenLimits(self.header_timeout, self.keepalive_timeout, self.max_conns_per_client)
 
     def keyed(self) -> bool:
         return bool(getattr(self, "cluster_key", None))

@@ -12,6 +12,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from rbee.errors import ErrorCode, RbeeError, envelope, validation_error
+from rbee.listener import ListenLimits, serve
 from rbee.logs import request_id_var
 from rbee.protocol import is_identifier
 
@@ -156,6 +157,8 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def run(app: web.Application, host: str, port: int, event_loop: str = "auto", **kwargs: Any) -> None:
-    web.run_app(app, host=host, port=port, print=None, shutdown_timeout=5.0, handle_signals=True,
-                loop=new_event_loop(event_loop), **kwargs)
+def run(app: web.Application, host: str, port: int, event_loop: str = "auto",
+        limits: ListenLimits | None = None, **kwargs: Any) -> None:
+    """Serve until SIGTERM/SIGINT, with the header and keep-alive deadlines and the per-client cap of
+    ``limits`` (rbee.listener)."""
+    serve(app, host, port, limits or ListenLimits(), new_event_loop(event_loop), **kwargs)

@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(parser, HiveSettings, argv)
     logs.setup("rbee-hive", settings.log_level)
     fail_closed(parser, settings)
-    run(create_app(settings), settings.host, settings.port, settings.event_loop)
+    run(create_app(settings), settings.host, settings.port, settings.event_loop, settings.listen_limits())
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def parse_args(argv: list[str] | None = None) -> QueenSettings:
 
 def main(argv: list[str] | None = None) -> None:
     settings = parse_args(argv)
-    run(create_app(settings), settings.host, settings.port, settings.event_loop)
+    run(create_app(settings), settings.host, settings.port, settings.event_loop, settings.listen_limits())
 
 
 if __name__ == "__main__":

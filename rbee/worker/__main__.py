@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     app = create_app(settings, engine_config(settings, path))
     # handler_cancellation: a client that hangs up cancels its handler, which frees its slot at once,
     # even when nothing is being written to it (a long prompt, a non-streamed answer).
-    run(app, settings.host, settings.port, settings.event_loop, handler_cancellation=True)
+    run(app, settings.host, settings.port, settings.event_loop, settings.listen_limits(),
+        handler_cancellation=True)
     if app[LIFECYCLE].error:
         print(f"llm-worker-rbee: {app[LIFECYCLE].error}", file=sys.stderr)
         sys.exit(1)
