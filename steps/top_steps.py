@@ -27,6 +27,10 @@ def _env(context) -> dict[str, str]:
             "TERM": "xterm-256color", "COLUMNS": "180", "LINES": "50"}
 
 
+# Run first in the new session: stdin (the pty's slave) becomes its controlling terminal, then the command.
+TAKE_TERMINAL = "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); os.execv(sys.argv[1], sys.argv[1:])"
+
+
 class Terminal:
     """rbee-keeper top on the slave side of a pty (180×50); what it draws is read from the master."""
 
@@ -35,8 +39,9 @@ class Terminal:
         ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 180, 0, 0))
         self.screen = bytearray()
         try:
-            self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env,
-                                         start_new_session=True)
+            # Its own session with the pty as controlling terminal: Ctrl+C typed there is its SIGINT.
+            self.proc = subprocess.Popen([sys.executable, "-c", TAKE_TERMINAL, *argv], stdin=slave, stdout=slave,
+                                         stderr=slave, env=env, start_new_session=True)
         finally:
             os.close(slave)
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -82,9 +87,12 @@ def step_top_shows(context, worker_id, n):
                what=f"{worker_id} and request {rid} on top's screen (last: {context.terminal.text()[-1500:]})")
 
 
+KEYS = {"q": "q", "Ctrl+C": "\x03"}
+
+
 @when('"{key:Q}" is typed in the terminal')
 def step_type(context, key):
-    context.terminal.type(key)
+    context.terminal.type(KEYS[key])
 
 
 @then("rbee-keeper top exits with status 0 within {n:d} seconds")

@@ -230,7 +230,8 @@ class LiveHub(Hooks):
         self._send(view)
 
     def _send(self, view: RequestView) -> None:
-        self.publish({"type": "request", "request": view.wire()})
+        if self.subscribers:  # no one watching: not even the dict is built
+            self.publish({"type": "request", "request": view.wire()})
 
     # ------------------------------------------------------------ the tick
 
