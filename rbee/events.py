@@ -110,11 +110,25 @@ class Failed:
         return cls(err.code, err.message, dict(err.details))
 
 
-Event = Token | Done | Failed
+@dataclass(slots=True, frozen=True)
+class Prefilling:
+    """Progress through a long prompt, before the first token: ``done`` of ``total`` prompt tokens are
+    in the KV. Framed as an SSE comment (``: prefill done=1024 total=1400``): the stream shows it is
+    alive, so a long prefill is not taken for a stalled worker, and a real stall still sends nothing."""
+
+    done: int
+    total: int
+
+    def comment(self) -> str:
+        return f"prefill done={self.done} total={self.total}"
 
 
-def is_last(event: Event) -> bool:
-    return not isinstance(event, Token)
+Event = Token | Done | Failed  # the data events: what a stream's ``data:`` lines carry
+EngineEvent = Event | Prefilling  # what the engine emits: the data events, and progress notes
+
+
+def is_last(event: EngineEvent) -> bool:
+    return isinstance(event, (Done, Failed))
 
 
 def from_wire(obj: dict[str, Any]) -> Event:

@@ -13,7 +13,7 @@ import json
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from typing import Any
 
-from rbee.events import Event, from_wire
+from rbee.events import EngineEvent, Event, Prefilling, from_wire
 
 DONE = "[DONE]"
 SSE_HEADERS = {
@@ -33,7 +33,9 @@ def frame(data: Mapping[str, Any] | str) -> bytes:
     return f"data: {text}\n\n".encode()
 
 
-def frame_event(event: Event) -> bytes:
+def frame_event(event: EngineEvent) -> bytes:
+    if isinstance(event, Prefilling):
+        return frame_comment(event.comment())
     return frame(event.wire())
 
 
@@ -55,6 +57,10 @@ def is_done(block: bytes) -> bool:
 
 def is_error(block: bytes) -> bool:
     return block.startswith(_ERROR_START)
+
+
+def is_comment(block: bytes) -> bool:
+    return block.startswith(b":")
 
 
 def is_terminator(block: bytes) -> bool:

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from rbee import chat
-from rbee.events import Done, Event, Token
+from rbee.events import Done, Event, Prefilling, Token
 from rbee.models import default_model_path
 from rbee.worker import engine as engine_module
 from rbee.worker.engine import Engine, EngineConfig, Job, Sampling, Work
@@ -172,7 +172,7 @@ class Run:
         if isinstance(event, Token):
             self.tokens.append(event.text)
             self.first.set()
-        else:
+        elif not isinstance(event, Prefilling):  # progress through a long prompt
             assert isinstance(event, Done), event
             self.done = event
             self.ended.set()

@@ -247,10 +247,10 @@ class Dispatcher:
                 cut = buffer.rfind(b"\n\n") + 2
                 if cut >= 2:
                     out, buffer = buffer[:cut], buffer[cut:]
-                    if upstream.first_token_at is None:
-                        self._first_token(upstream)
                     blocks, _ = sse.split_blocks(out)
                     upstream.blocks += len(blocks)
+                    if upstream.first_token_at is None and not all(map(sse.is_comment, blocks)):
+                        self._first_token(upstream)  # the worker's prefill notes before it are no token
                     if any(sse.is_done(b) for b in blocks):
                         out = self._stamp_done(upstream, blocks)
                     yield out

@@ -19,7 +19,8 @@ from rbee.worker.settings import WorkerSettings
 
 def engine_config(settings: WorkerSettings, model_path: Path) -> EngineConfig:
     return EngineConfig(model_path=model_path, slots=settings.slots, ctx_size=settings.ctx_size,
-                        threads=settings.threads, n_gpu_layers=settings.n_gpu_layers,
+                        threads=settings.threads, batch_size=settings.batch_size,
+                        n_gpu_layers=settings.n_gpu_layers,
                         main_gpu=settings.device if settings.backend != "cpu" else 0, poll=settings.poll,
                         cache_ram_mb=settings.cache_ram_mb, batch_invariant=settings.batch_invariant)
 

@@ -15,7 +15,7 @@ from aiohttp import web
 from rbee import __version__
 from rbee.auth import cluster_key_middleware
 from rbee.errors import ErrorCode, RbeeError
-from rbee.events import Done, Token
+from rbee.events import Done, Prefilling, Token
 from rbee.protocol import InferenceRequest, ReadyStatus, WorkerReady, WorkerState
 from rbee.sse import DONE_FRAME, SSE_HEADERS, SSEWriter, frame_event
 from rbee.web import json_response, make_app, read_model, request_id_of
@@ -166,6 +166,8 @@ async def _collect(pool: SlotPool, request_id: str, gen: Generation, headers: di
                 if event.logprobs is not None:
                     logprobs = logprobs if logprobs is not None else []
                     logprobs.extend(lp.wire() for lp in event.logprobs)
+            elif isinstance(event, Prefilling):
+                continue
             elif isinstance(event, Done):
                 body = event.wire()
                 del body["done"]

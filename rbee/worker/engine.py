@@ -35,7 +35,7 @@ import numpy as np
 from llama_cpp import _ctypes_extensions
 
 from rbee.errors import ErrorCode
-from rbee.events import Alternative, Done, Failed, Token, TokenLogprob
+from rbee.events import Alternative, Done, Failed, Prefilling, Token, TokenLogprob
 from rbee.worker import cpu_reference, devices, logprobs, prompt_cache, ram_cache, threadpool
 from rbee.worker.devices import Device
 from rbee.worker.engine_api import EngineConfig, EngineError, Job, Sampling, Work
@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 # of its tokens, and a saved state restored when it gives at least this many more than the slot holds.
 RAM_MIN_SAVE = 32
 RAM_MIN_GAIN = 16
+PROGRESS_EVERY = 0.5  # seconds between a long prompt's Prefilling notes (well inside any stall timeout)
 
 __all__ = ["Device", "Engine", "EngineConfig", "EngineError", "Job", "Sampling", "Work", "list_devices"]
 
@@ -64,6 +65,7 @@ class _Sequence:
     cached: int = 0  # prompt tokens whose KV the slot already held
     guide: Any = None  # grammar and logprobs state, made on the first guided sample (_sample_guided)
     logprobs: list[TokenLogprob] | None = None  # sampled tokens' logprobs not yet sent with text
+    noted: float = 0.0  # when progress through the prompt was last told (Prefilling)
 
 _backend_ready = threading.Lock()
 _backend_initialised = False
@@ -210,7 +212,7 @@ class Engine:
         cparams = lc.llama_context_default_params()
         cparams.n_ctx = cfg.ctx_size * cfg.slots
         cparams.n_batch = cfg.batch_size
-        cparams.n_ubatch = cfg.ubatch_size
+        cparams.n_ubatch = min(cfg.ubatch_size, cfg.batch_size)
         cparams.n_seq_max = cfg.slots
         cparams.n_threads = self.threads
         cparams.n_threads_batch = self.threads
@@ -351,8 +353,9 @@ class Engine:
         if self._ram is not None:
             keep = self._swap_with_ram(job.slot, prompt, keep, work.cache_prompt)
         keep = self._keep_prefix(job.slot, keep)
+        now = time.perf_counter()
         seq = _Sequence(job=job, sampler=self._make_sampler(work.sampling), pending=prompt[keep:],
-                        started=time.perf_counter(), text=TextStream(work.stop), n_past=keep, cached=keep)
+                        started=now, text=TextStream(work.stop), n_past=keep, cached=keep, noted=now)
         self._active[job.slot] = seq
 
     def _swap_with_ram(self, slot: int, prompt: list[int], keep: int, use_cache: bool) -> int:
@@ -450,11 +453,22 @@ class Engine:
                 self._forget(seq.job.slot)
                 self._fail(seq, f"llama_decode failed (code {rc}); the context may be full. Retry with less text.")
             return
+        if len(rows) < len(active):
+            self._tell_progress()
         ctx = self._ctx
         sample = self._sample
         for seq, row in rows:
             self._on_token(seq, self._sample_guided(seq, row) if seq.job.work.sampling.guided
                            else sample(seq.sampler, ctx, row))
+
+    def _tell_progress(self) -> None:
+        """Each sequence still working through its prompt says how far it got, at most every
+        PROGRESS_EVERY seconds: a prompt of thousands of tokens (or one queued behind others) keeps its stream alive."""
+        now = time.perf_counter()
+        for seq in self._active.values():
+            if len(seq.pending) > 1 and now - seq.noted >= PROGRESS_EVERY:
+                seq.noted = now
+                seq.job.emit(Prefilling(seq.n_past, len(seq.job.work.prompt_tokens)))
 
     def _on_token(self, seq: _Sequence, token: int) -> None:
         job = seq.job

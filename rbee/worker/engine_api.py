@@ -9,9 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rbee.events import Event
+from rbee.events import EngineEvent
 
-Emit = Callable[[Event], None]
+Emit = Callable[[EngineEvent], None]
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class EngineConfig:
     slots: int = 1
     ctx_size: int = 2048  # per slot
     threads: int = 0  # 0 = one per core
-    batch_size: int = 2048
+    batch_size: int = 512  # most tokens one decode step takes (a long prompt goes in chunks)
     ubatch_size: int = 512
     n_gpu_layers: int = 0
     main_gpu: int = 0  # which GPU, when layers are offloaded

@@ -24,7 +24,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from rbee.events import Done, Event
+from rbee.events import Done, EngineEvent
 from rbee.worker.engine_api import Emit
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class WorkerMetrics:
     def observe(self, emit: Emit, request_id: str) -> Emit:
         """Wrap a job's ``emit`` so its done event is counted and logged (called on the decode thread)."""
 
-        def counted(event: Event) -> None:
+        def counted(event: EngineEvent) -> None:
             if isinstance(event, Done):
                 self._finished(event)
                 # The decode thread doesn't see the handler's context, so the request id goes in explicitly.

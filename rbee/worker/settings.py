@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from rbee import models
 from rbee.flags import Flag
@@ -35,6 +35,9 @@ class WorkerSettings(ServerSettings):
     slots: int = Field(1, ge=1, le=64, description="Concurrent sequences decoded together.")
     ctx_size: int = Field(2048, ge=1, description="Context length per slot, in tokens.")
     threads: int = Field(0, ge=0, description="CPU threads (0 = one per core).")
+    batch_size: int = Field(512, ge=1, le=8192, description="Most tokens one decode step takes: a long prompt is "
+                            "decoded in chunks this big, so running streams get a token between chunks and "
+                            "the prompt's progress is told on its stream (llama-server's -b is 2048).")
     n_gpu_layers: int = Field(default_factory=_layers_for_backend, description="Layers to offload to the GPU "
                               "(default: all with a GPU --backend, none with cpu).")
     poll: int = Field(50, ge=-1, le=100, description="How hard llama.cpp's threads spin-wait for work, 0-100 "
@@ -50,6 +53,13 @@ class WorkerSettings(ServerSettings):
     cluster_key: OptionalKey = Field(None, description="Shared key: sent with the ready callback; required on "
                                     "inference, cancel and shutdown.")
     drain_timeout: float = Field(30.0, ge=0, description="Seconds running requests get to finish on shutdown.")
+
+    @model_validator(mode="after")
+    def _a_token_per_slot(self) -> WorkerSettings:
+        if self.batch_size < self.slots:
+            raise ValueError(f"--batch-size {self.batch_size} is less than --slots {self.slots}: every slot needs "
+                             "room for its token in each step. Raise --batch-size or lower --slots.")
+        return self
 
     @property
     def url(self) -> str:

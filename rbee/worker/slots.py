@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 from rbee.errors import ErrorCode, RbeeError
-from rbee.events import Event, is_last
+from rbee.events import EngineEvent, is_last
 from rbee.worker.engine_api import Emit, Job, Work
 
 Observe = Callable[[Emit, str], Emit]  # (a job's emit, its request id) -> the emit to use
@@ -180,19 +180,19 @@ class Generation:
 
     def __init__(self, outbox: Outbox) -> None:
         self._outbox = outbox
-        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._events: asyncio.Queue[EngineEvent] = asyncio.Queue()
         self.finished = asyncio.Event()  # set once the slot is free again
 
-    def emit(self, event: Event) -> None:
+    def emit(self, event: EngineEvent) -> None:
         """Called from the decode thread."""
         self._outbox.put(self._events.put_nowait, event)
 
-    async def events(self) -> AsyncIterator[Event]:
+    async def events(self) -> AsyncIterator[EngineEvent]:
         async for batch in self.batches():
             for event in batch:
                 yield event
 
-    async def batches(self) -> AsyncIterator[list[Event]]:
+    async def batches(self) -> AsyncIterator[list[EngineEvent]]:
         """Events in order, grouped as they arrived, so a slow reader writes them in one go."""
         while True:
             batch = [await self._events.get()]
