@@ -248,9 +248,13 @@ class Dispatcher:
                 if cut >= 2:
                     out, buffer = buffer[:cut], buffer[cut:]
                     blocks, _ = sse.split_blocks(out)
-                    upstream.blocks += len(blocks)
-                    if upstream.first_token_at is None and not all(map(sse.is_comment, blocks)):
-                        self._first_token(upstream)  # the worker's prefill notes before it are no token
+                    if upstream.first_token_at is None:  # the worker's prefill notes before it are no token
+                        data = sum(not sse.is_comment(b) for b in blocks)
+                        if data:
+                            self._first_token(upstream)
+                        upstream.blocks += data
+                    else:
+                        upstream.blocks += len(blocks)
                     if any(sse.is_done(b) for b in blocks):
                         out = self._stamp_done(upstream, blocks)
                     yield out
