@@ -9,16 +9,24 @@ a field off the command line. A flag beats its variable, which beats the field's
 variable counts as unset. Each value is checked against its own field as it is read, so a bad one
 is a usage error naming its flag (exit status 2), never a traceback.
 
+A model with a ``CONFIG_SECTION`` (queen-rbee's ``queen``, rbee-hive's ``hive``) also reads that table
+of the TOML config files (rbee.config_files; ``--config FILE`` names one): a variable beats the file,
+which beats the default; a key the model lacks is a usage error naming it. ``config_example`` prints
+such a table, every setting with its default, from the model itself.
+
 ``add_flag`` is the hand-written form, for rbee-keeper, whose settings layer config files as well.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import textwrap
 import types
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -26,6 +34,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from rbee import __version__
+from rbee.config_files import ConfigError, load_files, section_values
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -192,9 +201,41 @@ def settings_parser(model: type[BaseModel], *, prog: str, description: str,
     env = os.environ if env is None else env
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--version", action="version", version=f"{prog} {__version__}")
+    section = _section(model)
+    if section:
+        parser.add_argument("--config", dest=CONFIG_DEST, type=Path, default=argparse.SUPPRESS, metavar="FILE",
+                            help=f"TOML config file whose [{section}] table holds settings (default: "
+                                 "/etc/rbee/config.toml, then ~/.config/rbee/config.toml) [env RBEE_CONFIG]")
     for option in _options(model):
-        parser.add_argument(option.name, **option.argument(env))
+        kwargs = option.argument(env)
+        if section:
+            kwargs.pop("required", None)  # a config file may hold it: the model says when it is missing
+        parser.add_argument(option.name, **kwargs)
     return parser
+
+
+CONFIG_DEST = "config_file"
+
+
+def _section(model: type[BaseModel]) -> str | None:
+    return getattr(model, "CONFIG_SECTION", None)
+
+
+def _file_values(parser: argparse.ArgumentParser, model: type[BaseModel], args: argparse.Namespace,
+                 env: Mapping[str, str], known: Mapping[str, _Option]) -> dict[str, tuple[Any, str]]:
+    """The model's table of the config files: ``field -> (value, where)``; a usage error for a bad file or key."""
+    section = _section(model)
+    if not section:
+        return {}
+    try:
+        values = section_values(load_files(env, getattr(args, CONFIG_DEST, None)), section)
+    except ConfigError as err:
+        parser.error(str(err))
+    for key, (_, where) in values.items():
+        if key not in known:
+            parser.error(f"{where}: unknown key '{key}'. Remove it or fix its spelling; "
+                         f"`rbee-keeper config example {section}` prints every setting it takes.")
+    return values
 
 
 def parse_settings(parser: argparse.ArgumentParser, model: type[M], argv: list[str] | None = None,
@@ -206,13 +247,16 @@ def parse_settings(parser: argparse.ArgumentParser, model: type[M], argv: list[s
     args = parser.parse_args(argv)
     values: dict[str, Any] = {}
     options = {option.field: option for option in _options(model)}
+    in_files = _file_values(parser, model, args, env, options)
     for option in options.values():
         if hasattr(args, option.field):
             raw, source = getattr(args, option.field), f"argument {option.name}"
+        elif (raw := option.raw_from(env)) is not None:
+            source = f"argument {option.name} (from {option.env})"
+        elif option.field in in_files:
+            raw, source = in_files[option.field]
         else:
-            raw, source = option.raw_from(env), f"argument {option.name} (from {option.env})"
-            if raw is None:
-                continue
+            continue
         try:
             option.check(raw)
         except ValidationError as err:
@@ -223,4 +267,64 @@ def parse_settings(parser: argparse.ArgumentParser, model: type[M], argv: list[s
     except ValidationError as err:  # what only the whole model can check (a field against another)
         loc = err.errors()[0]["loc"]
         option = options.get(str(loc[0])) if loc else None
+        if option and err.errors()[0]["type"] == "missing":  # argparse's words, and the file's way too
+            parser.error(f"the following arguments are required: {option.name} (or {option.field} in the "
+                         f"[{_section(model)}] table of a config file)")
         parser.error(f"argument {option.name}: {_reason(err)}" if option else err.errors()[0]["msg"])
+
+
+# ---------------------------------------------------------------- a commented example config file
+
+
+def _toml(value: Any) -> str:
+    """``value`` as a TOML value (the types settings have: text, numbers, switches, paths, lists)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a TOML basic string
+
+
+def example_line(key: str, description: str, default: Any, shown: str | None = None) -> list[str]:
+    # description: what the setting does, and its flag
+    """One setting of an example file: its description as a comment, then ``key = default``; commented out
+    (``# key = …``) when it has no fixed default, with ``shown`` as what to write there."""
+    lines = ["# " + line for line in textwrap.wrap(description, 96, break_on_hyphens=False)]
+    if shown is None:
+        lines.append(f"{key} = {_toml(default)}")
+    else:
+        lines.append(f"# {key} = {shown}")
+    return lines
+
+
+def config_example(model: type[BaseModel], program: str) -> str:
+    """A commented ``[section]`` table for ``model`` with every setting it takes from a file and its default."""
+    section = _section(model)
+    assert section, f"{model.__name__} reads no config file"
+    out = [f"# {program}'s settings: the [{section}] table of /etc/rbee/config.toml, ~/.config/rbee/config.toml,",
+           "# $RBEE_CONFIG or --config FILE. A flag or an RBEE_* variable beats the file; an unknown key stops",
+           f"# {program} at start. Commented out: settings with no fixed default.",
+           f"[{section}]"]
+    for option in _options(model):
+        info = option.info
+        fixed = info.default_factory is None and info.default not in (PydanticUndefined, None)
+        if info.default_factory is list:
+            fixed = True
+        shown = None
+        if not fixed:
+            derived = option._shown_default()
+            if info.is_required():
+                hint = "(required)"
+            elif info.default_factory_takes_validated_data:
+                hint = "(default: derived from other settings)"
+            elif derived is not None:
+                hint = f"(default: {derived})"
+            else:
+                hint = "(default: unset)"
+            shown = f"{_toml(option.flag.metavar or option.name.lstrip('-').replace('-', '_').upper())}  {hint}"
+        default = [] if info.default_factory is list else info.default
+        what = f"{(info.description or option.field).rstrip('.')}. ({option.name})"
+        out += ["", *example_line(option.field, what, default, shown)]
+    return "\n".join(out) + "\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
@@ -56,6 +56,8 @@ def _logs_beside_models(data: dict[str, Any]) -> Path:
 
 
 class HiveSettings(ServerSettings):
+    CONFIG_SECTION: ClassVar[str] = "hive"  # its table in the config files (rbee.config_files)
+
     port: int = Field(9200, ge=0, le=65535, description="Port to listen on (0 = any free port).")
     queen_url: Annotated[str, AfterValidator(_queen_urls), Flag(metavar="URL[,URL]")] = Field(
         description="queen-rbee URL to register workers with; several, comma-separated, for queens that "

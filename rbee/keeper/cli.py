@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     configs = _sub(subs, "config", "rbee-keeper's settings").add_subparsers(dest="action", metavar="ACTION",
                                                                              required=True)
     _sub(configs, "show", "the merged settings and where each value came from", _config_show)
+    p = _sub(configs, "example", "print a commented config file with every setting and its default", _config_example)
+    p.add_argument("program", choices=("queen", "hive", "keeper"), help="whose settings: queen-rbee's [queen] "
+                   "table, rbee-hive's [hive] table or rbee-keeper's own (top-level) keys")
     return root
 
 
@@ -267,6 +270,23 @@ def _config_show(args: argparse.Namespace, cfg: Resolved, out: Output) -> int:
         f"{p}{'' if p.is_file() else ' (absent)'}" for p in files))
     out.say(f"state dir: {records.state_dir()}")
     return EXIT_OK
+
+
+def _config_example(args: argparse.Namespace, cfg: Resolved, out: Output) -> int:
+    sys.stdout.write(config_example(args.program))
+    return EXIT_OK
+
+
+def config_example(program: str) -> str:
+    """The example file for ``program``, generated from its settings (so it cannot drift from them)."""
+    if program == "keeper":
+        return config.example()
+    from rbee.flags import config_example as table  # the servers' settings (and aiohttp) only when asked
+    if program == "queen":
+        from rbee.queen.settings import QueenSettings
+        return table(QueenSettings, "queen-rbee")
+    from rbee.hive.settings import HiveSettings
+    return table(HiveSettings, "rbee-hive")
 
 
 # ---------------------------------------------------------------- entry point

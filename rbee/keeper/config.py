@@ -1,7 +1,8 @@
 """rbee-keeper settings: built-in defaults < TOML files < RBEE_* environment < command-line flags.
 
 Files, lowest priority first: ``/etc/rbee/config.toml``, ``~/.config/rbee/config.toml`` (or
-``$XDG_CONFIG_HOME``), then the file ``RBEE_CONFIG`` names. Each value remembers where it came
+``$XDG_CONFIG_HOME``), then the file ``RBEE_CONFIG`` names (rbee.config_files finds and reads them;
+the keeper's keys are their top level, the ``[queen]`` and ``[hive]`` tables are the servers'). Each value remembers where it came
 from, so ``rbee-keeper config show`` can say why it is what it is. Pure logic: no I/O beyond
 reading the files.
 """
@@ -9,21 +10,22 @@ reading the files.
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from rbee.flags import env_name
+from rbee.config_files import (  # noqa: F401 (the files' functions, also reached as rbee.keeper.config.*)
+    SECTIONS,
+    SYSTEM_CONFIG,
+    ConfigError,
+    config_paths,
+    load_files,
+    read_file,
+)
+from rbee.flags import env_name, example_line
 
-SYSTEM_CONFIG = Path("/etc/rbee/config.toml")
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
-
-
-class ConfigError(ValueError):
-    """A config file or variable that cannot be used; the message names it and what to fix."""
 
 
 @dataclass(frozen=True)
@@ -75,39 +77,6 @@ class Resolved:
             raise AttributeError(key) from None
 
 
-def config_paths(env: Mapping[str, str]) -> list[Path]:
-    """Candidate files, lowest priority first (missing ones are skipped when read)."""
-    user_base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME", str(Path.home()))) / ".config")
-    paths = [SYSTEM_CONFIG, Path(user_base) / "rbee" / "config.toml"]
-    if env.get("RBEE_CONFIG"):
-        paths.append(Path(env["RBEE_CONFIG"]).expanduser())
-    return paths
-
-
-def read_file(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML ({exc}). Fix it or point RBEE_CONFIG elsewhere.") \
-            from None
-
-
-def load_files(env: Mapping[str, str]) -> list[tuple[str, dict[str, Any]]]:
-    """``(path, table)`` for each config file that exists, lowest priority first.
-
-    A missing RBEE_CONFIG file is an error (it was asked for by name); the others are optional.
-    """
-    found = []
-    explicit = Path(env["RBEE_CONFIG"]).expanduser() if env.get("RBEE_CONFIG") else None
-    for path in config_paths(env):
-        if path.is_file():
-            found.append((str(path), read_file(path)))
-        elif path == explicit:
-            raise ConfigError(f"RBEE_CONFIG names {path}, which does not exist. Create it or unset RBEE_CONFIG.")
-    return found
-
-
 def parse_bool(raw: str, where: str) -> bool:
     word = raw.strip().lower()
     if word in TRUE_WORDS:
@@ -145,6 +114,8 @@ def resolve(
         out.values[key], out.sources[key] = option.default, "default"
     for path, table in files:
         for key, value in table.items():
+            if key in SECTIONS:
+                continue  # queen-rbee's and rbee-hive's settings
             option = OPTIONS.get(key)
             if option is None:
                 out.warnings.append(f"{path}: unknown key {key!r} ignored (known: {', '.join(OPTIONS)}).")
@@ -181,3 +152,14 @@ def shown(key: str, value: Any) -> str:
         return "****" + str(value)[-2:] if len(str(value)) > 6 else "****"
     return str(value).lower() if isinstance(value, bool) else str(value)
 
+
+
+def example() -> str:
+    """A commented config file with every rbee-keeper setting and its default (top-level keys)."""
+    out = ["# rbee-keeper's settings: the top level of /etc/rbee/config.toml, ~/.config/rbee/config.toml or",
+           "# $RBEE_CONFIG. A flag or an RBEE_* variable beats the file. Commented out: settings with no default."]
+    for option in OPTIONS.values():
+        shown = None if option.default is not None else f'"{option.key.upper()}"  (default: unset)'
+        out += ["", *example_line(option.key, f"{option.help}. ({option.flag})",
+                                  option.default, shown)]
+    return "\n".join(out) + "\n"

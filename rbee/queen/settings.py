@@ -24,6 +24,7 @@ def _wheelhouse_in_state_dir(data: dict[str, Any]) -> Path:
 
 class QueenSettings(ServerSettings):
     KEY_FLAG: ClassVar[str] = "--api-key"
+    CONFIG_SECTION: ClassVar[str] = "queen"  # its table in the config files (rbee.config_files)
 
     def keyed(self) -> bool:
         return bool(self.api_keys)
