@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from aiohttp import web
@@ -61,6 +61,9 @@ def open_to_network(host: str, keyed: bool, insecure: bool, flag: str) -> str | 
             f"could use it. Set {flag}, or pass --insecure-no-auth to run it open on purpose.")
 
 
+# The fingerprint of the key a request was let in with (set by the middlewares that check one).
+KEY_FINGERPRINT = web.RequestKey("key_fingerprint", str)
+
 INSECURE_WARNING = "running WITHOUT authentication on a non-loopback address (--insecure-no-auth)"
 
 
@@ -100,13 +103,17 @@ def state_changing(request: web.Request) -> bool:
     return request.method not in SAFE_METHODS
 
 
-def cluster_key_middleware(key: str | None, protect: Callable[[web.Request], bool] = state_changing):
-    """Routes for which ``protect`` holds need the cluster key (when one is set); the rest stay open."""
+def cluster_key_middleware(key: str | None | Callable[[], Sequence[str]],
+                           protect: Callable[[web.Request], bool] = state_changing):
+    """Routes for which ``protect`` holds need the cluster key (when one is set); the rest stay open.
+    ``key`` is the key, or what gives the keys accepted right now (a hive's reloadable key ring)."""
+    keys: Callable[[], Sequence[str]] = key if callable(key) else (lambda: (key,) if key else ())
 
     @web.middleware
     async def check_cluster_key(request: web.Request, handler: web.Handler) -> web.StreamResponse:
-        if key and protect(request):
-            require(request, (key,), whose="cluster key")
+        accepted = keys()
+        if accepted and protect(request):
+            request[KEY_FINGERPRINT] = fingerprint(require(request, accepted, whose="cluster key"))
         return await handler(request)
 
     return check_cluster_key

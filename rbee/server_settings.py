@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 from typing import Annotated, ClassVar, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, Field
 
-from rbee.auth import INSECURE_WARNING, is_loopback, open_to_network, strong_key
+from rbee.auth import INSECURE_WARNING, is_loopback, open_to_network, read_key_file, strong_key
+from rbee.flags import Flag
 from rbee.listener import ListenLimits
 
 EventLoop = Literal["auto", "uvloop", "asyncio"]  # what rbee.web.new_event_loop makes
@@ -66,6 +68,17 @@ def _optional_key(key: str | None) -> str | None:
 
 # A key setting (the cluster key): unset, or long enough to be worth checking.
 OptionalKey = Annotated[str | None, AfterValidator(_optional_key)]
+
+
+def _key_file(path: Path | None) -> Path | None:
+    """A key file that can be read, by us alone, and holds keys good enough (re-read on each reload)."""
+    if path is None:
+        return None
+    read_key_file(path)
+    return path.expanduser()
+
+
+KeyFile = Annotated[Path | None, AfterValidator(_key_file), Flag(metavar="FILE")]
 
 
 def fail_closed(parser: argparse.ArgumentParser, settings: S) -> S:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from rbee.flags import NOT_A_FLAG, Flag, parse_settings, settings_parser
 from rbee.hive.settings import HiveSettings
 from rbee.queen.__main__ import parse_args as parse_queen_args
+from rbee.queen.auth import key_ring
 from rbee.worker.settings import WorkerSettings
 
 
@@ -165,7 +166,8 @@ def test_queen_adds_the_keys_of_its_key_file(tmp_path: Path, monkeypatch: pytest
     keys.chmod(0o600)
     settings = parse_queen_args(["--api-key", "key-one-0123456789", "--api-key-file", str(keys), "--log-level",
                                  "warning"])
-    assert settings.api_keys == ["key-one-0123456789", "key-two-0123456789", "key-three-0123456789"]
+    ring = key_ring(settings)
+    assert ring.keys("api") == ("key-one-0123456789", "key-two-0123456789", "key-three-0123456789")
     assert settings.log_level == "WARNING"
 
 

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from rbee import __version__, models
+from rbee import __version__, models, reload
 from rbee.auth import cluster_key_middleware
 from rbee.errors import RbeeError
 from rbee.hive import preflight
@@ -21,6 +21,7 @@ from rbee.hive.queen_link import QueenLink, Queens
 from rbee.hive.settings import HiveSettings
 from rbee.hive.supervisor import ManagedWorker, Supervisor, WorkerSpec
 from rbee.hive.watch import Watch, reconcile
+from rbee.keyring import KeyRing, KeySource
 from rbee.peer import Peers
 from rbee.protocol import SpawnRequest, WorkerReady
 from rbee.web import json_response, make_app, read_model
@@ -161,9 +162,19 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await link.close()
 
 
+def key_ring(settings: HiveSettings) -> KeyRing:
+    """The cluster keys this hive accepts: every key of --cluster-key-file (re-read on SIGHUP), or the
+    --cluster-key given instead."""
+    path = settings.reloadable_key_file
+    fixed = (settings.cluster_key,) if settings.cluster_key and path is None else ()
+    return KeyRing(KeySource("cluster", "--cluster-key-file", fixed, path))
+
+
 def create_app(settings: HiveSettings) -> web.Application:
     app = make_app()
     app[SETTINGS] = settings
+    ring = key_ring(settings)
+    reload.setup(app, ring)  # SIGHUP
     advertised = advertised_host(settings.host, settings.advertise_host, settings.queen_urls)
     app[PUBLIC_URL] = http_url(advertised, settings.port)
     ports = range(settings.worker_ports[0], settings.worker_ports[1] + 1) if settings.worker_ports else None
@@ -178,5 +189,5 @@ def create_app(settings: HiveSettings) -> web.Application:
     app.cleanup_ctx.append(_lifecycle)
     app.add_routes(routes)
     # Every state-changing route (spawn, ready callback, shutdown, model download) needs the cluster key.
-    app.middlewares.append(cluster_key_middleware(settings.cluster_key))
+    app.middlewares.append(cluster_key_middleware(lambda: ring.keys("cluster")))
     return app

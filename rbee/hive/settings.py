@@ -6,12 +6,12 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, PrivateAttr, model_validator
 
 from rbee.auth import read_key_file
 from rbee.flags import NOT_A_FLAG, Flag
 from rbee.hive.address import http_url, local_host
-from rbee.server_settings import OptionalKey, ServerSettings
+from rbee.server_settings import KeyFile, OptionalKey, ServerSettings
 
 
 def default_data_dir() -> Path:
@@ -45,12 +45,6 @@ def _queen_urls(text: str) -> str:
     return ",".join(urls)
 
 
-def _read_key_file(path: Path) -> Path:
-    """A key file that can be read, by us alone, and holds a key good enough (its first line)."""
-    read_key_file(path)
-    return path.expanduser()
-
-
 def _logs_beside_models(data: dict[str, Any]) -> Path:
     return Path(data.get("models_dir") or default_data_dir() / "models").parent / "logs"
 
@@ -74,9 +68,10 @@ class HiveSettings(ServerSettings):
         description="Worker log folder, one file per spawned worker (default: <models-dir>/../logs).")
     hf_base_url: str = Field("https://huggingface.co", description="Hugging Face base URL.")
     cluster_key: OptionalKey = Field(None, description="Key shared among queen, hives and workers.")
-    cluster_key_file: Annotated[Path | None, AfterValidator(_read_key_file), Flag(metavar="FILE")] = Field(
+    cluster_key_file: KeyFile = Field(
         None, description="File holding the cluster key (not on the command line, so no process listing "
-                          "shows it); used when --cluster-key is not given.")
+                          "shows it); used when --cluster-key is not given. Every key in it is accepted, "
+                          "re-read on SIGHUP; the first is the one this hive sends.")
     spawn_timeout: float = Field(120.0, gt=0, description="Seconds a spawned worker gets to become ready.")
     idle_timeout: float = Field(0.0, ge=0, description="Stop a worker that served nothing this long (0 = never).")
     restart: Literal["no", "on-failure"] = Field("no", description="Restart a worker that exits with an error.")
@@ -91,11 +86,19 @@ class HiveSettings(ServerSettings):
     stop_grace: Annotated[float, NOT_A_FLAG] = Field(
         10.0, ge=0, description="Seconds a worker gets to drain before SIGKILL.")
 
+    _key_from_file: bool = PrivateAttr(False)
+
     @model_validator(mode="after")
-    def _key_from_file(self) -> HiveSettings:
+    def _read_key_from_file(self) -> HiveSettings:
         if self.cluster_key is None and self.cluster_key_file is not None:
             self.cluster_key = read_key_file(self.cluster_key_file)[0]
+            self._key_from_file = True
         return self
+
+    @property
+    def reloadable_key_file(self) -> Path | None:
+        """The cluster key file when the keys come from it (not when --cluster-key overrides it)."""
+        return self.cluster_key_file if self._key_from_file else None
 
     @property
     def queen_urls(self) -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from rbee import logs
-from rbee.auth import read_key_file
 from rbee.flags import parse_settings, settings_parser
 from rbee.queen.app import create_app
 from rbee.queen.settings import QueenSettings
@@ -15,12 +14,6 @@ def parse_args(argv: list[str] | None = None) -> QueenSettings:
     parser = settings_parser(QueenSettings, prog="queen-rbee",
                              description="rbee orchestrator: registry, routing, SSE relay.")
     settings = parse_settings(parser, QueenSettings, argv)
-    if settings.api_key_file:
-        try:
-            keys = read_key_file(settings.api_key_file)
-        except ValueError as err:
-            parser.error(f"argument --api-key-file: {err}")
-        settings = settings.model_copy(update={"api_keys": [*settings.api_keys, *keys]})
     logs.setup("queen-rbee", settings.log_level)
     return fail_closed(parser, settings)
 

@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from rbee import __version__
+from rbee import __version__, reload
 from rbee.peer import Peers
 from rbee.queen import events_api, hives_api, metrics, nodes_api, openai, workers_api
 from rbee.queen.admission import AdmissionQueue
 from rbee.queen.appkeys import DISPATCHER, HIVES, PEERS, QUEUE, REGISTRY, SETTINGS
-from rbee.queen.auth import RATE_LIMITER, auth_middleware, rate_limit_middleware
+from rbee.queen.auth import RATE_LIMITER, auth_middleware, key_ring, rate_limit_middleware
 from rbee.queen.cold_start import ColdStarter
 from rbee.queen.dispatch import Dispatcher
 from rbee.queen.health import probe_loop
@@ -63,6 +63,7 @@ def create_app(settings: QueenSettings) -> web.Application:
     app.middlewares.append(auth_middleware)
     app.middlewares.append(rate_limit_middleware)
     app[SETTINGS] = settings
+    reload.setup(app, key_ring(settings), route="/v2/admin/reload")  # SIGHUP too
     app[RATE_LIMITER] = RateLimiter(settings.rate_limit_rpm, settings.rate_limit_concurrent)
     app[REGISTRY] = Registry(max_load_gap=settings.max_load_gap)
     app[QUEUE] = AdmissionQueue(app[REGISTRY], settings.queue_size, settings.queue_timeout)

@@ -10,7 +10,7 @@ from pydantic import AfterValidator, Field
 
 from rbee.auth import strong_key
 from rbee.flags import NOT_A_FLAG, Flag
-from rbee.server_settings import OptionalKey, ServerSettings
+from rbee.server_settings import KeyFile, OptionalKey, ServerSettings
 
 
 def default_state_dir() -> Path:
@@ -27,12 +27,15 @@ class QueenSettings(ServerSettings):
     CONFIG_SECTION: ClassVar[str] = "queen"  # its table in the config files (rbee.config_files)
 
     def keyed(self) -> bool:
-        return bool(self.api_keys)
+        return bool(self.api_keys or self.api_key_file)
 
     port: int = Field(8080, ge=0, le=65535, description="Port to listen on (0 = any free port).")
     api_keys: Annotated[list[Annotated[str, AfterValidator(strong_key)]], Flag("--api-key", metavar="KEY")] = Field(
         default_factory=list, description="Bearer key clients must send (repeatable; none = open).")
-    api_key_file: Path | None = Field(None, description="File with one API key per line, added to --api-key.")
+    api_key_file: KeyFile = Field(None, description="File with one API key per line, added to --api-key; "
+                                  "re-read on SIGHUP and POST /v2/admin/reload.")
+    admin_key_file: KeyFile = Field(None, description="File with the keys (one a line) that may call "
+                                    "/v2/admin/... (key reload); none = those routes are off.")
     cluster_key: OptionalKey = Field(None, description="Key hives and workers use on the control (/v2) routes.")
     queue_size: int = Field(64, ge=0, description="Requests that may wait for a slot at once.")
     queue_timeout: float = Field(0.0, ge=0, description="Seconds a request may wait for a slot (0 = 503 at once).")
