@@ -1,5 +1,7 @@
 """Benchmark multi-turn chats: rbee (the queen + one N-slot worker, prompt cache on and off) against
-llama-server --parallel N with its defaults (its prompt cache on).
+llama-server --parallel N with its defaults (its prompt cache on); with ``--fleet``, also a queen over
+two workers routing by cache, one routing by load alone, and two llama-servers asked round-robin (what
+an nginx or LiteLLM in front of llama.cpp does), each server of a pair with half the slots and threads.
 
 Every chat opens with a document of about 700 tokens and asks about it turn after turn; each turn
 sends the whole history again, as chat clients do. The chats run at the same time, each turn after
@@ -7,7 +9,7 @@ the previous answer. Greedy, a fixed answer length (``ignore_eos``) so every sys
 number of tokens. Prints TTFT per turn, the ratios on turns ≥ 3, and how many prompt tokens each
 system reused instead of decoding.
 
-    python bench/chat.py [--chats 4] [--turns 5] [--answer-tokens 32] [--rounds 2] [--llama-server PATH]
+    python bench/chat.py [--chats 8] [--turns 6] [--answer-tokens 32] [--rounds 2] [--fleet] [--llama-server PATH]
 
 See bench/README.md. This is a script, not a test: nothing under tests/ or features/ runs it.
 """
@@ -16,10 +18,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import math
 import random
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -27,14 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-import requests
+import chat_servers
 from common import (
     BenchError,
     QuietGate,
     add_gate_args,
     environment,
     exit_on_sigterm,
-    free_port,
     gate_from_args,
     median,
     percentile,
@@ -42,15 +43,18 @@ from common import (
     rbee_revision,
     warn_if_busy,
 )
-from peers import CTX_PER_SLOT, ensure_llama_server, llama_cpp_python_version, llama_server_version
+from peers import ensure_llama_server, llama_cpp_python_version, llama_server_version
 
 from rbee import chat, sse
 from rbee.events import Done, Failed, Token
-from rbee.process import ServiceError, ServiceProcess
+from rbee.process import ServiceError
 
 RBEE = "rbee, cache on"
 RBEE_NO_CACHE = "rbee, cache_prompt false"
 LLAMA_SERVER = "llama-server"
+FLEET_CACHE = "rbee, queen + 2 workers, cache-aware"
+FLEET_LOAD = "rbee, queen + 2 workers, least-loaded"
+LLAMA_PAIR = "2 llama-servers, round-robin"
 QUESTIONS = [
     "Summarise the report above in two sentences.",
     "Which people does it name, and what does each of them do?",
@@ -166,6 +170,16 @@ def llama_server_asker(base: str) -> Ask:
     return ask
 
 
+def round_robin(askers: list[Ask]) -> Ask:
+    """Each request to the next server in turn, whatever it holds (a proxy's round-robin)."""
+    turn = itertools.count()
+
+    async def ask(session: aiohttp.ClientSession, prompt: str, n: int) -> TurnResult:
+        return await askers[next(turn) % len(askers)](session, prompt, n)
+
+    return ask
+
+
 async def hold_chat(system: System, session: aiohttp.ClientSession, index: int, doc: str, template: str | None,
                     args: argparse.Namespace) -> list[TurnResult]:
     """One conversation, turn after turn, each sending the whole history rendered with the model's template."""
@@ -221,40 +235,6 @@ def run_round(system: System, template: str | None, args: argparse.Namespace, ga
 # ---------------------------------------------------------------- the servers
 
 
-def start_services(args: argparse.Namespace, model: Path, llama_server: Path, logdir: Path) -> tuple[
-        list[ServiceProcess], dict[str, str], dict[str, int]]:
-    """queen + one worker (registered by hand, as DESIGN.md allows) and llama-server, all idle."""
-    bindir = Path(sys.executable).parent
-    queen_port, worker_port, ls_port = free_port(), free_port(), free_port()
-    queen_url, worker_url, ls_url = (f"http://127.0.0.1:{p}" for p in (queen_port, worker_port, ls_port))
-    n = str(args.slots)
-    worker = ServiceProcess("llm-worker-rbee", [str(bindir / "llm-worker-rbee"), "--port", str(worker_port),
-                                                "--worker-id", "bench", "--slots", n, "--model", str(model),
-                                                "--threads", str(args.threads), "--ctx-size", str(CTX_PER_SLOT)],
-                            logdir / "worker.log", f"{worker_url}/v1/ready",
-                            ready_check=lambda r: r.status_code == 200 and r.json().get("ready") is True)
-    # The stall timeout raised from 30 s: with the cache off, four ~900-token prompts prefilled at once
-    # on two busy cores can take longer than that, and the worker sends no byte until the first token.
-    queen = ServiceProcess("queen-rbee", [str(bindir / "queen-rbee"), "--port", str(queen_port),
-                                          "--stall-timeout", "600"], logdir / "queen.log", f"{queen_url}/health")
-    server = ServiceProcess(LLAMA_SERVER, [str(llama_server), "-m", str(model), "--host", "127.0.0.1", "--port",
-                                           str(ls_port), "-t", str(args.threads), "-tb", str(args.threads),
-                                           "--parallel", n, "-c", str(args.slots * CTX_PER_SLOT)],
-                            logdir / "llama-server.log", f"{ls_url}/health")
-    children = [worker, queen, server]
-    for child in children:
-        child.start()
-    for child in children:
-        child.wait_ready(args.ready_timeout)
-    r = requests.post(f"{queen_url}/v2/workers/register", timeout=10, json={
-        "worker_id": "bench", "url": worker_url, "model_ref": str(model), "slots_total": args.slots})
-    if r.status_code != 200:
-        raise BenchError(f"the queen refused to register the worker: HTTP {r.status_code} {r.text}")
-    urls = {"queen": queen_url, LLAMA_SERVER: ls_url}
-    pgids = {"queen": queen.pid or 0, "worker": worker.pid or 0, LLAMA_SERVER: server.pid or 0}
-    return children, urls, pgids
-
-
 def chat_template(model: Path) -> str | None:
     import gguf
 
@@ -268,6 +248,12 @@ def chat_template(model: Path) -> str | None:
 
 def ms(x: float) -> str:
     return "—" if math.isnan(x) else f"{x * 1000:.0f}"
+
+
+def reused_share(system: System) -> float:
+    results = [r for rnd in system.rounds for r in rnd]
+    total = sum(r.prompt_tokens for r in results)
+    return sum(r.cached_tokens for r in results) / total if total else math.nan
 
 
 def report(systems: list[System], args: argparse.Namespace, gate: QuietGate) -> None:
@@ -317,6 +303,18 @@ def report(systems: list[System], args: argparse.Namespace, gate: QuietGate) -> 
         got = ours / off
         print(f"target TTFT p50 turns ≥ 3, rbee cache on ≤ 0.5× cache off: {got:.2f}× "
               f"(paired per round {paired(RBEE, RBEE_NO_CACHE):.2f}×) → {'met' if got <= 0.5 else 'NOT met'}")
+    def target(a: str, b: str, bound: float) -> None:
+        if a in by_name and b in by_name:
+            got = percentile(late[a], 50) / percentile(late[b], 50)
+            print(f"target TTFT p50 turns ≥ 3, {a} ≤ {bound}× {b}: {got:.2f}× (paired per round "
+                  f"{paired(a, b):.2f}×) → {'met' if got <= bound else 'NOT met'}")
+
+    target(FLEET_CACHE, LLAMA_PAIR, 0.7)
+    target(FLEET_CACHE, FLEET_LOAD, 0.8)
+    if FLEET_CACHE in by_name:
+        got = reused_share(by_name[FLEET_CACHE]) / reused_share(by_name[RBEE])
+        print(f"target cached share of prompt tokens, {FLEET_CACHE} ≥ 0.9× {RBEE}: {got:.2f}× "
+              f"→ {'met' if got >= 0.9 else 'NOT met'}")
     bad = [(s.name, r.finish) for s in systems for rnd in s.rounds for r in rnd
            if r.tokens != args.answer_tokens]
     if bad:
@@ -330,15 +328,45 @@ def report(systems: list[System], args: argparse.Namespace, gate: QuietGate) -> 
               + ", ".join(f"{s.name} {median(s.foreign):.2f}/{max(s.foreign):.2f}" for s in systems))
 
 
+def build_systems(servers: chat_servers.Servers, args: argparse.Namespace, model: Path, llama_server: Path | None,
+                  logdir: Path) -> list[System]:
+    """Start the servers (all idle until their rounds) and say how the workload asks each system."""
+    chat_servers.start_single(servers, model, llama_server, args.slots, args.threads, logdir)
+    if args.fleet:
+        chat_servers.start_fleets(servers, model, llama_server, args.slots, args.threads, logdir)
+    servers.start(args.ready_timeout)
+    chat_servers.register(servers, "queen", "worker", model, args.slots)
+    urls, pgids = servers.urls, servers.pgids
+    ours = [pgids["queen"], pgids["worker"]]
+    systems = [System(RBEE, rbee_asker(urls["queen"], True), ours)]
+    if llama_server is not None:
+        systems.append(System(LLAMA_SERVER, llama_server_asker(urls[LLAMA_SERVER]), [pgids[LLAMA_SERVER]]))
+    if not args.skip_cache_off:
+        systems.append(System(RBEE_NO_CACHE, rbee_asker(urls["queen"], False), ours))
+    if args.fleet:
+        chat_servers.register_fleets(servers, model, args.slots)
+        for name, kind in ((FLEET_CACHE, "cache"), (FLEET_LOAD, "load")):
+            systems.append(System(name, rbee_asker(urls[f"queen-{kind}"], True),
+                                  [pgids[f"queen-{kind}"], pgids[f"{kind}-w1"], pgids[f"{kind}-w2"]]))
+        if llama_server is not None:
+            systems.append(System(LLAMA_PAIR, round_robin([llama_server_asker(urls[f"llama-{n}"]) for n in (1, 2)]),
+                                  [pgids["llama-1"], pgids["llama-2"]]))
+    return systems
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--chats", type=int, default=4, help="conversations, held at the same time")
-    p.add_argument("--turns", type=int, default=5, help="turns per conversation")
+    p.add_argument("--chats", type=int, default=8, help="conversations, held at the same time")
+    p.add_argument("--turns", type=int, default=6, help="turns per conversation")
     p.add_argument("--answer-tokens", type=int, default=32, help="tokens each answer decodes (ignore_eos)")
-    p.add_argument("--slots", type=int, default=4, help="rbee worker slots = llama-server --parallel")
+    p.add_argument("--slots", type=int, default=8, help="rbee worker slots = llama-server --parallel (a fleet's "
+                   "servers get half each)")
+    p.add_argument("--fleet", action="store_true", help="also the fleets: queen + 2 workers routing by cache, "
+                   "by load alone, and 2 llama-servers round-robin")
     p.add_argument("--rounds", type=int, default=2, help="times each system runs the whole workload (new "
                    "documents each time), the order rotating")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for both servers")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for a single server (a fleet's get half each)")
+    p.add_argument("--skip-llama-server", action="store_true", help="leave out llama-server (and the pair)")
     p.add_argument("--skip-cache-off", action="store_true", help="leave out rbee with cache_prompt false")
     p.add_argument("--model", type=Path, default=None, help="GGUF (default: the built-in SmolLM2-135M Q4_1)")
     p.add_argument("--llama-server", type=Path, default=None, help="use this llama-server binary, build none")
@@ -353,37 +381,33 @@ def main(argv: list[str] | None = None) -> None:
     from rbee import models
 
     model = (args.model or models.default_model_path()).resolve()
-    llama_server = args.llama_server or ensure_llama_server(llama_cpp_python_version())
+    llama_server = None if args.skip_llama_server else (args.llama_server
+                                                        or ensure_llama_server(llama_cpp_python_version()))
     template = chat_template(model)
     warn_if_busy()
     print("environment")
     print_table(["what", "value"], environment(
         {"rbee commit": rbee_revision(), "model": f"{model.name} ({model.stat().st_size / 2**20:.1f} MiB)",
          "threads": str(args.threads), "slots / --parallel": str(args.slots),
-         "llama-server": llama_server_version(llama_server)},
+         "llama-server": llama_server_version(llama_server) if llama_server else "—"},
         dists=("rbee", "llama-cpp-python", "aiohttp", "uvloop"),
     ))
     logdir = Path(tempfile.mkdtemp(prefix="rbee-bench-chat-"))
     gate = gate_from_args(args)
-    children: list[ServiceProcess] = []
+    servers = chat_servers.Servers()
     started = time.monotonic()
     try:
-        children, urls, pgids = start_services(args, model, llama_server, logdir)
-        ours = [pgids["queen"], pgids["worker"]]
-        systems = [System(RBEE, rbee_asker(urls["queen"], True), ours),
-                   System(LLAMA_SERVER, llama_server_asker(urls[LLAMA_SERVER]), [pgids[LLAMA_SERVER]])]
-        if not args.skip_cache_off:
-            systems.append(System(RBEE_NO_CACHE, rbee_asker(urls["queen"], False), ours))
+        systems = build_systems(servers, args, model, llama_server, logdir)
         for s in systems:
-            asyncio.run(warm_up(s))
+            for _ in range(2):  # both servers of a pair (one server twice: no harm)
+                asyncio.run(warm_up(s))
         for rnd in range(args.rounds):
             k = rnd % len(systems)
             print(f"round {rnd + 1}/{args.rounds}", flush=True)
             for s in systems[k:] + systems[:k]:
                 run_round(s, template, args, gate)
     finally:
-        for child in children:
-            child.stop()
+        servers.stop()
     print(f"\nmeasured in {time.monotonic() - started:.0f} s; server logs in {logdir}")
     report(systems, args, gate)
 
