@@ -12,8 +12,9 @@ import aiohttp
 from aiohttp import web
 
 from rbee import __version__, models, reload
-from rbee.auth import cluster_key_middleware
+from rbee.auth import cluster_key_middleware, state_changing
 from rbee.errors import RbeeError
+from rbee.hive import metrics as hive_metrics
 from rbee.hive import preflight
 from rbee.hive.address import advertised_host, http_url
 from rbee.hive.models_api import CATALOG, PROVISIONER, setup_models
@@ -170,6 +171,10 @@ def key_ring(settings: HiveSettings) -> KeyRing:
     return KeyRing(KeySource("cluster", "--cluster-key-file", fixed, path))
 
 
+def _needs_key(request: web.Request) -> bool:
+    return state_changing(request) or request.path == "/metrics"
+
+
 def create_app(settings: HiveSettings) -> web.Application:
     app = make_app()
     app[SETTINGS] = settings
@@ -188,6 +193,9 @@ def create_app(settings: HiveSettings) -> web.Application:
     setup_models(app, settings.models_dir, settings.hf_base_url)  # first: the catalog opens before reconcile
     app.cleanup_ctx.append(_lifecycle)
     app.add_routes(routes)
-    # Every state-changing route (spawn, ready callback, shutdown, model download) needs the cluster key.
-    app.middlewares.append(cluster_key_middleware(lambda: ring.keys("cluster")))
+    hive_metrics.setup(app, {"downloads": app[PROVISIONER].counts, "workers": app[SUPERVISOR].counts},
+                       lambda: app.get(DEVICES))
+    # Every state-changing route (spawn, ready callback, shutdown, model download) and /metrics need the
+    # cluster key.
+    app.middlewares.append(cluster_key_middleware(lambda: ring.keys("cluster"), _needs_key))
     return app

@@ -20,7 +20,7 @@ import re
 import shutil
 import time
 import uuid
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -176,6 +176,8 @@ class Provisioner:
         self._outcomes: OrderedDict[str, dict[str, Any]] = OrderedDict()  # last final event per ref
         # Two refs can name one file (hf:org/repo and hf:org/repo:x.gguf): one writer per destination.
         self._dest_locks: defaultdict[Path, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # For the hive's /metrics: bytes, completed, failures, resumes (a GET that went on from a partial file).
+        self.counts: Counter[str] = Counter()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -254,11 +256,13 @@ class Provisioner:
                 log.exception("download of %s failed", source.ref)
                 err = RbeeError(ErrorCode.DOWNLOAD_FAILED, f"The download of '{source.ref}' failed "
                                 f"({exc.__class__.__name__}: {exc}). Check the hive's log, then retry.")
+            self.counts["failures"] += 1
             progress.publish({"stage": "error", **err.envelope()}, final=True)
             self._settle(source.ref, progress)
             if err is exc or isinstance(exc, asyncio.CancelledError):
                 raise
             raise err from exc
+        self.counts["completed"] += 1
         progress.publish({"stage": "complete", "local_path": str(entry.local_path)}, final=True)
         self._settle(source.ref, progress)
         return entry
@@ -362,6 +366,8 @@ class Provisioner:
                 if resp.status == 206 and _range_start(resp.headers.get("Content-Range")) != offset:
                     part.restart()
                     raise _Retry("the server resumed at another offset; restarting from zero")
+                if resp.status == 206:
+                    self.counts["resumes"] += 1
                 if resp.status == 200 and offset:
                     part.restart()  # the server ignored Range and sends the whole file
                     offset = 0
@@ -381,6 +387,7 @@ class Provisioner:
                 f.write(chunk)
                 part.hasher.update(chunk)
                 done += len(chunk)
+                self.counts["bytes"] += len(chunk)
                 now = time.monotonic()
                 if now - last_sent >= _PROGRESS_EVERY or done == total:
                     last_sent = now

@@ -8,6 +8,7 @@ state file, so a hive that restarts after a crash can adopt the workers it had s
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -135,6 +136,8 @@ class Supervisor:
         self.on_exit: Callable[[ManagedWorker], None] | None = None
         self._watchers: set[asyncio.Task] = set()
         self._closing = False
+        # What happened to workers, for the hive's /metrics: spawns, restarts, crashes, health_check_failures.
+        self.counts: collections.Counter[str] = collections.Counter()
 
     def list(self) -> list[ManagedWorker]:
         return list(self._workers.values())
@@ -191,6 +194,7 @@ class Supervisor:
         worker = ManagedWorker(worker_id=worker_id, spec=spec, port=port, host=self.advertise_host, process=process,
                                log_path=log_path, restarts=restarts)
         self._track(worker)
+        self.counts["restarts" if restarts else "spawns"] += 1
         log.info("spawned worker", extra={"fields": {"worker_id": worker_id, "pid": process.pid, "port": port}})
         return worker
 
@@ -239,6 +243,8 @@ class Supervisor:
         self._workers.pop(worker.worker_id, None)
         self.save_state()
         log.info("worker exited", extra={"fields": {"worker_id": worker.worker_id, "code": code, "was": was}})
+        if code != 0 and was != "stopping":
+            self.counts["crashes"] += 1
         if self.on_exit is not None:
             self.on_exit(worker)
         if self._should_restart(worker, was, code):

@@ -62,6 +62,7 @@ class Watch:
 
     async def _failed(self, worker: ManagedWorker, exc: BaseException) -> None:
         worker.health_failures += 1
+        self.supervisor.counts["health_check_failures"] += 1
         log.warning("health check of %s failed (%d/%d): %s", worker.worker_id, worker.health_failures,
                     MAX_HEALTH_FAILURES, exc.__class__.__name__)
         if worker.health_failures >= MAX_HEALTH_FAILURES and worker.state == "ready":
