@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from rbee.errors import ErrorCode, RbeeError
 
-FinishReason = Literal["stop", "length", "cancelled", "error"]
+FinishReason = Literal["stop", "length", "cancelled", "error", "deadline"]  # deadline: rbee.deadline
 
 
 @dataclass(slots=True, frozen=True)

@@ -18,6 +18,7 @@ from pydantic import (
 )
 
 from rbee import grammar
+from rbee.deadline import MAX_TIMEOUT_S
 
 ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 Identifier = Annotated[str, Field(pattern=ID_PATTERN, description="[A-Za-z0-9._-]{1,64}")]
@@ -162,6 +163,9 @@ class InferenceRequest(RequestModel):
         default_factory=dict, max_length=1024, description="Token id -> added to its logit.")
     hive: Identifier | None = Field(None, description="Serve it only on this hive's workers (the queen's "
                                     "routing; never sent on to the worker).")
+    timeout: Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S)] | None = Field(
+        None, description="Seconds from arrival the request may take, queue and generation included "
+        "(rbee.deadline; passed on as a header, never in the body).")
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -199,7 +203,7 @@ class DoneEvent(WireModel):
     done: Literal[True] = True
     total_tokens: int
     duration_ms: int
-    finish_reason: Literal["stop", "length", "cancelled", "error"]
+    finish_reason: Literal["stop", "length", "cancelled", "error", "deadline"]
     prompt_tokens: int | None = None
     cached_tokens: int | None = None
     max_tokens_clipped: int | None = None

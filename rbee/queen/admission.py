@@ -13,6 +13,7 @@ from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from rbee.deadline import Deadline
 from rbee.errors import ErrorCode, RbeeError
 from rbee.events import Queued, WaitNote
 from rbee.queen.registry import Affinity, Lease, Registry
@@ -29,6 +30,7 @@ class _Waiter:
     since: float
     hive: str | None = None  # pinned to this hive's workers
     affinity: Affinity | None = None  # prefers the worker that holds its prompt prefix
+    deadline: Deadline | None = None  # the request's own (rbee.deadline): it stops waiting then
 
 
 class AdmissionQueue:
@@ -71,9 +73,9 @@ class AdmissionQueue:
 
     async def admit(self, model: str | None, key: str = "", exclude: frozenset[str] = frozenset(),
                     on_wait: OnWait | None = None, hive: str | None = None,
-                    affinity: Affinity | None = None) -> tuple[Lease, float]:
+                    affinity: Affinity | None = None, deadline: Deadline | None = None) -> tuple[Lease, float]:
         """A lease (on ``hive`` when given), and how many seconds we waited for it. Raises the right 503/404
-        when it can't."""
+        when it can't, and 504 ``DEADLINE_EXCEEDED`` when ``deadline`` passes while it waits."""
         if not self._by_key:
             try:
                 return self.registry.acquire(model, exclude, hive, affinity), 0.0
@@ -87,7 +89,7 @@ class AdmissionQueue:
         if len(self) >= self.max_size:
             raise self._busy(full=True)
         waiter = _Waiter(key, model, exclude, asyncio.get_running_loop().create_future(), self._clock(), hive,
-                         affinity)
+                         affinity, deadline)
         self._by_key.setdefault(key, deque()).append(waiter)
         self.pump()
         try:
@@ -103,6 +105,8 @@ class AdmissionQueue:
 
     async def _wait(self, waiter: _Waiter, on_wait: OnWait | None) -> Lease:
         deadline = waiter.since + self.timeout
+        if waiter.deadline is not None:
+            deadline = min(deadline, waiter.deadline.at)
         while not waiter.future.done():
             if on_wait is not None:  # each second: the place in line, and a keep-alive for proxies
                 await on_wait(Queued(self.position(waiter)))
@@ -116,6 +120,11 @@ class AdmissionQueue:
                 continue
         if waiter.future.done():
             return waiter.future.result()
+        if waiter.deadline is not None and waiter.deadline.expired(self._clock()):
+            raise waiter.deadline.exceeded(
+                f"in the queue, waiting for a worker for '{waiter.model or 'any model'}'",
+                "Send it again with a later deadline (X-Request-Deadline, or 'timeout' in seconds), or add "
+                "workers for this model.", self._clock())
         raise RbeeError(
             ErrorCode.QUEUE_TIMEOUT,
             f"No worker freed up within {self.timeout:g}s. Retry later, or add workers for this model.",

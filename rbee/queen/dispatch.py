@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from rbee import sse
+from rbee.deadline import Deadline
 from rbee.errors import ErrorCode, RbeeError
 from rbee.events import Done, Event, Failed, Provisioning, from_wire
 from rbee.peer import Peers, error_of
@@ -40,6 +41,7 @@ Write = Callable[[bytes], Awaitable[None]]
 # Lost ALL_SLOTS_BUSY races one request may retry: each waits for a sign of room first (Registry.full),
 # so this bounds a worker that keeps saying it is idle and then busy, not ordinary contention.
 MAX_RACES = 8
+AGAIN = "Send it again with a later deadline (X-Request-Deadline, or 'timeout' in seconds), or when the fleet is less busy."
 
 
 @dataclass
@@ -104,12 +106,12 @@ class Dispatcher:
     # ------------------------------------------------------------ opening
 
     async def open(self, job: InferenceRequest, *, request_id: str, api_key: str | None = None,
-                   on_wait: OnWait | None = None) -> Upstream:
+                   on_wait: OnWait | None = None, deadline: Deadline | None = None) -> Upstream:
         """A worker's stream for ``job``; every request that comes here ends in ``hooks.ended`` (an
         error or a client gone here, else at :meth:`close`)."""
         self.hooks.opened(request_id, job.model, api_key or "")
         try:
-            upstream = await self._open(job, request_id, api_key, on_wait)
+            upstream = await self._open(job, request_id, api_key, on_wait, deadline)
         except RbeeError as err:
             self.hooks.ended(request_id, None, "error", str(err.code))
             raise
@@ -120,10 +122,13 @@ class Dispatcher:
         return upstream
 
     async def _open(self, job: InferenceRequest, request_id: str, api_key: str | None,
-                    on_wait: OnWait | None) -> Upstream:
+                    on_wait: OnWait | None, deadline: Deadline | None = None) -> Upstream:
         if job.hive is not None and self.check_hive is not None:
             self.check_hive(job.hive)
-        body = job.model_dump(mode="json", exclude_none=True, exclude={"hive"})  # the pin is the queen's
+        if deadline is not None and deadline.expired():
+            raise deadline.exceeded("before it was dispatched", AGAIN)
+        # The pin is the queen's; the timeout travels as the deadline's header (it shrinks on the way).
+        body = job.model_dump(mode="json", exclude_none=True, exclude={"hive", "timeout"})
         tried: set[str] = set()
         last_error: RbeeError | None = None
         queued_s = 0.0
@@ -131,7 +136,7 @@ class Dispatcher:
         hashes, affinity = self._affinity(job)
         while True:
             try:
-                lease, waited = await self._admit(job, api_key or "", frozenset(tried), on_wait, affinity)
+                lease, waited = await self._admit(job, api_key or "", frozenset(tried), on_wait, affinity, deadline)
             except RbeeError as err:
                 if last_error is not None and err.code in (ErrorCode.NO_IDLE_WORKERS, ErrorCode.NO_WORKERS):
                     raise _pinned(job, last_error) from None  # say what went wrong with the workers we tried
@@ -139,7 +144,7 @@ class Dispatcher:
             queued_s += waited
             self.hooks.queue_wait(waited)
             try:
-                upstream = await self._connect(lease, body, job.stream, request_id, int(queued_s * 1000))
+                upstream = await self._connect(lease, body, job.stream, request_id, int(queued_s * 1000), deadline)
             except RbeeError as err:
                 busy = err.code == ErrorCode.ALL_SLOTS_BUSY
                 if busy:
@@ -174,46 +179,56 @@ class Dispatcher:
         return hashes, lambda worker: prefixes.depth(worker.worker_id, hashes)
 
     async def _admit(self, job: InferenceRequest, key: str, tried: frozenset[str], on_wait: OnWait | None,
-                     affinity: Affinity | None) -> tuple[Lease, float]:
+                     affinity: Affinity | None, deadline: Deadline | None = None) -> tuple[Lease, float]:
         """Admission (to the pinned hive's workers, when pinned); when no worker serves the model yet, a
         cold start on a hive (if one can), then again."""
         model, hive = job.model, job.hive
         try:
-            return await self.queue.admit(model, key, tried, on_wait, hive, affinity)
+            return await self.queue.admit(model, key, tried, on_wait, hive, affinity, deadline)
         except RbeeError as err:
             if err.code == ErrorCode.NO_WORKERS and hive is not None and self.require_live_hive is not None:
                 self.require_live_hive(hive, model)  # no live worker there: is the hive itself gone?
             cold = err.code in (ErrorCode.MODEL_NOT_FOUND, ErrorCode.NO_WORKERS) and not tried
             if not (cold and model and self.cold_start is not None
-                    and await self._cold_start(model, on_wait, hive)):
+                    and await self._cold_start(model, on_wait, hive, deadline)):
                 raise
-        return await self.queue.admit(model, key, tried, on_wait, hive, affinity)
+        return await self.queue.admit(model, key, tried, on_wait, hive, affinity, deadline)
 
-    async def _cold_start(self, model: str, on_wait: OnWait | None, hive: str | None = None) -> bool:
+    async def _cold_start(self, model: str, on_wait: OnWait | None, hive: str | None = None,
+                          deadline: Deadline | None = None) -> bool:
         """The cold start, telling a waiting client each second that its model is being provisioned
         (a download can take minutes; a streaming client and any proxy in between hear it is alive).
 
         The first note comes after a second: a cold start that ends sooner (no hive can try, or a hive
-        refuses at once) still answers with a plain HTTP error rather than an error event in a stream."""
+        refuses at once) still answers with a plain HTTP error rather than an error event in a stream.
+        A request's deadline ends only its own wait: the spawn goes on for the next request."""
         assert self.cold_start is not None
         task = asyncio.ensure_future(self.cold_start(model, hive))
         started = time.monotonic()
         try:
             while True:
-                done, _ = await asyncio.wait({task}, timeout=1.0)
+                left = 1.0 if deadline is None else min(1.0, deadline.remaining())
+                done, _ = await asyncio.wait({task}, timeout=max(left, 0.0))
                 if done:
                     return task.result()
+                if deadline is not None and deadline.expired():
+                    raise deadline.exceeded(f"while a worker for '{model}' was being started (cold start)",
+                                            AGAIN + " The worker goes on starting; the next request may find it ready.")
                 if on_wait is not None:
                     await on_wait(Provisioning(model, int(time.monotonic() - started)))
         finally:
             task.cancel()  # only our wait: the spawn itself is shared and shielded (ColdStarter.provide)
 
-    async def _connect(self, lease: Lease, body: dict, stream: bool, request_id: str, queued_ms: int) -> Upstream:
+    async def _connect(self, lease: Lease, body: dict, stream: bool, request_id: str, queued_ms: int,
+                       deadline: Deadline | None = None) -> Upstream:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=self.stall_timeout)
         started = time.monotonic()
+        if deadline is not None and deadline.expired(started):
+            raise deadline.exceeded("before it was dispatched", AGAIN)
+        headers = {**self.peers.headers, "X-Request-Id": request_id, **(deadline.header() if deadline else {})}
         try:
             response = await self.peers.session.post(f"{lease.url}/v1/inference", json=body, timeout=timeout,
-                                                     headers={**self.peers.headers, "X-Request-Id": request_id})
+                                                     headers=headers)
         except (TimeoutError, aiohttp.ClientError) as exc:
             self.registry.unreachable(lease.worker_id)
             raise _unavailable(lease, exc.__class__.__name__) from None

@@ -7,6 +7,7 @@ import logging
 
 from aiohttp import web
 
+from rbee import deadline as deadlines
 from rbee.errors import RbeeError
 from rbee.events import Failed, WaitNote
 from rbee.protocol import InferenceRequest
@@ -24,6 +25,7 @@ async def inference(request: web.Request) -> web.StreamResponse:
     request_id = request_id_of(request)
     job = await read_model(request, InferenceRequest)
     request[MODEL] = job.model or ""
+    deadline = deadlines.of_request(request.headers, job.timeout, request.app[SETTINGS].default_timeout)
     if request.app[SETTINGS].log_prompts:
         log.info("prompt", extra={"fields": {"prompt": job.prompt, "messages": job.messages}})
     dispatcher = request.app[DISPATCHER]
@@ -40,7 +42,8 @@ async def inference(request: web.Request) -> web.StreamResponse:
         await response.write(frame_comment(note.comment()))
 
     try:
-        upstream = await dispatcher.open(job, request_id=request_id, api_key=caller_of(request), on_wait=on_wait)
+        upstream = await dispatcher.open(job, request_id=request_id, api_key=caller_of(request), on_wait=on_wait,
+                                         deadline=deadline)
     except RbeeError as err:
         if response is None:
             raise

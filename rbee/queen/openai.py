@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from rbee import deadline as deadlines
 from rbee.errors import ErrorCode, RbeeError
 from rbee.events import Done, Failed, Token, TokenLogprob
 from rbee.protocol import WorkerState
@@ -53,7 +54,9 @@ async def openai_errors_middleware(request: web.Request, handler: web.Handler) -
     try:
         return await handler(request)
     except RbeeError as err:
-        headers = {"Retry-After": str(err.retry_after)} if err.retry_after is not None else None
+        headers = {"Retry-After": str(err.retry_after)} if err.retry_after is not None else {}
+        if err.code == ErrorCode.DEADLINE_EXCEEDED:
+            headers["x-should-retry"] = "false"  # the OpenAI clients retry a 504 unless told: too late is too late
         return json_response(oa.openai_envelope(err), status=err.status, headers=headers)
 
 
@@ -288,10 +291,11 @@ async def _complete(request: web.Request, req: oa.GenerationRequest, shape: Shap
     request_id = request_id_of(request)
     request[MODEL] = req.model
     job = req.to_inference()
+    deadline = deadlines.of_request(request.headers, req.timeout, request.app[SETTINGS].default_timeout)
     if request.app[SETTINGS].log_prompts:
         log.info("prompt", extra={"fields": {"prompt": job.prompt, "messages": job.messages}})
     dispatcher = request.app[DISPATCHER]
-    upstream = await dispatcher.open(job, request_id=request_id, api_key=caller_of(request))
+    upstream = await dispatcher.open(job, request_id=request_id, api_key=caller_of(request), deadline=deadline)
     log.info("dispatched", extra={"fields": {"worker_id": upstream.worker_id, "model": req.model,
                                              "queued_ms": upstream.queued_ms, "api": shape.kind,
                                              "user": req.safety_identifier or req.user}})
@@ -303,7 +307,7 @@ async def _complete(request: web.Request, req: oa.GenerationRequest, shape: Shap
         if req.stream:
             response = await _stream(request, dispatcher, upstream, req, headers, head, shape, reply)
         else:
-            response = await _whole(dispatcher, upstream, headers, head, shape, reply)
+            response = await _whole(dispatcher, upstream, headers, head, shape, reply, deadline)
         client_gone = False
         return response
     finally:
@@ -311,13 +315,16 @@ async def _complete(request: web.Request, req: oa.GenerationRequest, shape: Shap
 
 
 async def _whole(dispatcher: Dispatcher, upstream: Upstream, headers: dict[str, str], head: dict[str, Any],
-                 shape: Shape, reply: Reply) -> web.Response:
+                 shape: Shape, reply: Reply, deadline: deadlines.Deadline | None = None) -> web.Response:
     # Closed before the upstream is, so the dispatcher stops reading a stream we are done with.
     async with contextlib.aclosing(dispatcher.events(upstream)) as events:
         async for event in events:
             if isinstance(event, Token):
                 reply.add(event)
             elif isinstance(event, Done):
+                if event.finish_reason == "deadline":
+                    assert deadline is not None  # only a request with a deadline ends for it
+                    raise deadline.cut_short(event.total_tokens, worker_id=upstream.worker_id)
                 answer = reply.answer()
                 choice = shape.whole(reply, answer, reply.finish_reason(event, answer))
                 body = {**head, "object": shape.kind, "choices": [choice], "usage": oa.usage(event),

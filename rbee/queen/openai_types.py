@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from rbee import grammar
+from rbee.deadline import MAX_TIMEOUT_S
 from rbee.errors import ErrorCode, RbeeError, validation_error
 from rbee.events import Done
 from rbee.protocol import MAX_TOKENS_LIMIT, InferenceRequest, ModelRef
@@ -240,6 +241,9 @@ class GenerationRequest(OpenAIRequestModel):
     cache_prompt: bool | None = None
     top_k: Annotated[int, Field(ge=0, le=1000)] | None = None
     min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    # rbee's own: seconds the request may take in all (rbee.deadline). OpenAI's clients keep their `timeout`
+    # option to themselves (it never reaches a server); send this one with extra_body={"timeout": S}.
+    timeout: Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S)] | None = None
 
     @property
     def include_usage(self) -> bool:
@@ -380,4 +384,5 @@ def usage(done: Done) -> dict[str, Any]:
 
 
 def finish_reason(done: Done) -> str:
-    return done.finish_reason if done.finish_reason in ("stop", "length") else "stop"
+    # "deadline" is rbee's own (rbee.deadline); the OpenAI clients take unknown finish reasons as they come.
+    return done.finish_reason if done.finish_reason in ("stop", "length", "deadline") else "stop"

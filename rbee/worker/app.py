@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -13,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from rbee import __version__
+from rbee import deadline as deadlines
 from rbee.auth import cluster_key_middleware
 from rbee.errors import ErrorCode, RbeeError
 from rbee.events import Done, Prefilling, Token
@@ -111,17 +113,22 @@ async def inference(request: web.Request) -> web.StreamResponse:
     app = request.app
     request_id = request_id_of(request)
     req = await read_model(request, InferenceRequest)
+    deadline = deadlines.of_request(request.headers, req.timeout)
     _refuse_unless_serving(app)
     engine, pool = app[ENGINE], app[POOL]
     work = await prompting.prepare(req, request_id, engine, engine.config.ctx_size)
     _refuse_unless_serving(app)  # preparing may have awaited
+    if deadline is not None:
+        if deadline.expired():
+            raise deadline.exceeded("before the worker started it", "Send it again with a later deadline.")
+        work = dataclasses.replace(work, deadline=deadline.at)  # the engine stops it then (Engine._expire)
     try:
         gen = pool.start(work)
     except EngineError:  # the decode loop has stopped: we are on the way out
         raise RbeeError(ErrorCode.DRAINING, "This worker is shutting down. Send the request to another worker.") from None
     headers = {"X-Request-Id": request_id}
     if not req.stream:
-        return await _collect(pool, request_id, gen, headers)
+        return await _collect(pool, request_id, gen, headers, deadline)
     return await _stream(request, pool, request_id, gen, headers)
 
 
@@ -156,7 +163,8 @@ def _refuse_unless_serving(app: web.Application) -> None:
         raise RbeeError(ErrorCode.INTERNAL, f"This worker has no model: {app[LIFECYCLE].error}")
 
 
-async def _collect(pool: SlotPool, request_id: str, gen: Generation, headers: dict[str, str]) -> web.Response:
+async def _collect(pool: SlotPool, request_id: str, gen: Generation, headers: dict[str, str],
+                   deadline: deadlines.Deadline | None) -> web.Response:
     parts: list[str] = []
     logprobs: list[dict] | None = None
     try:
@@ -169,6 +177,9 @@ async def _collect(pool: SlotPool, request_id: str, gen: Generation, headers: di
             elif isinstance(event, Prefilling):
                 continue
             elif isinstance(event, Done):
+                if event.finish_reason == "deadline":
+                    assert deadline is not None  # only a request with a deadline ends for it
+                    raise deadline.cut_short(event.total_tokens)
                 body = event.wire()
                 del body["done"]
                 if logprobs is not None:

@@ -307,6 +307,7 @@ class Engine:
     def _run(self) -> None:
         try:
             while self._drain_inbox(block=not self._active):
+                self._expire()
                 if self._active:
                     self._step()
         except Exception:  # a bug here must not leave clients hanging
@@ -345,6 +346,13 @@ class Engine:
                 if seq is not None:
                     self._finish(seq, "cancelled")
                 on_done(seq is not None)
+
+    def _expire(self) -> None:
+        """End the sequences whose deadline has passed, freeing their slots: checked here, between steps,
+        so a slot never runs past its request's deadline, whether or not anyone still reads the stream."""
+        now = time.monotonic()
+        for seq in [s for s in self._active.values() if s.job.work.deadline is not None and s.job.work.deadline <= now]:
+            self._finish(seq, "deadline")
 
     def _admit(self, job: Job) -> None:
         work = job.work

@@ -66,6 +66,7 @@ class Work:
     stop: list[str]
     max_tokens_clipped: int | None = None  # the max_tokens asked for, when the context made it smaller
     cache_prompt: bool = True  # reuse the KV a slot holds of an earlier prompt with the same beginning
+    deadline: float | None = None  # time.monotonic() at which it ends, finish reason "deadline" (rbee.deadline)
 
 
 @dataclass(frozen=True)
