@@ -30,6 +30,8 @@ class ErrorCode(StrEnum):
     MODEL_LOADING = "MODEL_LOADING"
     SPAWN_FAILED = "SPAWN_FAILED"
     INSUFFICIENT_RAM = "INSUFFICIENT_RAM"
+    INSUFFICIENT_VRAM = "INSUFFICIENT_VRAM"  # the GPU a spawn would use lacks room (or its --vram-budget-mb)
+    INSUFFICIENT_RESOURCES = "INSUFFICIENT_RESOURCES"  # the queen: no hive has room for the model
     INVALID_BACKEND = "INVALID_BACKEND"
     DEVICE_NOT_FOUND = "DEVICE_NOT_FOUND"
     DOWNLOAD_FAILED = "DOWNLOAD_FAILED"
@@ -93,6 +95,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.SSH_UNREACHABLE: 504,
     ErrorCode.DEADLINE_EXCEEDED: 504,
     ErrorCode.INSUFFICIENT_RAM: 507,
+    ErrorCode.INSUFFICIENT_VRAM: 507,
+    ErrorCode.INSUFFICIENT_RESOURCES: 507,
     ErrorCode.INSUFFICIENT_STORAGE: 507,
     ErrorCode.NO_WORKERS: 503,
     ErrorCode.HIVE_OFFLINE: 503,

@@ -225,7 +225,8 @@ class ReadyStatus(WireModel):
 class SpawnRequest(RequestModel):
     model_ref: ModelRef | None = None
     backend: Annotated[str, Field(pattern=r"^[a-z0-9_-]{1,32}$")] = "cpu"
-    device: Annotated[int, Field(ge=0, le=1024)] = 0
+    device: Annotated[int, Field(ge=0, le=1024)] | None = Field(
+        None, description="Device index; none: the one of this backend with the most free memory that fits.")
     slots: Annotated[int, Field(ge=1, le=64)] = 1
     ctx_size: Annotated[int, Field(ge=256, le=131072)] | None = None
     wait: bool = Field(False, description="Answer only once the worker is ready (200), or 502 SPAWN_FAILED "
@@ -264,10 +265,46 @@ class HiveRegistration(RequestModel):
     version: Version | None = None
 
 
+class DeviceMemory(WireModel):
+    """One device's memory as a hive sees it: ``cpu:0`` is host RAM, a GPU its own memory. ``reserved``:
+    what the estimates of this hive's workers on it add up to; ``headroom``: what one more worker may
+    take (free memory, and within the budget what is not reserved); ``reclaimable``: what evicting
+    this hive's idle workers (past --min-resident) would give back."""
+
+    backend: str
+    index: int
+    name: str = ""
+    total_bytes: int | None = None
+    free_bytes: int | None = None
+    reserved_bytes: int = 0
+    budget_bytes: int | None = None
+    headroom_bytes: int | None = None
+    reclaimable_bytes: int = 0
+
+
+class SpawnPlan(WireModel):
+    """``POST /v1/workers/plan``: what a spawn of the same body would do now, without doing it."""
+
+    model_ref: str
+    local: bool  # the model file is on the hive (else it must be downloaded first; need unknown)
+    backend: str
+    device: int | None = None  # the device the worker would get
+    needed_host_bytes: int | None = None
+    needed_device_bytes: int | None = None
+    fits: bool  # with the evictions below
+    later: bool = False  # does not fit now, but will once busy or too young workers may be evicted
+    evict: list[str] = Field(default_factory=list)  # idle workers of other models it would stop first
+    blocking: list[str] = Field(default_factory=list)  # with ``later``: workers whose eviction must wait
+    free_bytes: int | None = None  # headroom on the device it would use (host RAM for cpu)
+    memory: list[DeviceMemory] = Field(default_factory=list)
+    reason: str | None = None
+
+
 class HiveHeartbeat(RequestModel):
     models: list[ModelRef] | None = Field(None, max_length=4096)
     workers: Annotated[int, Field(ge=0, le=4096)] | None = None
     ram_free_bytes: Annotated[int, Field(ge=0)] | None = None
+    memory: list[DeviceMemory] | None = Field(None, max_length=256)
 
 
 class HiveInfo(WireModel):
@@ -281,6 +318,7 @@ class HiveInfo(WireModel):
     live: bool
     version: str | None = None
     ram_free_bytes: int | None = None
+    memory: list[DeviceMemory] = Field(default_factory=list)
 
 
 class HiveList(WireModel):
@@ -321,6 +359,7 @@ class NodeInfo(WireModel):
     version: str | None = None
     workers: int = 0
     ram_free_bytes: int | None = None
+    memory: list[DeviceMemory] = Field(default_factory=list)  # per device, from the last heartbeat
     seconds_since_heartbeat: float | None = None
     url: str | None = None  # the hive's, once it has registered
     remote_dir: str | None = None

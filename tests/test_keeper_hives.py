@@ -54,7 +54,17 @@ def test_heartbeats_are_said_as_a_person_says_them(seconds, shown):
 def test_a_list_row_has_no_epoch_floats_and_no_json():
     row = node_rows([{"hive_id": "alpha", "ssh": "root@10.0.0.2", "state": "online", "version": "0.1.0", "workers": 2,
                       "ram_free_bytes": 24_459_444_224, "seconds_since_heartbeat": 3.1, "notes": []}])[0]
-    assert row == ["alpha", "root@10.0.0.2", "online", "0.1.0", 2, "24.5 GB", "3 s ago"]
+    assert row == ["alpha", "root@10.0.0.2", "online", "0.1.0", 2, "24.5 GB", "", "3 s ago"]
+
+
+def test_a_list_row_says_each_devices_memory():
+    memory = [{"backend": "cpu", "index": 0, "total_bytes": 8_000_000_000, "headroom_bytes": 300_000_000,
+               "reserved_bytes": 250_000_000, "budget_bytes": 550_000_000},
+              {"backend": "cuda", "index": 1, "total_bytes": 24_000_000_000, "headroom_bytes": 20_000_000_000,
+               "reserved_bytes": 0, "budget_bytes": None}]
+    row = node_rows([{"hive_id": "alpha", "state": "online", "memory": memory}])[0]
+    assert row[6] == ("host 300.0 MB free of 8.0 GB, 250.0 MB reserved (budget 550.0 MB); "
+                      "cuda:1 20.0 GB free of 24.0 GB, 0 B reserved")
 
 
 # ---------------------------------------------------------------- versions

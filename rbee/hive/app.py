@@ -14,18 +14,20 @@ from aiohttp import web
 from rbee import __version__, models, reload
 from rbee.auth import cluster_key_middleware, state_changing
 from rbee.errors import RbeeError
+from rbee.hive import memory, preflight, spawn_plan
 from rbee.hive import metrics as hive_metrics
-from rbee.hive import preflight
 from rbee.hive.address import advertised_host, http_url
 from rbee.hive.models_api import CATALOG, PROVISIONER, setup_models
 from rbee.hive.queen_link import QueenLink, Queens
 from rbee.hive.settings import HiveSettings
-from rbee.hive.supervisor import ManagedWorker, Supervisor, WorkerSpec
+from rbee.hive.spawn_plan import Ask
+from rbee.hive.spawner import Spawner
+from rbee.hive.supervisor import ManagedWorker, Supervisor
 from rbee.hive.watch import Watch, reconcile
 from rbee.keyring import KeyRing, KeySource
 from rbee.peer import Peers
-from rbee.protocol import SpawnRequest, WorkerReady
-from rbee.web import json_response, make_app, read_model
+from rbee.protocol import DeviceMemory, SpawnRequest, WorkerReady
+from rbee.web import json_model, json_response, make_app, read_model
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,7 @@ HTTP = web.AppKey("http", aiohttp.ClientSession)
 LINK = web.AppKey("queens", Queens)
 PUBLIC_URL = web.AppKey("public_url", str)  # how the queen and other machines reach this hive
 DEVICES = web.AppKey("devices", asyncio.Task)  # preflight.detect_devices, asked once at start
+SPAWNER = web.AppKey("spawner", Spawner)
 
 routes = web.RouteTableDef()
 
@@ -49,7 +52,8 @@ async def health(request: web.Request) -> web.Response:
 @routes.get("/v1/workers/list")
 async def list_workers(request: web.Request) -> web.Response:
     workers = request.app[SUPERVISOR].list()
-    return json_response({"workers": [w.view().model_dump(mode="json") for w in workers]})
+    return json_response({"workers": [w.view().model_dump(mode="json") for w in workers],
+                          "evictions": request.app[SPAWNER].evictions})
 
 
 @routes.get("/v1/devices")
@@ -61,33 +65,53 @@ async def devices(request: web.Request) -> web.Response:
 @routes.post("/v1/workers/spawn")
 async def spawn(request: web.Request) -> web.Response:
     """202 at once with the starting worker; with ``wait`` (body or ``?wait=true``), 200 once it is ready
-    and registered, or 502 SPAWN_FAILED with its last log lines."""
+    and registered, or 502 SPAWN_FAILED with its last log lines. 507 with the numbers when it would not
+    fit in this hive's memory (after evicting idle workers of other models, when that is allowed)."""
     app = request.app
-    settings, supervisor = app[SETTINGS], app[SUPERVISOR]
     body = await read_model(request, SpawnRequest)
     wait = body.wait or request.query.get("wait", "").lower() in ("1", "true", "yes")
-    preflight.check_backend(body.backend, body.device, preflight.backends_of(await app[DEVICES]))  # before any download
-    ref = body.model_ref or models.DEFAULT_MODEL_REF
+    await _check_backend(app, body)  # before any download
+    ask = _ask(body)
     # The default model, file:// refs and catalogued models are local at once; others download first.
-    entry = await app[PROVISIONER].ensure_local(ref)
-    need = preflight.Need(ref, entry.size_bytes, body.backend, body.device)
-    preflight.check_ram(need, _ram_for_workers(settings, supervisor))
-    spec = WorkerSpec(model_ref=ref, model_arg=None if entry.provider == "builtin" else str(entry.local_path),
-                      backend=body.backend, device=body.device, slots=body.slots, ctx_size=body.ctx_size,
-                      ram_bytes=preflight.ram_needed(entry.size_bytes))
-    worker = await supervisor.spawn(spec)
+    entry = await app[PROVISIONER].ensure_local(ask.model_ref)
+    model_arg = None if entry.provider == "builtin" else str(entry.local_path)
+    worker = await app[SPAWNER].spawn(ask, entry, model_arg)
     if not wait:
         return json_response(worker.view().model_dump(mode="json"), status=202)
-    await supervisor.wait_ready(worker, settings.spawn_timeout)
+    await app[SUPERVISOR].wait_ready(worker, app[SETTINGS].spawn_timeout)
     return json_response(worker.view().model_dump(mode="json"), status=200)
 
 
-def _ram_for_workers(settings: HiveSettings, supervisor: Supervisor) -> int | None:
-    free = preflight.available_ram()
-    if not settings.ram_budget_mb:
-        return free
-    budget = settings.ram_budget_mb * 1024 * 1024 - supervisor.ram_in_use()
-    return max(0, budget) if free is None else max(0, min(free, budget))
+@routes.post("/v1/workers/plan")
+async def plan_spawn(request: web.Request) -> web.Response:
+    """What a spawn of this body would do now (device, estimate, evictions, or why it would not fit),
+    without downloading or starting anything: the queen's placement asks each hive."""
+    app = request.app
+    body = await read_model(request, SpawnRequest)
+    await _check_backend(app, body)
+    ask = _ask(body)
+    entry = await asyncio.to_thread(app[CATALOG].get, ask.model_ref)
+    plan = await app[SPAWNER].plan(ask, entry)
+    return json_model(plan.wire())
+
+
+async def _check_backend(app: web.Application, body: SpawnRequest) -> None:
+    backends = preflight.backends_of(await app[DEVICES])
+    if body.device is None:
+        preflight.check_backend(body.backend, backends.get(body.backend, (0,))[0], backends)
+    else:
+        preflight.check_backend(body.backend, body.device, backends)
+
+
+def _ask(body: SpawnRequest) -> Ask:
+    return Ask(model_ref=body.model_ref or models.DEFAULT_MODEL_REF, backend=body.backend, device=body.device,
+               slots=body.slots, ctx_size=body.ctx_size)
+
+
+def budgets_of(settings: HiveSettings) -> memory.Budgets:
+    mib = 1024 * 1024
+    return memory.Budgets(ram_bytes=settings.ram_budget_mb * mib or None,
+                          vram_bytes=settings.vram_budget_mb * mib or None)
 
 
 @routes.post("/v1/workers/ready")
@@ -123,9 +147,18 @@ async def _watch_loop(app: web.Application, watch: Watch) -> None:
         started = time.monotonic()
         await watch.check_all()
         with contextlib.suppress(OSError, RbeeError):
-            await link.heartbeat_hive(await _model_refs(app), len(supervisor.list()))
+            await link.heartbeat_hive(await _model_refs(app), len(supervisor.list()), _memory(app))
         # A fixed period, so slow (failing) checks do not stretch the time to notice a silent worker.
         await asyncio.sleep(max(0.0, settings.heartbeat_interval - (time.monotonic() - started)))
+
+
+def _memory(app: web.Application) -> list[DeviceMemory] | None:
+    """Per device, for the heartbeat; None until the devices are known."""
+    devices = app[DEVICES]
+    if not devices.done() or devices.cancelled() or devices.exception() is not None:
+        return None
+    settings = app[SETTINGS]
+    return spawn_plan.ledger(devices.result(), app[SUPERVISOR].list(), budgets_of(settings), settings.min_resident)
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -149,6 +182,12 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
         supervisor.on_exit = on_exit
         app[DEVICES] = asyncio.get_running_loop().create_task(preflight.detect_devices(supervisor.worker_command))
+
+        async def devices() -> list[dict]:
+            return await asyncio.shield(app[DEVICES])
+
+        app[SPAWNER] = Spawner(supervisor, devices, budgets_of(settings), settings.min_resident,
+                               is_idle=watch.is_idle, goodbye=link.deregister_worker, stop_grace=settings.stop_grace)
         await reconcile(watch)
         loop = asyncio.get_running_loop().create_task(_watch_loop(app, watch))
         yield

@@ -34,6 +34,7 @@ _COUNTERS = (
     ("rbee_hive_worker_restarts", "Workers restarted after a crash (--restart on-failure).", "workers", "restarts"),
     ("rbee_hive_health_check_failures", "Health checks of a ready worker that failed.",
      "workers", "health_check_failures"),
+    ("rbee_hive_worker_evictions", "Idle workers stopped to make room for another model.", "workers", "evictions"),
 )
 
 

@@ -17,7 +17,7 @@ from rbee.errors import ErrorCode, RbeeError
 from rbee.hive.preflight import available_ram
 from rbee.hive.supervisor import ManagedWorker
 from rbee.peer import Peers
-from rbee.protocol import HiveHeartbeat, HiveRegistration, WorkerRegistration
+from rbee.protocol import DeviceMemory, HiveHeartbeat, HiveRegistration, WorkerRegistration
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +81,11 @@ class QueenLink:
         await self.peers.call("POST", f"{self.queen_url}/v2/hives/register", json=reg.model_dump(mode="json"),
                               peer=QUEEN, ident={"hive_id": self.hive_id}, next_step=START_THE_QUEEN)
 
-    async def heartbeat_hive(self, models: list[str], workers: int) -> None:
-        """A heartbeat; registers again when the queen does not know this hive (it restarted). A queen
-        that refuses this hive (a wrong cluster key, say) is logged as a warning, with its reason."""
-        beat = HiveHeartbeat(models=models, workers=workers, ram_free_bytes=available_ram())
+    async def heartbeat_hive(self, models: list[str], workers: int, memory: list[DeviceMemory] | None = None) -> None:
+        """A heartbeat (with this hive's memory per device); registers again when the queen does not know
+        this hive (it restarted). A queen that refuses this hive (a wrong cluster key, say) is logged as a
+        warning, with its reason."""
+        beat = HiveHeartbeat(models=models, workers=workers, ram_free_bytes=available_ram(), memory=memory)
         try:
             try:
                 await self.peers.call("POST", f"{self.queen_url}/v2/hives/{self.hive_id}/heartbeat",
@@ -136,8 +137,8 @@ class Queens:
         await self._each(("worker", worker.worker_id),
                          lambda link: link.heartbeat_worker(worker, state, slots_available))
 
-    async def heartbeat_hive(self, models: list[str], workers: int) -> None:
-        await self._each(("hive",), lambda link: link.heartbeat_hive(models, workers))
+    async def heartbeat_hive(self, models: list[str], workers: int, memory: list[DeviceMemory] | None = None) -> None:
+        await self._each(("hive",), lambda link: link.heartbeat_hive(models, workers, memory))
 
     async def _each(self, kind: tuple[str, ...], call: Callable[[QueenLink], Awaitable[None]]) -> None:
         started = []

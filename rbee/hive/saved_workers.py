@@ -49,6 +49,7 @@ class SavedWorker:
     ctx_size: int | None
     ram_bytes: int
     log_path: str
+    vram_bytes: int = 0  # absent from files an older hive wrote
 
     @property
     def url(self) -> str:

@@ -82,6 +82,10 @@ class HiveSettings(ServerSettings):
                             AfterValidator(_check_port_range), Flag(metavar="FIRST-LAST")] = Field(
         None, description="Port range for workers, e.g. 8081-8199 (default: any free port).")
     ram_budget_mb: int = Field(0, ge=0, description="Memory all workers of this hive may use (0 = what is free).")
+    vram_budget_mb: int = Field(0, ge=0, description="GPU memory the workers of this hive may use on each "
+                                "device (0 = what the device has free).")
+    min_resident: float = Field(30.0, ge=0, description="Seconds a worker stays before it may be evicted to "
+                                "make room for another model.")
     heartbeat_interval: Annotated[float, NOT_A_FLAG] = Field(1.0, gt=0, description="Seconds between heartbeats.")
     stop_grace: Annotated[float, NOT_A_FLAG] = Field(
         10.0, ge=0, description="Seconds a worker gets to drain before SIGKILL.")

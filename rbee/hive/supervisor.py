@@ -63,7 +63,8 @@ class WorkerSpec:
     device: int = 0
     slots: int = 1
     ctx_size: int | None = None
-    ram_bytes: int = 0
+    ram_bytes: int = 0  # its footprint estimate on the host (rbee.hive.footprint)
+    vram_bytes: int = 0  # and on its device, when it offloads
 
 
 @dataclass
@@ -79,6 +80,8 @@ class ManagedWorker:
     restarts: int = 0
     health_failures: int = 0
     last_active: float = field(default_factory=time.monotonic)
+    started_at: float = field(default_factory=time.monotonic)  # for --min-resident
+    busy: bool = False  # as the last health check saw it
     generations: float | None = None  # the worker's finished-generation count when last looked at
     exit_code: int | None = None
 
@@ -101,7 +104,8 @@ class ManagedWorker:
         s = self.spec
         return SavedWorker(worker_id=self.worker_id, pid=self.process.pid, port=self.port, host=self.host,
                             model_ref=s.model_ref, model_arg=s.model_arg, backend=s.backend, device=s.device,
-                            slots=s.slots, ctx_size=s.ctx_size, ram_bytes=s.ram_bytes, log_path=str(self.log_path))
+                            slots=s.slots, ctx_size=s.ctx_size, ram_bytes=s.ram_bytes, vram_bytes=s.vram_bytes,
+                            log_path=str(self.log_path))
 
     def log_tail(self, lines: int = 20) -> list[str]:
         try:
@@ -301,7 +305,7 @@ class Supervisor:
             return None
         spec = WorkerSpec(model_ref=record.model_ref, model_arg=record.model_arg, backend=record.backend,
                           device=record.device, slots=record.slots, ctx_size=record.ctx_size,
-                          ram_bytes=record.ram_bytes)
+                          ram_bytes=record.ram_bytes, vram_bytes=record.vram_bytes)
         worker = ManagedWorker(worker_id=record.worker_id, spec=spec, port=record.port, host=record.host,
                                process=process, log_path=Path(record.log_path))
         self._track(worker)

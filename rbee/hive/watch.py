@@ -48,17 +48,32 @@ class Watch:
             await self._failed(worker, exc)
             return
         worker.health_failures = 0
-        if state == "busy" or available < worker.spec.slots:
+        worker.busy = state == "busy" or available < worker.spec.slots
+        if worker.busy:
             worker.last_active = time.monotonic()
-        if self.idle_timeout > 0:
-            await self._note_generations(worker)
-            if time.monotonic() - worker.last_active > self.idle_timeout and worker.state == "ready":
-                await self._retire(worker)
-                return
+        await self._note_generations(worker)  # also without an idle timeout: eviction goes by last use
+        idle_s = time.monotonic() - worker.last_active
+        if self.idle_timeout > 0 and idle_s > self.idle_timeout and worker.state == "ready":
+            await self._retire(worker)
+            return
         try:
             await self.link.heartbeat_worker(worker, state, available)
         except (TimeoutError, aiohttp.ClientError, RbeeError) as exc:
             log.debug("heartbeat for %s failed: %s", worker.worker_id, exc)
+
+    async def is_idle(self, worker: ManagedWorker) -> bool:
+        """Asked now (not as of the last check): ready, every slot free, and nothing finished since the
+        last look — a worker about to be evicted must not be serving anyone."""
+        try:
+            status = await self._get_json(f"{worker.url}/v1/ready")
+        except (TimeoutError, aiohttp.ClientError, ValueError):
+            return False
+        before = worker.generations
+        await self._note_generations(worker)
+        if worker.generations != before:
+            worker.last_active = time.monotonic()
+            return False
+        return status.get("state") == "idle" and status.get("slots_available") == worker.spec.slots
 
     async def _failed(self, worker: ManagedWorker, exc: BaseException) -> None:
         worker.health_failures += 1

@@ -176,8 +176,24 @@ def node_rows(nodes: list[dict[str, Any]]) -> list[list[Any]]:
         ram = n.get("ram_free_bytes")
         rows.append([n.get("hive_id"), n.get("ssh") or n.get("url") or "", n.get("state"), n.get("version") or "",
                      n.get("workers", 0), human_bytes(ram) if isinstance(ram, int) else "",
-                     ago(n.get("seconds_since_heartbeat"))])
+                     memory_cell(n.get("memory") or []), ago(n.get("seconds_since_heartbeat"))])
     return rows
+
+
+def memory_cell(devices: list[dict[str, Any]]) -> str:
+    """Per device: headroom for another worker, of the total, and what this hive's workers reserve."""
+    parts = []
+    for d in devices:
+        where = "host" if d.get("backend") == "cpu" else f"{d.get('backend')}:{d.get('index')}"
+        room, total = d.get("headroom_bytes"), d.get("total_bytes")
+        text = f"{where} {human_bytes(room) if isinstance(room, int) else '?'} free"
+        if isinstance(total, int) and total:
+            text += f" of {human_bytes(total)}"
+        text += f", {human_bytes(d.get('reserved_bytes') or 0)} reserved"
+        if isinstance(d.get("budget_bytes"), int):
+            text += f" (budget {human_bytes(d['budget_bytes'])})"
+        parts.append(text)
+    return "; ".join(parts)
 
 
 def list_nodes(client: QueenClient, out: Output, as_json: bool = False) -> int:
@@ -192,7 +208,8 @@ def list_nodes(client: QueenClient, out: Output, as_json: bool = False) -> int:
     if not nodes:
         out.say("no hives are known to the queen; add one with `rbee-keeper hives add NAME --ssh USER@HOST`")
         return EXIT_OK
-    out.table(["name", "host", "state", "version", "workers", "free RAM", "last heartbeat"], node_rows(nodes))
+    out.table(["name", "host", "state", "version", "workers", "free RAM", "memory", "last heartbeat"],
+              node_rows(nodes))
     for n in nodes:
         for line in n.get("notes", []):
             out.note(f"{n.get('hive_id')}: {line}")

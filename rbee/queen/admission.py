@@ -96,7 +96,7 @@ class AdmissionQueue:
             lease = await self._wait(waiter, on_wait)
         except BaseException:
             # Timed out or the client left: a lease handed over in the meantime goes back at once.
-            if waiter.future.done() and not waiter.future.cancelled():
+            if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
                 self.registry.release(waiter.future.result())
             raise
         finally:
@@ -145,6 +145,7 @@ class AdmissionQueue:
         """Hand free slots to waiters: keys take turns, each key's own requests in arrival order. A
         key's request that cannot be served yet (its model has no room) does not hold up the same
         key's later requests for a model that has."""
+        self._fail_orphans()
         progress = True
         while progress and self._by_key:
             progress = False
@@ -161,6 +162,17 @@ class AdmissionQueue:
                         self._by_key.pop(key, None)
                     progress = True
                     break
+
+    def _fail_orphans(self) -> None:
+        """Waiters for a model whose last worker left the registry (evicted for another model, stopped)
+        hear so at once, as MODEL_NOT_FOUND, so the dispatcher can cold-start it again instead of
+        letting them wait for nothing until the queue timeout."""
+        for q in self._by_key.values():
+            for w in q:
+                if w.model is not None and not w.future.done() and not self.registry.registered(w.model, w.hive):
+                    w.future.set_exception(RbeeError(
+                        ErrorCode.MODEL_NOT_FOUND, f"No worker serves model '{w.model}' any more.",
+                        {"model": w.model}))
 
     def _serve_first_servable(self, q: deque[_Waiter]) -> bool:
         blocked: set[tuple[str | None, str | None]] = set()  # found without room: later ones for it wait too

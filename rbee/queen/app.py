@@ -44,7 +44,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             app[REGISTRY], peers, app[QUEUE], stall_timeout=settings.stall_timeout,
             max_attempts=settings.max_attempts, hooks=app[METRICS], cache_routing=settings.cache_routing,
         )
-        starter = ColdStarter(app[HIVES], peers)
+        starter = ColdStarter(app[HIVES], peers, swap_after=settings.swap_after,
+                              hold=app[REGISTRY].hold)
         app[DISPATCHER].cold_start = starter.provide
         app[DISPATCHER].require_live_hive = app[HIVES].require_live
         prober = asyncio.get_running_loop().create_task(probe_loop(

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 RETRYABLE = {ErrorCode.ALL_SLOTS_BUSY, ErrorCode.DRAINING, ErrorCode.MODEL_LOADING, ErrorCode.WORKER_UNAVAILABLE,
              ErrorCode.INTERNAL}
 Write = Callable[[bytes], Awaitable[None]]
+MAX_COLD_STARTS = 3  # per request: its model evicted again and again while it waited is given up on
 # Lost ALL_SLOTS_BUSY races one request may retry: each waits for a sign of room first (Registry.full),
 # so this bounds a worker that keeps saying it is idle and then busy, not ordinary contention.
 MAX_RACES = 8
@@ -183,15 +184,16 @@ class Dispatcher:
         """Admission (to the pinned hive's workers, when pinned); when no worker serves the model yet, a
         cold start on a hive (if one can), then again."""
         model, hive = job.model, job.hive
-        try:
-            return await self.queue.admit(model, key, tried, on_wait, hive, affinity, deadline)
-        except RbeeError as err:
-            if err.code == ErrorCode.NO_WORKERS and hive is not None and self.require_live_hive is not None:
-                self.require_live_hive(hive, model)  # no live worker there: is the hive itself gone?
-            cold = err.code in (ErrorCode.MODEL_NOT_FOUND, ErrorCode.NO_WORKERS) and not tried
-            if not (cold and model and self.cold_start is not None
-                    and await self._cold_start(model, on_wait, hive, deadline)):
-                raise
+        for _ in range(MAX_COLD_STARTS):  # a model's worker may be evicted (for another) while we wait
+            try:
+                return await self.queue.admit(model, key, tried, on_wait, hive, affinity, deadline)
+            except RbeeError as err:
+                if err.code == ErrorCode.NO_WORKERS and hive is not None and self.require_live_hive is not None:
+                    self.require_live_hive(hive, model)  # no live worker there: is the hive itself gone?
+                cold = err.code in (ErrorCode.MODEL_NOT_FOUND, ErrorCode.NO_WORKERS) and not tried
+                if not (cold and model and self.cold_start is not None
+                        and await self._cold_start(model, on_wait, hive, deadline)):
+                    raise
         return await self.queue.admit(model, key, tried, on_wait, hive, affinity, deadline)
 
     async def _cold_start(self, model: str, on_wait: OnWait | None, hive: str | None = None,

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from rbee.errors import ErrorCode, RbeeError
 from rbee.models import aliases
-from rbee.protocol import HiveHeartbeat, HiveInfo, HiveRegistration
+from rbee.protocol import DeviceMemory, HiveHeartbeat, HiveInfo, HiveRegistration
 from rbee.versions import check_peer
 
 DOWNLOADABLE = ("hf:", "https://", "http://")
@@ -26,6 +26,7 @@ class HiveRecord:
     models: list[str] = field(default_factory=list)
     workers: int = 0
     ram_free_bytes: int | None = None
+    memory: list[DeviceMemory] = field(default_factory=list)  # per device, from the last heartbeat
 
     @property
     def hive_id(self) -> str:
@@ -38,7 +39,7 @@ class HiveRecord:
         return HiveInfo(hive_id=self.hive_id, url=self.reg.url, node_name=self.reg.node_name or self.hive_id,
                         models=self.models, workers=self.workers, registered_at=self.registered_at,
                         last_seen=self.last_seen, live=live, version=self.reg.version,
-                        ram_free_bytes=self.ram_free_bytes)
+                        ram_free_bytes=self.ram_free_bytes, memory=self.memory)
 
 
 class HiveRegistry:
@@ -70,6 +71,8 @@ class HiveRegistry:
             record.workers = beat.workers
         if beat.ram_free_bytes is not None:
             record.ram_free_bytes = beat.ram_free_bytes
+        if beat.memory is not None:
+            record.memory = list(beat.memory)
         return record
 
     def is_live(self, record: HiveRecord) -> bool:

@@ -202,6 +202,7 @@ def view(node: Node | None, hive: HiveRecord | None, live: bool, now: float, que
         version=version,
         workers=hive.workers if hive is not None and state == "online" else 0,
         ram_free_bytes=hive.ram_free_bytes if hive is not None and state == "online" else None,
+        memory=hive.memory if hive is not None and state == "online" else [],
         seconds_since_heartbeat=round(now - hive.last_seen, 1) if hive is not None else None,
         url=hive.reg.url if hive is not None else None,
         remote_dir=node.remote_dir if node is not None else None,

@@ -80,6 +80,7 @@ class Registry:
         # turn could land on the same worker).
         self._load_turn = 0
         self._listeners: list[Callable[[], None]] = []
+        self._held: set[str] = set()  # route nothing new here (see hold)
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         """``listener()`` runs after every change that may free room (the admission queue's pump)."""
@@ -124,6 +125,8 @@ class Registry:
     def remove(self, worker_id: str) -> WorkerRecord:
         record = self.get(worker_id)
         del self._workers[worker_id]
+        self._held.discard(worker_id)
+        self._changed()  # requests that waited for its model now wait for nothing: the queue tells them
         return record
 
     def get(self, worker_id: str) -> WorkerRecord:
@@ -215,6 +218,7 @@ class Registry:
             )
         candidates = [
             w for w in serving if w.state == WorkerState.IDLE and w.slots_available > 0 and w.worker_id not in exclude
+            and w.worker_id not in self._held
         ]
         if not candidates:
             raise RbeeError(
@@ -233,7 +237,19 @@ class Registry:
 
     def has_room(self, model: str | None = None, hive: str | None = None) -> bool:
         return any(w.state == WorkerState.IDLE and w.slots_available > 0 and w.serves(model) and w.on(hive)
-                   for w in self._workers.values())
+                   and w.worker_id not in self._held for w in self._workers.values())
+
+    def registered(self, model: str | None, hive: str | None = None) -> bool:
+        """Some worker serving ``model`` is registered at all (live or not): one that is only offline
+        may come back; with none, waiting for one is waiting for nothing."""
+        return any(w.serves(model) and w.on(hive) for w in self._workers.values())
+
+    def hold(self, worker_ids: set[str]) -> None:
+        """Route nothing new to these workers (and let go of those held before): a cold start that has
+        waited too long for them to go idle so they can be evicted (:mod:`rbee.queen.cold_start`).
+        Requests for their model wait in the admission queue meanwhile."""
+        self._held = set(worker_ids)
+        self._changed()
 
     def knows_model(self, model: str | None, hive: str | None = None, exclude: frozenset[str] = frozenset()) -> bool:
         """Some live worker (on ``hive``) serves ``model`` and has not failed this request (``exclude``):

@@ -41,6 +41,8 @@ class QueenSettings(ServerSettings):
     queue_timeout: float = Field(0.0, ge=0, description="Seconds a request may wait for a slot (0 = 503 at once).")
     default_timeout: float = Field(0.0, ge=0, le=86_400, description="Seconds a request may take in all (queue, "
                                    "cold start, generation) when it gives no deadline of its own (0 = none).")
+    swap_after: float = Field(30.0, ge=0, description="Seconds a cold start waits for busy workers of other "
+                              "models to go idle (so a hive can evict them) before no new requests go to them.")
     heartbeat_timeout: float = Field(5.0, gt=0, description="Seconds of silence before a worker leaves routing.")
     remove_after: float = Field(60.0, gt=0, description="Seconds of silence before a worker is removed.")
     stall_timeout: float = Field(30.0, gt=0, description="Seconds without a byte from a streaming worker = failed.")
