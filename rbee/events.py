@@ -60,11 +60,15 @@ class Token:
     text: str
     index: int
     logprobs: tuple[TokenLogprob, ...] | None = None
+    ids: tuple[int, ...] | None = None  # the model tokens whose text this completes, when asked (token_ids)
 
     def wire(self) -> dict[str, Any]:
-        if self.logprobs is None:
-            return {"token": self.text, "index": self.index}
-        return {"token": self.text, "index": self.index, "logprobs": [lp.wire() for lp in self.logprobs]}
+        out: dict[str, Any] = {"token": self.text, "index": self.index}
+        if self.logprobs is not None:
+            out["logprobs"] = [lp.wire() for lp in self.logprobs]
+        if self.ids is not None:
+            out["ids"] = list(self.ids)
+        return out
 
 
 @dataclass(slots=True)
@@ -81,6 +85,7 @@ class Done:
     ttft_ms: int | None = None
     worker_id: str | None = None
     route: str | None = None  # "cache" or "load": why the queen chose this worker
+    resumed: list[dict[str, Any]] | None = None  # [{"worker_id", "at_index"}]: where the queen moved it
 
     def wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {"done": True}  # first: rbee.sse.is_done recognises the framed event by it
@@ -135,8 +140,10 @@ def from_wire(obj: dict[str, Any]) -> Event:
     """The typed event of one parsed ``data:`` object; anything else is a Failed naming what came."""
     if "token" in obj:
         logprobs = obj.get("logprobs")
+        ids = obj.get("ids")
         return Token(str(obj["token"]), int(obj.get("index", 0)),
-                     None if logprobs is None else tuple(TokenLogprob.from_wire(lp) for lp in logprobs))
+                     None if logprobs is None else tuple(TokenLogprob.from_wire(lp) for lp in logprobs),
+                     None if ids is None else tuple(ids))
     if obj.get("done"):
         known = {k: obj[k] for k in Done.__slots__ if k in obj}  # type: ignore[attr-defined]
         known.setdefault("total_tokens", 0)

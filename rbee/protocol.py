@@ -166,6 +166,14 @@ class InferenceRequest(RequestModel):
     timeout: Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S)] | None = Field(
         None, description="Seconds from arrival the request may take, queue and generation included "
         "(rbee.deadline; passed on as a header, never in the body).")
+    # Resumption: a stream whose worker died goes on on another worker, from exactly where it was.
+    token_ids: bool = Field(False, description="Each token event carries 'ids': the model tokens whose text it "
+                            "completes (what a resumption sends back as resume_ids).")
+    resume_ids: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=list, max_length=MAX_TOKENS_LIMIT, description="Tokens of the answer already sent: "
+        "decoded after the prompt, counted against max_tokens, and generation goes on after them.")
+    resume_index: Annotated[int, Field(ge=0)] = Field(0, description="The index of the first token event (the "
+                                                       "number of token events already sent).")
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -185,7 +193,17 @@ class InferenceRequest(RequestModel):
             raise ValueError("send exactly one of 'prompt' (text) and 'messages' (chat)")
         if self.grammar is not None and self.json_schema is not None:
             raise ValueError("send at most one of 'grammar' and 'json_schema'")
+        if len(self.resume_ids) >= self.max_tokens:
+            raise ValueError("'resume_ids' holds max_tokens tokens or more: that answer is complete")
+        if self.resume_ids and (self.guided or self.resume_index == 0):
+            raise ValueError("'resume_ids' needs 'resume_index' > 0 and an answer without grammar, json_schema "
+                             "or logprobs (their state is not resumed)")
         return self
+
+    @property
+    def guided(self) -> bool:
+        """Held to a grammar or asked for logprobs: what a resumption cannot carry over."""
+        return self.grammar is not None or self.json_schema is not None or self.logprobs is not None
 
     def answer_grammar(self) -> str | None:
         """The GBNF the answer is held to, if any."""

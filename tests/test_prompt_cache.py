@@ -164,6 +164,7 @@ def test_metrics_count_cached_prompt_tokens_and_serve_the_model_server_protocol_
 class Run:
     request_id: str = ""
     tokens: list[str] = field(default_factory=list)
+    events: list[Token] = field(default_factory=list)
     done: Done | None = None
     first: threading.Event = field(default_factory=threading.Event)
     ended: threading.Event = field(default_factory=threading.Event)
@@ -171,6 +172,7 @@ class Run:
     def emit(self, event: Event) -> None:
         if isinstance(event, Token):
             self.tokens.append(event.text)
+            self.events.append(event)
             self.first.set()
         elif not isinstance(event, Prefilling):  # progress through a long prompt
             assert isinstance(event, Done), event
@@ -196,11 +198,15 @@ def engine():
     e.close()
 
 
-def submit(engine: Engine, slot: int, prompt: list[int], max_tokens: int, cache: bool = True, **sampling) -> Run:
+def submit(engine: Engine, slot: int, prompt: list[int], max_tokens: int, cache: bool = True,
+           resume: tuple[list[int], int] | None = None, **sampling) -> Run:
+    """``resume``: (answer token ids already sent, the next event index), decoded after ``prompt``."""
     run = Run(request_id=f"pc{next(_ids)}")
     sampling.setdefault("temperature", 0)
-    work = Work(request_id=run.request_id, prompt_tokens=prompt, max_tokens=max_tokens,
-                sampling=Sampling(**sampling), stop=[], cache_prompt=cache)
+    ids, index = resume or ([], 0)
+    work = Work(request_id=run.request_id, prompt_tokens=prompt + ids, max_tokens=max_tokens,
+                sampling=Sampling(**sampling), stop=[], cache_prompt=cache, token_ids=True, resumed=len(ids),
+                first_index=index)
     engine.submit(Job(work, slot, run.emit, lambda: None))
     return run
 
@@ -370,3 +376,17 @@ def test_a_conversation_evicted_from_its_slot_comes_back_from_host_ram():
             assert fresh.done.cached_tokens == 0 and cached.text == fresh.text, i
     finally:
         e.close()
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_an_answer_resumed_from_its_token_ids_goes_on_as_the_unbroken_one_did(engine, cache):
+    """What a worker taking over a broken stream does: the prompt plus the ids already sent, then on."""
+    prompt = opening(engine, "Write a story about a lighthouse keeper and her cat.")
+    whole = submit(engine, 0, prompt, 48, cache=False, ignore_eos=True).result()
+    sent = whole.events[:17]
+    ids = [i for e in sent for i in e.ids]
+    rest = submit(engine, 1 if cache else 2, prompt, 48, cache=cache, ignore_eos=True,
+                  resume=(ids, len(sent))).result()
+    assert [e.index for e in rest.events] == list(range(len(sent), len(whole.events)))
+    assert "".join(e.text for e in sent) + rest.text == whole.text
+    assert rest.done.total_tokens == 48 and rest.done.prompt_tokens == len(prompt)

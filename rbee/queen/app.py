@@ -42,7 +42,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         peers = app[PEERS] = Peers(session, settings.cluster_key)
         app[DISPATCHER] = Dispatcher(
             app[REGISTRY], peers, app[QUEUE], stall_timeout=settings.stall_timeout,
-            max_attempts=settings.max_attempts, hooks=app[METRICS], cache_routing=settings.cache_routing,
+            max_attempts=settings.max_attempts, max_resumes=settings.max_resumes, hooks=app[METRICS],
+            cache_routing=settings.cache_routing,
         )
         starter = ColdStarter(app[HIVES], peers, swap_after=settings.swap_after,
                               hold=app[REGISTRY].hold)

@@ -31,6 +31,7 @@ from rbee.protocol import InferenceRequest
 from rbee.queen.admission import AdmissionQueue, OnWait
 from rbee.queen.prefix_index import PrefixIndex, prefix_hashes
 from rbee.queen.registry import Affinity, Lease, Registry
+from rbee.queen.resume import Resumption, resumable
 from rbee.queen.scheduler import Route
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ class Upstream:
     blocks: int = 0  # SSE blocks relayed so far (about one per token): the live view's tokens/s
     done: Done | None = None  # the stamped done event, once relayed
     broken: bool = False  # ended by the queen's error event (the worker broke, stalled or hung up)
+    resumption: Resumption | None = None  # how it may move to another worker if this one breaks
+    break_reason: str | None = None  # why the worker's stream just ended early (None: it did not)
 
     @property
     def worker_id(self) -> str:
@@ -76,6 +79,7 @@ class Hooks:
     def tokens(self, n: int, model: str | None) -> None: ...
     def cancellation(self) -> None: ...
     def failover(self) -> None: ...
+    def resume(self) -> None: ...
     def route(self, route: Route) -> None: ...
     # A request's life, for the live view (rbee.queen.live): opened → dispatched → first token → ended.
     def opened(self, request_id: str, model: str | None, caller: str) -> None: ...
@@ -86,7 +90,7 @@ class Hooks:
 
 class Dispatcher:
     def __init__(self, registry: Registry, peers: Peers, queue: AdmissionQueue, *,
-                 stall_timeout: float = 30.0, max_attempts: int = 3, hooks: Hooks | None = None,
+                 stall_timeout: float = 30.0, max_attempts: int = 3, hooks: Hooks | None = None, max_resumes: int = 1,
                  cache_routing: bool = True) -> None:
         self.registry = registry
         self.prefixes = PrefixIndex() if cache_routing else None  # who was sent which prompt prefixes
@@ -94,6 +98,7 @@ class Dispatcher:
         self.queue = queue
         self.stall_timeout = stall_timeout
         self.max_attempts = max_attempts
+        self.max_resumes = max_resumes
         self.hooks = hooks or Hooks()
         self._cancels: set[asyncio.Task] = set()  # cancels at broken workers, still under way
         # Set by the app when hives can spawn workers on demand: True once a worker for the model is ready
@@ -130,6 +135,9 @@ class Dispatcher:
             raise deadline.exceeded("before it was dispatched", AGAIN)
         # The pin is the queen's; the timeout travels as the deadline's header (it shrinks on the way).
         body = job.model_dump(mode="json", exclude_none=True, exclude={"hive", "timeout"})
+        resume = resumable(job, self.max_resumes)
+        if resume:
+            body["token_ids"] = True
         tried: set[str] = set()
         last_error: RbeeError | None = None
         queued_s = 0.0
@@ -170,6 +178,8 @@ class Dispatcher:
             self.hooks.route(lease.route)
             if self.prefixes is not None:
                 self.prefixes.record(lease.worker_id, hashes)
+            if resume:
+                upstream.resumption = Resumption(body, job, api_key or "", deadline)
             return upstream
 
     def _affinity(self, job: InferenceRequest) -> tuple[list[bytes], Affinity | None]:
@@ -255,8 +265,24 @@ class Dispatcher:
 
     async def chunks(self, upstream: Upstream) -> AsyncIterator[bytes]:
         """The worker's stream as runs of whole SSE blocks, in order, the done event stamped with the
-        queen's timeline; a worker that breaks, stalls or hangs up early ends it with one error event
-        and ``[DONE]``."""
+        queen's timeline. A worker that breaks, stalls or hangs up early: the stream moves on to another
+        worker (:mod:`rbee.queen.resume`), or, when it cannot, ends with one error event and ``[DONE]``."""
+        while True:
+            plan = upstream.resumption
+            async for out in self._read(upstream):
+                if plan is not None:
+                    plan.note(out)
+                yield out
+            reason = upstream.break_reason
+            if reason is None:
+                return
+            if not await self._resume(upstream, reason):
+                yield await self._broken(upstream, reason)
+                return
+
+    async def _read(self, upstream: Upstream) -> AsyncIterator[bytes]:
+        """One worker's stream; ``upstream.break_reason`` says why it ended early, if it did."""
+        upstream.break_reason = None
         buffer = upstream.first_chunk
         content = upstream.response.content
         try:
@@ -282,12 +308,45 @@ class Dispatcher:
                     break
                 buffer += chunk
         except (TimeoutError, aiohttp.ClientError) as exc:
-            if upstream.closed:
-                return
-            yield await self._broken(upstream, "stopped sending tokens" if isinstance(exc, TimeoutError)
-                                     else "broke the stream")
+            if not upstream.closed:
+                upstream.break_reason = ("stopped sending tokens" if isinstance(exc, TimeoutError)
+                                         else "broke the stream")
             return
-        yield await self._broken(upstream, "closed the stream early")
+        upstream.break_reason = "closed the stream early"
+
+    async def _resume(self, upstream: Upstream, reason: str) -> bool:
+        """Move the stream to another live worker of the model, from where it broke; False if none can
+        take it (no resumption left, nothing to resume with, no other worker within the stall timeout)."""
+        plan = upstream.resumption
+        if plan is None or len(plan.moves) >= self.max_resumes:
+            return False
+        body = plan.next_body()
+        if body is None:
+            return False
+        dead = upstream.lease
+        self.registry.unreachable(dead.worker_id)
+        plan.gone.add(dead.worker_id)
+        job = plan.job
+        try:
+            lease, _ = await asyncio.wait_for(self.queue.admit(
+                job.model, plan.api_key, frozenset(plan.gone), None, job.hive, None, plan.deadline),
+                self.stall_timeout)
+        except (RbeeError, TimeoutError):
+            return False
+        try:
+            fresh = await self._connect(lease, body, True, upstream.request_id, upstream.queued_ms, plan.deadline)
+        except RbeeError:
+            self._give_back(lease, held=True)
+            return False
+        log.warning("worker %s %s mid-answer; resumed on worker %s at token event %d", dead.worker_id, reason,
+                    lease.worker_id, plan.at_index)
+        self._cancel_in_background(upstream)  # the old worker's slot, should it still be generating
+        upstream.response.release()
+        self._give_back(dead)
+        upstream.lease, upstream.response, upstream.first_chunk = lease, fresh.response, fresh.first_chunk
+        plan.moved(lease.worker_id)
+        self.hooks.resume()
+        return True
 
     async def relay(self, upstream: Upstream, write: Write) -> None:
         """Copy the worker's SSE bytes to ``write`` as they come (see :meth:`chunks`)."""
@@ -318,6 +377,8 @@ class Dispatcher:
                 done.ttft_ms = int(((upstream.first_token_at or time.monotonic()) - upstream.started) * 1000)
                 done.worker_id = upstream.worker_id
                 done.route = upstream.lease.route
+                if upstream.resumption is not None and upstream.resumption.moves:
+                    done.resumed = upstream.resumption.moves
                 upstream.done = done
                 self.hooks.tokens(done.total_tokens, upstream.model)
                 out.append(sse.frame_event(done))
@@ -328,16 +389,19 @@ class Dispatcher:
     async def _broken(self, upstream: Upstream, reason: str) -> bytes:
         upstream.broken = True
         self.registry.unreachable(upstream.worker_id)
-        # The cancel goes on in the background: across a link whose packets vanish it takes its whole
-        # timeout, and the client must hear the error within the stall timeout, not after it.
-        task = asyncio.get_running_loop().create_task(self.cancel_at_worker(upstream))
-        self._cancels.add(task)
-        task.add_done_callback(self._cancels.discard)
+        self._cancel_in_background(upstream)
         log.warning("worker %s %s", upstream.worker_id, reason)
         failed = Failed(ErrorCode.WORKER_UNAVAILABLE,
                         f"Worker '{upstream.worker_id}' {reason} mid-answer. The text so far is incomplete; "
                         "retry the request.", {"worker_id": upstream.worker_id})
         return sse.frame_event(failed) + sse.DONE_FRAME
+
+    def _cancel_in_background(self, upstream: Upstream) -> None:
+        # Across a link whose packets vanish the cancel takes its whole timeout, and the client must hear
+        # the error (or the resumed stream) within the stall timeout, not after it.
+        task = asyncio.get_running_loop().create_task(self._cancel_at(upstream.lease, upstream.request_id))
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
 
     # ------------------------------------------------------------ closing
 
@@ -357,10 +421,13 @@ class Dispatcher:
             self._give_back(upstream.lease)
 
     async def cancel_at_worker(self, upstream: Upstream) -> None:
+        await self._cancel_at(upstream.lease, upstream.request_id)
+
+    async def _cancel_at(self, lease: Lease, request_id: str) -> None:
         """Tell the worker to stop generating (best effort, bounded)."""
         with contextlib.suppress(RbeeError):
-            await self.peers.call("DELETE", f"{upstream.lease.url}/v1/inference/{upstream.request_id}",
-                                  peer=f"Worker '{upstream.worker_id}'", ident={"worker_id": upstream.worker_id},
+            await self.peers.call("DELETE", f"{lease.url}/v1/inference/{request_id}",
+                                  peer=f"Worker '{lease.worker_id}'", ident={"worker_id": lease.worker_id},
                                   next_step="", timeout=aiohttp.ClientTimeout(total=2))
 
     def _give_back(self, lease: Lease, held: bool = True) -> None:

@@ -46,6 +46,8 @@ class QueenMetrics(Hooks):
                                      "the client went away.", registry=r)
         self.failovers = Counter("rbee_queen_failovers", "Requests moved to another worker before their "
                                  "first token.", registry=r)
+        self.resumes = Counter("rbee_queen_resumes", "Streams moved to another worker after their first "
+                               "token, going on from where the broken worker left off.", registry=r)
         self.routes = Counter("rbee_queen_routes", "Requests dispatched, by why the worker was chosen: "
                               "cache (it likely holds the prompt's prefix) or load.", ["route"], registry=r)
         r.register(_WorkerCollector(workers))
@@ -67,6 +69,9 @@ class QueenMetrics(Hooks):
 
     def failover(self) -> None:
         self.failovers.inc()
+
+    def resume(self) -> None:
+        self.resumes.inc()
 
     def route(self, route: str) -> None:
         self.routes.labels(route=str(route)).inc()

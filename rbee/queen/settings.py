@@ -46,6 +46,8 @@ class QueenSettings(ServerSettings):
     heartbeat_timeout: float = Field(5.0, gt=0, description="Seconds of silence before a worker leaves routing.")
     remove_after: float = Field(60.0, gt=0, description="Seconds of silence before a worker is removed.")
     stall_timeout: float = Field(30.0, gt=0, description="Seconds without a byte from a streaming worker = failed.")
+    max_resumes: int = Field(1, ge=0, le=16, description="Times a stream whose worker died or stalled after "
+                             "tokens went out may move to another worker of the model and go on (0 = never).")
     rate_limit_rpm: int = Field(0, ge=0, description="Requests per minute per key on /v1 routes (0 = off).")
     rate_limit_concurrent: int = Field(0, ge=0, description="Generations running at once per key (0 = off).")
     events_queue: int = Field(256, ge=1, le=65536, description="Events a /v2/events subscriber may fall behind "

@@ -66,6 +66,7 @@ class _Sequence:
     guide: Any = None  # grammar and logprobs state, made on the first guided sample (_sample_guided)
     logprobs: list[TokenLogprob] | None = None  # sampled tokens' logprobs not yet sent with text
     noted: float = 0.0  # when progress through the prompt was last told (Prefilling)
+    ids: list[int] | None = None  # sampled tokens not yet sent with text, when the job asks for ids
 
 _backend_ready = threading.Lock()
 _backend_initialised = False
@@ -363,7 +364,10 @@ class Engine:
         keep = self._keep_prefix(job.slot, keep)
         now = time.perf_counter()
         seq = _Sequence(job=job, sampler=self._make_sampler(work.sampling), pending=prompt[keep:],
-                        started=now, text=TextStream(work.stop), n_past=keep, cached=keep, noted=now)
+                        started=now, text=TextStream(work.stop), n_past=keep, cached=keep, noted=now,
+                        generated=work.resumed, events=work.first_index, ids=[] if work.token_ids else None)
+        for token in prompt[len(prompt) - work.resumed:]:  # a resumption: the penalties see the answer so far
+            lc.llama_sampler_accept(seq.sampler, token)
         self._active[job.slot] = seq
 
     def _swap_with_ram(self, slot: int, prompt: list[int], keep: int, use_cache: bool) -> int:
@@ -486,9 +490,10 @@ class Engine:
         seq.generated += 1
         piece = self._pieces.get(token)
         text = seq.text.push(piece if piece is not None else self._piece(token))
+        if seq.ids is not None:
+            seq.ids.append(token)
         if text:
-            job.emit(Token(text, seq.events) if seq.logprobs is None else Token(text, seq.events, _taken(seq)))
-            seq.events += 1
+            job.emit(self._token(seq, text))
         if seq.text.stopped:
             self._finish(seq, "stop")
         elif seq.generated >= job.work.max_tokens or seq.n_past + 1 >= self.config.ctx_size:
@@ -496,15 +501,24 @@ class Engine:
         else:
             seq.pending.append(token)
 
+    @staticmethod
+    def _token(seq: _Sequence, text: str) -> Token:
+        """The next token event of ``seq``, with the logprobs and ids of the tokens its text completes."""
+        ids = None
+        if seq.ids is not None:
+            ids, seq.ids = tuple(seq.ids), []
+        event = Token(text, seq.events, None if seq.logprobs is None else _taken(seq), ids)
+        seq.events += 1
+        return event
+
     def _finish(self, seq: _Sequence, reason: str) -> None:
         job = seq.job
         if reason != "cancelled":
             tail = seq.text.flush()
             if tail:
-                job.emit(Token(tail, seq.events) if seq.logprobs is None else Token(tail, seq.events, _taken(seq)))
-                seq.events += 1
+                job.emit(self._token(seq, tail))
         done = Done(seq.generated, int((time.perf_counter() - seq.started) * 1000), reason,
-                    prompt_tokens=len(job.work.prompt_tokens), cached_tokens=seq.cached,
+                    prompt_tokens=len(job.work.prompt_tokens) - job.work.resumed, cached_tokens=seq.cached,
                     max_tokens_clipped=job.work.max_tokens_clipped)
         self._release(seq)
         job.emit(done)

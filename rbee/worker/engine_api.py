@@ -67,6 +67,9 @@ class Work:
     max_tokens_clipped: int | None = None  # the max_tokens asked for, when the context made it smaller
     cache_prompt: bool = True  # reuse the KV a slot holds of an earlier prompt with the same beginning
     deadline: float | None = None  # time.monotonic() at which it ends, finish reason "deadline" (rbee.deadline)
+    token_ids: bool = False  # each token event carries the ids of the tokens it completes
+    resumed: int = 0  # the last this many of prompt_tokens are answer tokens already sent (a resumption)
+    first_index: int = 0  # the index of the first token event
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ def check_sampling(sampling: Sampling, engine: Tokenizer) -> None:
 def fit(req: InferenceRequest, request_id: str, prompt_tokens: list[int], ctx_size: int) -> Work:
     """The work for a tokenized prompt: refused when the prompt fills the context, ``max_tokens``
     clipped to what is left of it (the done event says so)."""
+    prompt_tokens = prompt_tokens + req.resume_ids  # a resumption goes on after the answer so far
     if len(prompt_tokens) >= ctx_size:
         raise RbeeError(
             ErrorCode.CONTEXT_OVERFLOW,
@@ -54,10 +55,11 @@ def fit(req: InferenceRequest, request_id: str, prompt_tokens: list[int], ctx_si
             "Shorten the prompt or start the worker with a larger --ctx-size.",
             {"prompt_tokens": len(prompt_tokens), "ctx_size": ctx_size},
         )
-    max_tokens = min(req.max_tokens, ctx_size - len(prompt_tokens))
+    max_tokens = min(req.max_tokens, ctx_size - len(prompt_tokens) + len(req.resume_ids))
     return Work(request_id=request_id, prompt_tokens=prompt_tokens, max_tokens=max_tokens, sampling=sampling_of(req),
                 stop=req.stop, max_tokens_clipped=max_tokens if max_tokens < req.max_tokens else None,
-                cache_prompt=req.cache_prompt)
+                cache_prompt=req.cache_prompt, token_ids=req.token_ids, resumed=len(req.resume_ids),
+                first_index=req.resume_index)
 
 
 async def prepare(req: InferenceRequest, request_id: str, engine: Tokenizer, ctx_size: int) -> Work:
