@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
 import sseclient
 
-from rbee.peer import auth_headers
+from rbee.peer import Backoff, auth_headers
 from rbee.protocol import WorkerInfo, WorkerList
 
 DEFAULT_TIMEOUT = 10.0
+T = TypeVar("T")
 
 
 @dataclass
@@ -76,6 +77,30 @@ def read_stream(response: requests.Response, started: float | None = None) -> St
         result.arrival.append(time.monotonic())
     result.ended = time.monotonic()
     return result
+
+
+def refused(exc: BaseException) -> bool:
+    """The connection was refused (nothing listens yet: a part still starting), so the request was never
+    sent and may be sent again."""
+    reason = getattr(exc.args[0], "reason", None) if isinstance(exc, requests.ConnectionError) and exc.args else None
+    cause = reason.__cause__ or reason.__context__ if reason is not None else None
+    return isinstance(cause, ConnectionRefusedError)
+
+
+def while_refused(call: Callable[[], T], backoff: Backoff, note: Callable[[], None],
+                  sleep: Callable[[float], None] = time.sleep) -> T:
+    """``call()``, made again on ``backoff`` while its connection is :func:`refused`; ``note()`` once, before
+    the first retry. Any other failure, or the last refusal, is raised."""
+    delays = backoff.delays()
+    while True:
+        try:
+            return call()
+        except requests.ConnectionError as exc:
+            if not (refused(exc) and delays):
+                raise
+            if len(delays) == backoff.attempts - 1:
+                note()
+            sleep(delays.pop(0))  # the backoff schedule itself
 
 
 class Client:

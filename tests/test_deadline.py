@@ -4,11 +4,14 @@ shrinking, and the admission queue giving up at a request's deadline. Clocks are
 from __future__ import annotations
 
 import asyncio
+import io
 
 import pytest
 
 from rbee import deadline as dl
 from rbee.errors import ErrorCode, RbeeError
+from rbee.keeper import infer
+from rbee.keeper.output import Output
 from rbee.protocol import InferenceRequest, WorkerRegistration
 from rbee.queen.admission import AdmissionQueue
 from rbee.queen.openai_types import ChatCompletionRequest
@@ -108,3 +111,13 @@ def test_a_waiter_whose_deadline_comes_before_the_queue_timeout_is_refused_with_
         assert registry.get("w1").slots_available == 1
 
     asyncio.run(scenario())
+
+
+def test_an_answer_the_deadline_cut_is_not_complete_for_the_keeper(tmp_path, monkeypatch):
+    monkeypatch.setenv("RBEE_STATE_DIR", str(tmp_path))
+    outcome = infer.StreamOutcome(started=0.0, tokens=["Once"],
+                                  done={"done": True, "total_tokens": 1, "finish_reason": "deadline"}, terminated=True)
+    err = io.StringIO()
+    code = infer.report(outcome, infer.InferOptions(prompt="hi", queen_url="http://q"), Output(io.StringIO(), err),
+                        io.StringIO())
+    assert not outcome.complete and code == 1 and "deadline passed" in err.getvalue(), err.getvalue()

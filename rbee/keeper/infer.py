@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 import requests
 
-from rbee.client import QueenClient
+from rbee.client import QueenClient, while_refused
 from rbee.errors import ErrorCode
 from rbee.events import Provisioning, Queued, parse_note
 from rbee.keeper import records
@@ -34,12 +34,16 @@ from rbee.keeper.failures import (
 )
 from rbee.keeper.local import LocalTrio, TrioPlan
 from rbee.keeper.output import Output
+from rbee.peer import Backoff
 from rbee.ports import free_port, port_is_free
 from rbee.sse import iter_messages
 
 RETRY_DELAYS_S = (1.0, 2.0, 4.0)
 BUSY_CODES = frozenset({ErrorCode.NO_IDLE_WORKERS, ErrorCode.ALL_SLOTS_BUSY})
 PROBE_TIMEOUT_S = 2.0
+# A queen that refuses the connection may be starting (`rbee-keeper up` in another shell, a restart): 5 more
+# tries within 3.5 s before saying none answers.
+QUEEN_STARTING = Backoff(attempts=6, first=0.25, cap=1.0)
 
 
 @dataclass
@@ -105,7 +109,7 @@ class StreamOutcome:
     @property
     def complete(self) -> bool:
         return (self.done is not None and self.error is None and not self.cancelled
-                and self.done.get("finish_reason") not in ("cancelled", "error"))
+                and self.done.get("finish_reason") not in ("cancelled", "error", "deadline"))
 
 
 def tokens_word(count: int) -> str:
@@ -156,13 +160,29 @@ def queen_answers(client: QueenClient) -> Exception | None:
         return exc
 
 
+def queen_answers_soon(client: QueenClient, out: Output, backoff: Backoff = QUEEN_STARTING,
+                       sleep: Callable[[float], None] = time.sleep) -> Exception | None:
+    """:func:`queen_answers`, trying again on ``backoff`` while the connection is refused (a queen that is
+    starting), saying so once; another failure (a timeout, no route) is answered at once."""
+    def note() -> None:
+        out.note(f"rbee-keeper: the queen at {client.base_url} refused the connection; trying "
+                 f"{backoff.describe()} in case it is starting")
+    try:
+        while_refused(lambda: client.get("/health", timeout=PROBE_TIMEOUT_S), backoff, note, sleep)
+        return None
+    except requests.RequestException as exc:
+        return exc
+
+
 def open_with_retries(client: QueenClient, body: dict[str, Any], out: Output,
                       sleep: Callable[[float], None] = time.sleep) -> tuple[requests.Response, float]:
     """The 200 stream response and when it was asked for; a busy fleet is retried on the 1-2-4 s schedule."""
     for attempt, delay in enumerate((*RETRY_DELAYS_S, None), start=1):
         started = time.monotonic()
         try:
-            response = client.open_stream("/v1/inference", body)
+            response = while_refused(lambda: client.open_stream("/v1/inference", body), QUEEN_STARTING,
+                                     lambda: out.note(f"rbee-keeper: the queen at {client.base_url} refused the "
+                                                      f"request; trying {QUEEN_STARTING.describe()}"), sleep)
         except requests.RequestException as exc:
             raise KeeperError(f"the queen at {client.base_url} did not take the request ({reason(exc)})",
                               "check it with `rbee-keeper status`") from None
@@ -262,7 +282,9 @@ def report(outcome: StreamOutcome, opts: InferOptions, out: Output, stdout: Text
     if outcome.error is not None:
         why = f"{outcome.error.get('message', 'unknown error')} [{outcome.error.get('code', '?')}]"
     elif outcome.done is not None:
-        why = f"the worker ended the answer early (finish {outcome.done.get('finish_reason')})"
+        finish = outcome.done.get("finish_reason")
+        why = ("the request's deadline passed (the queen's --default-timeout)" if finish == "deadline"
+               else f"the worker ended the answer early (finish {finish})")
     else:
         why = f"the stream was cut ({outcome.broken})"
     out.note(f"rbee-keeper: error: the answer stopped after {tokens_word(len(outcome.tokens))}: {why}")
@@ -285,6 +307,8 @@ def run(opts: InferOptions, out: Output, stdout: TextIO | None = None) -> int:
     stdout = stdout or sys.stdout
     client = QueenClient(opts.queen_url, api_key=opts.api_key, timeout=10)
     failure = queen_answers(client)
+    if failure is not None and _expects_a_queen(opts):
+        failure = queen_answers_soon(client, out)  # refused: perhaps one is starting there
     if failure is None:
         return ask(client, opts, out, stdout)
     if opts.hive:  # a local trio started now would have no such hive
@@ -298,6 +322,16 @@ def run(opts: InferOptions, out: Output, stdout: TextIO | None = None) -> int:
         raise KeeperError(f"no queen answers at {opts.queen_url} ({reason(failure)}); it is not on this machine, "
                           "so none is started here", "check --queen-url (env RBEE_QUEEN_URL) and that the queen runs")
     return run_ephemeral(opts, out, stdout)
+
+
+def _expects_a_queen(opts: InferOptions) -> bool:
+    """Whether a queen should answer at the URL (on another machine, one that runs a named hive, or the
+    local one `rbee-keeper up` recorded), so a refused connection is worth a few more tries; otherwise the
+    answer is at once (autostart starts a local trio, or the one-line error says how to)."""
+    if opts.hive or not is_loopback(opts.queen_url):
+        return True
+    record = records.read_record()
+    return record is not None and record.anything_running()
 
 
 def ephemeral_plan(opts: InferOptions) -> TrioPlan:

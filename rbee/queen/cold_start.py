@@ -24,7 +24,7 @@ from collections.abc import Callable
 import aiohttp
 
 from rbee.errors import ErrorCode, RbeeError
-from rbee.peer import Peers
+from rbee.peer import Backoff, Peers
 from rbee.protocol import SpawnPlan
 from rbee.queen import placement
 from rbee.queen.hive_registry import HiveRecord, HiveRegistry
@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 RETRY_S = 0.5
 PLAN_TIMEOUT_S = 10.0
 Hold = Callable[[set[str]], None]  # route nothing new to these workers (empty: hold none)
+
+# A hive that refuses the connection may be restarting (its supervisor, `hives start`): 3 more tries within 3.5 s.
+SPAWN_RETRY = Backoff(attempts=4, first=0.5, cap=2.0)
 
 
 class ColdStarter:
@@ -128,6 +131,6 @@ class ColdStarter:
             "POST", f"{hive.reg.url}/v1/workers/spawn", json={"model_ref": model, "wait": True},
             peer=f"Hive '{hive.hive_id}'", ident={"hive_id": hive.hive_id}, fallback=ErrorCode.SPAWN_FAILED,
             next_step=f"It did not start a worker for '{model}'; check the hive and its log.",
-            timeout=aiohttp.ClientTimeout(total=self.timeout, sock_connect=5),
+            timeout=aiohttp.ClientTimeout(total=self.timeout, sock_connect=5), retry=SPAWN_RETRY,
         )
         self.spawns += 1
