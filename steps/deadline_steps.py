@@ -7,8 +7,11 @@ them, on cue. Timing checks have margins for a loaded 2-core machine, times the 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import openai
 from behave import given, then, when
@@ -235,3 +238,33 @@ def step_slot_free_soon(context, n):
     wait_until(lambda: context.worker.client.ready()["slots_available"] == 1, n * context.cluster.k,
                what="the worker's slot free")
 
+
+
+
+# ---------------------------------------------------------------- retries of a refused connection
+
+
+@when('rbee-keeper asks that queen for an answer on the hive "{hive:Q}"')
+def step_keeper_refused(context, hive):
+    # context.keeper_env: the clean environment "rbee-keeper points at a queen that is not running" made.
+    keeper = Path(sys.executable).with_name("rbee-keeper")
+    started = time.monotonic()
+    context.keeper_run = subprocess.run([str(keeper), "infer", "--hive", hive, "--prompt", "Hello"],
+                                        check=False, env=context.keeper_env, capture_output=True, text=True,
+                                        stdin=subprocess.DEVNULL, timeout=60 * context.cluster.k)
+    context.keeper_took = time.monotonic() - started
+
+
+@then("rbee-keeper said once that the queen refused the connection and it is trying again")
+def step_keeper_said_once(context):
+    stderr = context.keeper_run.stderr
+    lines = [line for line in stderr.splitlines() if "refused the connection" in line]
+    assert len(lines) == 1 and "more times within" in lines[0], stderr
+
+
+@then("rbee-keeper gave up after trying for at least {n:d} seconds, naming the queen's address")
+def step_keeper_gave_up(context, n):
+    run = context.keeper_run
+    assert run.returncode == 1, (run.returncode, run.stderr)
+    assert n <= context.keeper_took <= n + 20 * context.cluster.k, context.keeper_took
+    assert context.keeper_env["RBEE_QUEEN_URL"] in run.stderr, run.stderr
