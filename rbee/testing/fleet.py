@@ -42,7 +42,9 @@ def measured(context, what: str, seconds: float) -> None:
 
 
 def start_fleet_queen(context, *extra: str) -> QueenClient:
-    """The queen on the control host, every address, keyed, with the fault timeouts; its state dir kept."""
+    """The queen on the control host, every address, keyed, with the fault timeouts; its state dir kept.
+    Streams are not resumed (``--max-resumes 0``) unless ``extra`` says otherwise: the fault scenarios
+    show what a client of a broken worker hears when no other worker takes over."""
     bed = context.testbed
     context.fleet_run = f"fleet-{uuid.uuid4().hex[:8]}"
     context.fleet_timings = []
@@ -50,7 +52,7 @@ def start_fleet_queen(context, *extra: str) -> QueenClient:
     queen = context.cluster.start_queen(
         "--host", "0.0.0.0", "--state-dir", str(state), "--heartbeat-timeout", str(HEARTBEAT_TIMEOUT),
         "--stall-timeout", str(STALL_TIMEOUT), "--queue-timeout", "120", "--api-key", API_KEY,
-        "--cluster-key", CLUSTER_KEY, *extra)
+        "--cluster-key", CLUSTER_KEY, "--max-resumes", "0", *extra)
     queen.session.headers["Authorization"] = f"Bearer {API_KEY}"
     port = queen.base_url.rsplit(":", 1)[1]
     context.control_queen_url = f"http://{bed.control_address}:{port}"
