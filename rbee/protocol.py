@@ -58,6 +58,15 @@ class WireModel(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+class Capability(StrEnum):
+    """What a worker does. One worker does one thing: a worker started with ``--embeddings`` loads its
+    model for pooled embeddings and refuses generation; every other worker generates and refuses
+    embeddings. The queen routes each route's requests only to workers of its capability."""
+
+    GENERATE = "generate"
+    EMBEDDINGS = "embeddings"
+
+
 class WorkerState(StrEnum):
     LOADING = "loading"
     IDLE = "idle"
@@ -79,6 +88,7 @@ class WorkerRegistration(RequestModel):
     slots_total: Annotated[int, Field(ge=1, le=1024)] = 1
     vram_bytes: Annotated[int, Field(ge=0)] | None = None
     version: Version | None = None
+    capability: Capability = Capability.GENERATE
 
 
 class WorkerInfo(WireModel):
@@ -92,6 +102,7 @@ class WorkerInfo(WireModel):
     slots_available: int
     vram_bytes: int | None = None
     version: str | None = None
+    capability: Capability = Capability.GENERATE
     state: WorkerState
     registered_at: float
     last_seen: float
@@ -237,6 +248,34 @@ class ReadyStatus(WireModel):
     slots_available: int
 
 
+# ---------------------------------------------------------------- embeddings
+
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's own limit on the inputs of one request
+EmbeddingText = Annotated[str, Field(min_length=1, max_length=256 * 1024)]
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=131072)]
+# OpenAI's four forms: a text, texts, one token array, token arrays
+EmbeddingInput = (EmbeddingText | Annotated[list[EmbeddingText], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]
+                  | TokenIds | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)])
+
+
+class EmbeddingRequest(RequestModel):
+    """``POST /v1/embeddings`` at an embeddings worker: OpenAI's ``input`` forms (a text, texts, one token
+    array, token arrays), each embedded on its own; the answer is OpenAI's embeddings list."""
+
+    input: EmbeddingInput
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Annotated[int, Field(ge=1, le=65536)] | None = Field(
+        None, description="Must equal the model's embedding length: vectors are never shortened (400 otherwise).")
+
+    def inputs(self) -> list[str | list[int]]:
+        """The inputs, one per vector, in order."""
+        if isinstance(self.input, str):
+            return [self.input]
+        if self.input and isinstance(self.input[0], int):
+            return [self.input]  # type: ignore[list-item]
+        return list(self.input)  # type: ignore[arg-type]
+
+
 # ---------------------------------------------------------------- hive
 
 
@@ -247,6 +286,8 @@ class SpawnRequest(RequestModel):
         None, description="Device index; none: the one of this backend with the most free memory that fits.")
     slots: Annotated[int, Field(ge=1, le=64)] = 1
     ctx_size: Annotated[int, Field(ge=256, le=131072)] | None = None
+    embeddings: bool = Field(False, description="Start the worker with --embeddings: it serves /v1/embeddings "
+                             "(pooled vectors) and no generation.")
     wait: bool = Field(False, description="Answer only once the worker is ready (200), or 502 SPAWN_FAILED "
                        "with its last log lines.")
 
@@ -258,6 +299,7 @@ class WorkerReady(RequestModel):
     backend: str = "cpu"
     device: int = 0
     slots_total: Annotated[int, Field(ge=1, le=1024)] = 1
+    capability: Capability = Capability.GENERATE
 
 
 class HiveWorker(WireModel):
@@ -270,6 +312,7 @@ class HiveWorker(WireModel):
     port: int
     state: str
     slots_total: int
+    capability: Capability = Capability.GENERATE
 
 
 # ---------------------------------------------------------------- queen: hive registry

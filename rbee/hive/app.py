@@ -105,7 +105,7 @@ async def _check_backend(app: web.Application, body: SpawnRequest) -> None:
 
 def _ask(body: SpawnRequest) -> Ask:
     return Ask(model_ref=body.model_ref or models.DEFAULT_MODEL_REF, backend=body.backend, device=body.device,
-               slots=body.slots, ctx_size=body.ctx_size)
+               slots=body.slots, ctx_size=body.ctx_size, embeddings=body.embeddings)
 
 
 def budgets_of(settings: HiveSettings) -> memory.Budgets:

@@ -45,6 +45,7 @@ class QueenLink:
         reg = WorkerRegistration(
             worker_id=worker.worker_id, url=worker.url, model_ref=s.model_ref, backend=s.backend, device=s.device,
             node_name=self.node_name, slots_total=s.slots, version=__version__,  # spawned from this install
+            capability=s.capability,
         )
         await self.peers.call("POST", f"{self.queen_url}/v2/workers/register", json=reg.model_dump(mode="json"),
                               peer=QUEEN, ident={"worker_id": worker.worker_id}, next_step=START_THE_QUEEN)

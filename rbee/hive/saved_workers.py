@@ -50,6 +50,7 @@ class SavedWorker:
     ram_bytes: int
     log_path: str
     vram_bytes: int = 0  # absent from files an older hive wrote
+    embeddings: bool = False  # started with --embeddings (absent from files of older hives)
 
     @property
     def url(self) -> str:

@@ -37,6 +37,7 @@ class Ask:
     device: int | None = None
     slots: int = 1
     ctx_size: int | None = None
+    embeddings: bool = False  # the worker is started with --embeddings
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ class Spawner:
                     raise (await self.plan(ask, entry)).refusal()
             spec = WorkerSpec(model_ref=ask.model_ref, model_arg=model_arg, backend=ask.backend, device=plan.device,
                               slots=ask.slots, ctx_size=ask.ctx_size, ram_bytes=plan.host_bytes or 0,
-                              vram_bytes=plan.device_bytes or 0)
+                              vram_bytes=plan.device_bytes or 0, embeddings=ask.embeddings)
             return await self.supervisor.spawn(spec)
 
     async def _evict(self, worker: ManagedWorker, for_model: str) -> bool:

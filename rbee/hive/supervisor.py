@@ -24,7 +24,7 @@ from rbee.errors import ErrorCode, RbeeError
 from rbee.hive.address import http_url
 from rbee.hive.saved_workers import ProcessHandle, SavedWorker, SavedWorkers, adopt_process
 from rbee.ports import free_port, port_is_free
-from rbee.protocol import HiveWorker
+from rbee.protocol import Capability, HiveWorker
 
 log = logging.getLogger(__name__)
 RestartPolicy = Literal["no", "on-failure"]
@@ -65,6 +65,11 @@ class WorkerSpec:
     ctx_size: int | None = None
     ram_bytes: int = 0  # its footprint estimate on the host (rbee.hive.footprint)
     vram_bytes: int = 0  # and on its device, when it offloads
+    embeddings: bool = False  # --embeddings: it serves /v1/embeddings and no generation
+
+    @property
+    def capability(self) -> Capability:
+        return Capability.EMBEDDINGS if self.embeddings else Capability.GENERATE
 
 
 @dataclass
@@ -97,7 +102,7 @@ class ManagedWorker:
         s = self.spec
         return HiveWorker(
             worker_id=self.worker_id, url=self.url, model_ref=s.model_ref, backend=s.backend, device=s.device,
-            pid=self.process.pid, port=self.port, state=self.state, slots_total=s.slots,
+            pid=self.process.pid, port=self.port, state=self.state, slots_total=s.slots, capability=s.capability,
         )
 
     def record(self) -> SavedWorker:
@@ -105,7 +110,7 @@ class ManagedWorker:
         return SavedWorker(worker_id=self.worker_id, pid=self.process.pid, port=self.port, host=self.host,
                             model_ref=s.model_ref, model_arg=s.model_arg, backend=s.backend, device=s.device,
                             slots=s.slots, ctx_size=s.ctx_size, ram_bytes=s.ram_bytes, vram_bytes=s.vram_bytes,
-                            log_path=str(self.log_path))
+                            log_path=str(self.log_path), embeddings=s.embeddings)
 
     def log_tail(self, lines: int = 20) -> list[str]:
         try:
@@ -183,6 +188,8 @@ class Supervisor:
             args += ["--model", spec.model_arg]
         if spec.ctx_size:
             args += ["--ctx-size", str(spec.ctx_size)]
+        if spec.embeddings:
+            args.append("--embeddings")
         env = dict(os.environ)
         if self.cluster_key:
             env["RBEE_CLUSTER_KEY"] = self.cluster_key
@@ -305,7 +312,7 @@ class Supervisor:
             return None
         spec = WorkerSpec(model_ref=record.model_ref, model_arg=record.model_arg, backend=record.backend,
                           device=record.device, slots=record.slots, ctx_size=record.ctx_size,
-                          ram_bytes=record.ram_bytes, vram_bytes=record.vram_bytes)
+                          ram_bytes=record.ram_bytes, vram_bytes=record.vram_bytes, embeddings=record.embeddings)
         worker = ManagedWorker(worker_id=record.worker_id, spec=spec, port=record.port, host=record.host,
                                process=process, log_path=Path(record.log_path))
         self._track(worker)

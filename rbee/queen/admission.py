@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from rbee.deadline import Deadline
 from rbee.errors import ErrorCode, RbeeError
 from rbee.events import Queued, WaitNote
+from rbee.protocol import Capability
 from rbee.queen.registry import Affinity, Lease, Registry
 
 OnWait = Callable[[WaitNote], Awaitable[None]]  # why a client waits, sent to it as an SSE comment
@@ -31,6 +32,7 @@ class _Waiter:
     hive: str | None = None  # pinned to this hive's workers
     affinity: Affinity | None = None  # prefers the worker that holds its prompt prefix
     deadline: Deadline | None = None  # the request's own (rbee.deadline): it stops waiting then
+    capability: Capability = Capability.GENERATE  # what it wants of a worker: generation or embeddings
 
 
 class AdmissionQueue:
@@ -73,23 +75,24 @@ class AdmissionQueue:
 
     async def admit(self, model: str | None, key: str = "", exclude: frozenset[str] = frozenset(),
                     on_wait: OnWait | None = None, hive: str | None = None,
-                    affinity: Affinity | None = None, deadline: Deadline | None = None) -> tuple[Lease, float]:
+                    affinity: Affinity | None = None, deadline: Deadline | None = None,
+                    capability: Capability = Capability.GENERATE) -> tuple[Lease, float]:
         """A lease (on ``hive`` when given), and how many seconds we waited for it. Raises the right 503/404
         when it can't, and 504 ``DEADLINE_EXCEEDED`` when ``deadline`` passes while it waits."""
         if not self._by_key:
             try:
-                return self.registry.acquire(model, exclude, hive, affinity), 0.0
+                return self.registry.acquire(model, exclude, hive, affinity, capability), 0.0
             except RbeeError as err:
                 if err.code != ErrorCode.NO_IDLE_WORKERS or self.timeout <= 0:
                     raise
-        elif not self.registry.knows_model(model, hive, exclude):
-            self.registry.acquire(model, exclude, hive)  # raises NO_WORKERS / MODEL_NOT_FOUND
+        elif not self.registry.knows_model(model, hive, exclude, capability):
+            self.registry.acquire(model, exclude, hive, capability=capability)  # raises NO_WORKERS / MODEL_NOT_FOUND
         if self.timeout <= 0:
             raise self._busy()
         if len(self) >= self.max_size:
             raise self._busy(full=True)
         waiter = _Waiter(key, model, exclude, asyncio.get_running_loop().create_future(), self._clock(), hive,
-                         affinity, deadline)
+                         affinity, deadline, capability)
         self._by_key.setdefault(key, deque()).append(waiter)
         self.pump()
         try:
@@ -175,14 +178,16 @@ class AdmissionQueue:
                         {"model": w.model}))
 
     def _serve_first_servable(self, q: deque[_Waiter]) -> bool:
-        blocked: set[tuple[str | None, str | None]] = set()  # found without room: later ones for it wait too
+        # found without room: later ones for it wait too
+        blocked: set[tuple[str | None, str | None, Capability]] = set()
         for waiter in q:
-            wants = (waiter.model, waiter.hive)
+            wants = (waiter.model, waiter.hive, waiter.capability)
             if waiter.future.done() or wants in blocked:
                 continue
-            if self.registry.has_room(waiter.model, waiter.hive):
+            if self.registry.has_room(waiter.model, waiter.hive, waiter.capability):
                 try:
-                    lease = self.registry.acquire(waiter.model, waiter.exclude, waiter.hive, waiter.affinity)
+                    lease = self.registry.acquire(waiter.model, waiter.exclude, waiter.hive, waiter.affinity,
+                                                  waiter.capability)
                 except RbeeError:
                     blocked.add(wants)
                     continue

@@ -430,6 +430,11 @@ class Dispatcher:
                                   peer=f"Worker '{lease.worker_id}'", ident={"worker_id": lease.worker_id},
                                   next_step="", timeout=aiohttp.ClientTimeout(total=2))
 
+    def release(self, lease: Lease, held: bool = True) -> None:
+        """Give back a lease taken from the queue outside :meth:`open` (embeddings: one JSON answer, no
+        stream); ``held``: false when the worker refused it (its slot was never ours)."""
+        self._give_back(lease, held=held)
+
     def _give_back(self, lease: Lease, held: bool = True) -> None:
         self.registry.release(lease, held=held)
         self.queue.slot_freed()

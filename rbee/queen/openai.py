@@ -6,7 +6,7 @@ objects, streamed (``chat.completion.chunk`` … ``data: [DONE]``) or whole, wit
 asked. With tools, the worker's answer is the tool-call JSON (``rbee.queen.tool_calls``): its calls
 become ``tool_calls`` (``finish_reason: "tool_calls"``), a reply in words streams as content.
 Errors keep rbee's envelope and add OpenAI's ``type``, so the official clients raise the matching
-exception. ``/v1/embeddings`` says plainly that no worker serves them.
+exception. ``/v1/embeddings`` goes to workers started for embeddings (rbee.queen.embeddings).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from rbee import deadline as deadlines
 from rbee.errors import ErrorCode, RbeeError
 from rbee.events import Done, Failed, Token, TokenLogprob
 from rbee.protocol import WorkerState
+from rbee.queen import embeddings as embedding
 from rbee.queen import openai_types as oa
 from rbee.queen import tool_calls
 from rbee.queen.appkeys import DISPATCHER, REGISTRY, SETTINGS
@@ -101,10 +102,14 @@ async def get_model(request: web.Request) -> web.Response:
 
 @routes.post("/v1/embeddings")
 async def embeddings(request: web.Request) -> web.Response:
-    raise RbeeError(ErrorCode.MODEL_NOT_FOUND,
-                    "No worker serves embeddings: rbee's workers (llm-worker-rbee) generate text, and none is "
-                    "started for embeddings. Use /v1/chat/completions or /v1/completions, or an embeddings server.",
-                    {"route": "/v1/embeddings", "embedding_workers": []})
+    request_id = request_id_of(request)
+    req = await read_model(request, oa.EmbeddingsRequest)
+    request[MODEL] = req.model
+    body, worker_id = await embedding.embed(request.app[DISPATCHER], req, request_id=request_id,
+                                            api_key=caller_of(request))
+    log.info("embedded", extra={"fields": {"worker_id": worker_id, "model": req.model, "inputs": len(body["data"]),
+                                           "user": req.user}})
+    return json_response(body, headers={"X-Rbee-Worker": worker_id, "X-Request-Id": request_id})
 
 
 # ---------------------------------------------------------------- completions

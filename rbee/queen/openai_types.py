@@ -20,7 +20,7 @@ from rbee import grammar
 from rbee.deadline import MAX_TIMEOUT_S
 from rbee.errors import ErrorCode, RbeeError, validation_error
 from rbee.events import Done
-from rbee.protocol import MAX_TOKENS_LIMIT, InferenceRequest, ModelRef
+from rbee.protocol import MAX_TOKENS_LIMIT, EmbeddingInput, EmbeddingRequest, InferenceRequest, ModelRef
 from rbee.queen import tool_calls
 
 MaxTokens = Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT)]
@@ -364,6 +364,20 @@ class CompletionRequest(GenerationRequest):
         if self.logprobs is not None:
             body["logprobs"] = self.logprobs
         return _checked(body)
+
+
+class EmbeddingsRequest(OpenAIRequestModel):
+    """``POST /v1/embeddings``: every field OpenAI defines; ``input`` and the encodings as the worker takes
+    them (rbee.protocol.EmbeddingRequest), ``dimensions`` only as the model's own length (the worker says)."""
+
+    model: ModelRef
+    input: EmbeddingInput
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Annotated[int, Field(ge=1, le=65536)] | None = None
+    user: Label | None = None  # accepted, and used for nothing but the log
+
+    def for_worker(self) -> EmbeddingRequest:
+        return EmbeddingRequest(input=self.input, encoding_format=self.encoding_format, dimensions=self.dimensions)
 
 
 def _checked(body: dict[str, Any]) -> InferenceRequest:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from rbee.errors import ErrorCode, RbeeError
 from rbee.models import aliases
-from rbee.protocol import WorkerInfo, WorkerRegistration, WorkerState
+from rbee.protocol import Capability, WorkerInfo, WorkerRegistration, WorkerState
 from rbee.queen.scheduler import Route, pick
 from rbee.versions import check_peer
 
@@ -44,6 +44,11 @@ class WorkerRecord:
 
     def serves(self, model: str | None) -> bool:
         return model is None or model in self.model_names
+
+    def can(self, model: str | None, capability: Capability) -> bool:
+        """Serves ``model`` (any, when None) with ``capability``: a generation request never lands on an
+        embeddings worker, nor an embedding on a generating one."""
+        return self.reg.capability == capability and self.serves(model)
 
     def on(self, hive: str | None) -> bool:
         """On hive ``hive`` (its node name); any hive when None."""
@@ -188,9 +193,10 @@ class Registry:
     # ------------------------------------------------------------ leases
 
     def acquire(self, model: str | None = None, exclude: frozenset[str] = frozenset(),
-                hive: str | None = None, affinity: Affinity | None = None) -> Lease:
-        """Take one slot on the least-loaded idle worker serving ``model`` (on ``hive`` when given), or raise
-        the right 503/404."""
+                hive: str | None = None, affinity: Affinity | None = None,
+                capability: Capability = Capability.GENERATE) -> Lease:
+        """Take one slot on the least-loaded idle worker serving ``model`` with ``capability`` (on ``hive``
+        when given), or raise the right 503/404."""
         live = [w for w in self._workers.values() if w.state != WorkerState.OFFLINE and w.on(hive)]
         if not live:
             where = f" on hive '{hive}'" if hive else ""
@@ -199,15 +205,9 @@ class Registry:
                 f"No live workers are registered{where}. Start one (rbee-keeper up, or spawn one on a hive) "
                 "and retry.", {"hive": hive} if hive else None,
             )
-        serving = [w for w in live if w.serves(model)]
+        serving = [w for w in live if w.can(model, capability)]
         if not serving:
-            known = sorted({w.reg.model_ref for w in live})
-            raise RbeeError(
-                ErrorCode.MODEL_NOT_FOUND,
-                f"No worker serves model '{model}'. Available: {', '.join(known)}. "
-                "Pick one of those or spawn a worker for this model.",
-                {"model": model, "available": known},
-            )
+            raise not_served(model, capability, live)
         if all(w.worker_id in exclude for w in serving):
             where = f" on hive '{hive}'" if hive else ""
             raise RbeeError(
@@ -235,8 +235,9 @@ class Registry:
         self._settle(chosen)
         return lease
 
-    def has_room(self, model: str | None = None, hive: str | None = None) -> bool:
-        return any(w.state == WorkerState.IDLE and w.slots_available > 0 and w.serves(model) and w.on(hive)
+    def has_room(self, model: str | None = None, hive: str | None = None,
+                 capability: Capability = Capability.GENERATE) -> bool:
+        return any(w.state == WorkerState.IDLE and w.slots_available > 0 and w.can(model, capability) and w.on(hive)
                    and w.worker_id not in self._held for w in self._workers.values())
 
     def registered(self, model: str | None, hive: str | None = None) -> bool:
@@ -251,11 +252,15 @@ class Registry:
         self._held = set(worker_ids)
         self._changed()
 
-    def knows_model(self, model: str | None, hive: str | None = None, exclude: frozenset[str] = frozenset()) -> bool:
-        """Some live worker (on ``hive``) serves ``model`` and has not failed this request (``exclude``):
-        worth waiting for."""
-        return any(w.serves(model) and w.on(hive) and w.worker_id not in exclude
+    def knows_model(self, model: str | None, hive: str | None = None, exclude: frozenset[str] = frozenset(),
+                    capability: Capability = Capability.GENERATE) -> bool:
+        """Some live worker (on ``hive``) serves ``model`` with ``capability`` and has not failed this request
+        (``exclude``): worth waiting for."""
+        return any(w.can(model, capability) and w.on(hive) and w.worker_id not in exclude
                    for w in self._workers.values() if w.state != WorkerState.OFFLINE)
+
+    def live(self) -> list[WorkerRecord]:
+        return [w for w in self._workers.values() if w.state != WorkerState.OFFLINE]
 
     def hive_names(self) -> set[str]:
         """The hives (node names) that have workers here."""
@@ -325,3 +330,25 @@ class Registry:
                 record.full = False  # the slot our lease held there is free now
             self._settle(record)
             self._changed()
+
+
+def not_served(model: str | None, capability: Capability, live: list[WorkerRecord]) -> RbeeError:
+    """404 MODEL_NOT_FOUND for a model no live worker serves with ``capability``, naming the workers that
+    could serve this kind of request (their models), and what the model's own workers do instead."""
+    able = [w for w in live if w.reg.capability == capability]
+    known = sorted({w.reg.model_ref for w in able})
+    other = sorted(w.worker_id for w in live if w.serves(model) and w.reg.capability != capability)
+    details = {"model": model, "available": known}
+    if capability == Capability.EMBEDDINGS:
+        details["embedding_workers"] = sorted(w.worker_id for w in able)
+        served = f"Embeddings workers serve: {', '.join(known)}." if known else "No worker is started for embeddings."
+        message = (f"No worker serves embeddings for model '{model}'. {served} Start one with "
+                   "`llm-worker-rbee --embeddings` (or spawn it on a hive with \"embeddings\": true) and retry.")
+        if other:
+            message += f" ({', '.join(other)} serve '{model}' for generation only.)"
+        return RbeeError(ErrorCode.MODEL_NOT_FOUND, message, details)
+    message = (f"No worker serves model '{model}'. Available: {', '.join(known) or 'none'}. "
+               "Pick one of those or spawn a worker for this model.")
+    if other:
+        message += f" ({', '.join(other)} serve '{model}' for embeddings only: POST /v1/embeddings.)"
+    return RbeeError(ErrorCode.MODEL_NOT_FOUND, message, details)

@@ -26,6 +26,7 @@ class RunningWorker:
     client: WorkerClient
     model_ref: str
     slots: int
+    capability: str = "generate"  # "embeddings" when started with --embeddings
 
 
 class Cluster:
@@ -97,7 +98,8 @@ class Cluster:
             args += ["--ctx-size", str(ctx_size)]
         proc = self._start(worker_id, "rbee.worker", args, f"{url}/v1/ready", 60,
                            ready_check=lambda r: r.status_code == 200 and r.json().get("ready") is True)
-        worker = RunningWorker(worker_id, url, proc, WorkerClient(url), model or "smollm2-135m-instruct", slots)
+        worker = RunningWorker(worker_id, url, proc, WorkerClient(url), model or "smollm2-135m-instruct", slots,
+                               "embeddings" if "--embeddings" in extra else "generate")
         self.workers[worker_id] = worker
         return worker
 
@@ -105,7 +107,7 @@ class Cluster:
         assert self.queen is not None
         r = self.queen.register({"worker_id": worker.worker_id, "url": worker.url, "model_ref": worker.model_ref,
                                  "backend": "cpu", "device": 0, "node_name": "test-node",
-                                 "slots_total": worker.slots})
+                                 "slots_total": worker.slots, "capability": worker.capability})
         assert r.status_code == 200, r.text
 
     def start_hive(self, *extra: str, queen_url: str | None = None) -> HiveClient:

@@ -22,7 +22,8 @@ def engine_config(settings: WorkerSettings, model_path: Path) -> EngineConfig:
                         threads=settings.threads, batch_size=settings.batch_size,
                         n_gpu_layers=settings.n_gpu_layers,
                         main_gpu=settings.device if settings.backend != "cpu" else 0, poll=settings.poll,
-                        cache_ram_mb=settings.cache_ram_mb, batch_invariant=settings.batch_invariant)
+                        cache_ram_mb=settings.cache_ram_mb, batch_invariant=settings.batch_invariant,
+                        embeddings=settings.embeddings, pooling=settings.pooling)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,6 +36,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if settings.port is None:
         p.error("--port is required")
+    if settings.pooling and not settings.embeddings:
+        p.error("--pooling applies only with --embeddings: add --embeddings, or drop --pooling")
     try:
         path = models.local_path(settings.model_ref)
     except RbeeError as err:

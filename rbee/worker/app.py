@@ -18,9 +18,17 @@ from rbee import deadline as deadlines
 from rbee.auth import cluster_key_middleware
 from rbee.errors import ErrorCode, RbeeError
 from rbee.events import Done, Prefilling, Token
-from rbee.protocol import InferenceRequest, ReadyStatus, WorkerReady, WorkerState
+from rbee.protocol import (
+    Capability,
+    EmbeddingRequest,
+    InferenceRequest,
+    ReadyStatus,
+    WorkerReady,
+    WorkerState,
+)
 from rbee.sse import DONE_FRAME, SSE_HEADERS, SSEWriter, frame_event
 from rbee.web import json_response, make_app, read_model, request_id_of
+from rbee.worker import embeddings as embedding
 from rbee.worker import metrics as worker_metrics
 from rbee.worker import prompting
 from rbee.worker.engine import Engine, EngineConfig, EngineError
@@ -51,7 +59,25 @@ def _state(app: web.Application) -> WorkerState:
 @routes.get("/v1/health")
 async def health(request: web.Request) -> web.Response:
     return json_response({"status": "ok", "version": __version__, "state": _state(request.app),
-                          **request.app[SETTINGS].health_warning()})
+                          "capability": _capability(request.app), **request.app[SETTINGS].health_warning()})
+
+
+def _capability(app: web.Application) -> Capability:
+    return Capability.EMBEDDINGS if app[SETTINGS].embeddings else Capability.GENERATE
+
+
+def _refuse_unless_capable(app: web.Application, wanted: Capability) -> None:
+    """An embeddings worker does nothing else, and a generating one no embeddings: say so, and where to go."""
+    have = _capability(app)
+    if have == wanted:
+        return
+    if have == Capability.EMBEDDINGS:
+        message = ("This worker serves embeddings only (started with --embeddings): send generation to a "
+                   "worker started without it, or through the queen.")
+    else:
+        message = ("This worker generates text and serves no embeddings: send them to a worker started with "
+                   "--embeddings, or through the queen.")
+    raise RbeeError(ErrorCode.INVALID_REQUEST, message, {"capability": have, "wanted": wanted})
 
 
 @routes.get("/v1/ready")
@@ -103,7 +129,8 @@ async def info(request: web.Request) -> web.Response:
             "model": engine.metadata,
             "settings": {"slots": cfg.slots, "ctx_size": cfg.ctx_size, "threads": engine.threads,
                          "batch_size": cfg.batch_size, "backend": settings.backend, "device": settings.device,
-                         "n_gpu_layers": cfg.n_gpu_layers},
+                         "n_gpu_layers": cfg.n_gpu_layers, "capability": _capability(app),
+                         "pooling": engine.pooling},
         }
     )
 
@@ -113,6 +140,7 @@ async def inference(request: web.Request) -> web.StreamResponse:
     app = request.app
     request_id = request_id_of(request)
     req = await read_model(request, InferenceRequest)
+    _refuse_unless_capable(app, Capability.GENERATE)
     deadline = deadlines.of_request(request.headers, req.timeout)
     _refuse_unless_serving(app)
     engine, pool = app[ENGINE], app[POOL]
@@ -193,6 +221,32 @@ async def _collect(pool: SlotPool, request_id: str, gen: Generation, headers: di
     raise RbeeError(ErrorCode.INTERNAL, "The generation ended without a result. Retry.")
 
 
+@routes.post("/v1/embeddings")
+async def embeddings(request: web.Request) -> web.Response:
+    """Pooled vectors of each input, in OpenAI's shape. The request holds a slot while it runs, so the
+    worker reads busy and a request beyond its slots is 503 ALL_SLOTS_BUSY, as for generation."""
+    app = request.app
+    request_id = request_id_of(request)
+    req = await read_model(request, EmbeddingRequest)
+    _refuse_unless_capable(app, Capability.EMBEDDINGS)
+    _refuse_unless_serving(app)
+    engine, settings, table = app[ENGINE], app[SETTINGS], app[POOL].table
+    embedding.check_dimensions(req.dimensions, engine.metadata["embedding_length"])
+    slot = table.acquire(request_id)
+    try:
+        loop = asyncio.get_running_loop()
+        tokens = await loop.run_in_executor(None, lambda: embedding.token_inputs(
+            req.inputs(), engine.tokenize, ctx_size=engine.config.ctx_size, n_vocab=engine.metadata["vocab_size"]))
+        try:
+            vectors = await loop.run_in_executor(None, engine.embed, tokens)
+        except EngineError as err:
+            raise RbeeError(ErrorCode.INTERNAL, f"The embedding failed: {err}. Check the worker log and retry.") from None
+    finally:
+        table.release(slot)
+    body = embedding.answer(vectors, sum(map(len, tokens)), settings.model_ref, req.encoding_format)
+    return json_response(body, headers={"X-Request-Id": request_id})
+
+
 @routes.delete("/v1/inference/{request_id}")
 async def cancel(request: web.Request) -> web.Response:
     await request.app[POOL].cancel(request.match_info["request_id"])
@@ -253,7 +307,8 @@ async def _load_and_announce(app: web.Application) -> None:
     log.info("model loaded", extra={"fields": {"model": settings.model_ref, **engine.metadata}})
     if settings.callback_url:
         payload = WorkerReady(worker_id=settings.worker_id, url=settings.url, model_ref=settings.model_ref,
-                              backend=settings.backend, device=settings.device, slots_total=engine.config.slots)
+                              backend=settings.backend, device=settings.device, slots_total=engine.config.slots,
+                              capability=_capability(app))
         await announce(payload, settings.callback_url, settings.cluster_key)
 
 

@@ -49,6 +49,8 @@ RAM_MIN_SAVE = 32
 RAM_MIN_GAIN = 16
 PROGRESS_EVERY = 0.5  # seconds between a long prompt's Prefilling notes (well inside any stall timeout)
 
+POOLING = {"mean": lc.LLAMA_POOLING_TYPE_MEAN, "cls": lc.LLAMA_POOLING_TYPE_CLS, "last": lc.LLAMA_POOLING_TYPE_LAST}
+
 __all__ = ["Device", "Engine", "EngineConfig", "EngineError", "Job", "Sampling", "Work", "list_devices"]
 
 
@@ -156,6 +158,8 @@ class Engine:
         self._progress_cb: Any = None
         self._sample: Any = None
         self._flush: Callable[[], None] = _nothing
+        self._embedding = threading.Lock()  # one embedding at a time on the context; close waits for it
+        self.pooling: str | None = None  # how vectors are pooled, once loaded for embeddings
         self.metadata: dict[str, Any] = {}
 
     # ------------------------------------------------------------ lifecycle (blocking: run off the loop)
@@ -185,6 +189,8 @@ class Engine:
             raise EngineError(f"llama.cpp could not load {cfg.model_path}: is it a valid GGUF file?")
         self._model = model
         self._vocab = lc.llama_model_get_vocab(model)
+        if cfg.embeddings:
+            self.pooling = cfg.pooling or self._model_pooling()
         with cpu_reference.reference_kernels(_libggml(), cfg.batch_invariant) as reference:
             ctx = lc.llama_init_from_model(model, self._context_params())
         self.batch_invariant = reference.applied > 0
@@ -196,8 +202,8 @@ class Engine:
             # llama-server drives its context through a persistent ggml threadpool; without one, ggml
             # builds a throw-away pool for every graph it computes.
             self._pool = threadpool.attach(_libggml(), lc.llama_cpp._lib, ctx, self.threads, cfg.poll)
-        self._batch = lc.llama_batch_init(cfg.batch_size, 0, 1)
-        for i in range(cfg.batch_size):  # every row belongs to one sequence and wants no logits unless told
+        self._batch = lc.llama_batch_init(self._batch_rows, 0, 1)
+        for i in range(self._batch_rows):  # every row belongs to one sequence and wants no logits unless told
             self._batch.n_seq_id[i] = 1
             self._batch.logits[i] = 0
         n_vocab = lc.llama_vocab_n_tokens(self._vocab)
@@ -208,6 +214,17 @@ class Engine:
         if on_progress is not None:
             on_progress(1.0)
 
+    @property
+    def _batch_rows(self) -> int:
+        """An embedding's input goes in one batch (and ubatch: pooling, and non-causal models, need it whole)."""
+        return self.config.ctx_size if self.config.embeddings else self.config.batch_size
+
+    def _model_pooling(self) -> str:
+        """The pooling the GGUF names (``<arch>.pooling_type``, as embedding models' do), else mean."""
+        named = self._meta(f"{self._meta('general.architecture')}.pooling_type")
+        by_type = {v: k for k, v in POOLING.items()}
+        return by_type.get(int(named), "mean") if named and named.isdigit() else "mean"
+
     def _context_params(self) -> Any:
         cfg = self.config
         cparams = lc.llama_context_default_params()
@@ -215,6 +232,11 @@ class Engine:
         cparams.n_batch = cfg.batch_size
         cparams.n_ubatch = min(cfg.ubatch_size, cfg.batch_size)
         cparams.n_seq_max = cfg.slots
+        if cfg.embeddings:  # one sequence at a time (Engine.embed), whole in one ubatch
+            cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = cfg.ctx_size
+            cparams.n_seq_max = 1
+            cparams.embeddings = True
+            cparams.pooling_type = POOLING[self.pooling or "mean"]
         cparams.n_threads = self.threads
         cparams.n_threads_batch = self.threads
         cparams.no_perf = True
@@ -237,6 +259,10 @@ class Engine:
         if thread is not None:
             self._inbox.put(("stop", None))
             thread.join(timeout=10)
+        with self._embedding:  # an embedding under way finishes before its context goes
+            self._free()
+
+    def _free(self) -> None:
         if self._batch is not None:
             lc.llama_batch_free(self._batch)
             self._batch = None
@@ -265,6 +291,34 @@ class Engine:
             buf = (lc.llama_token * cap)()
             n = lc.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, True)
         return list(buf[:n])
+
+    def embed(self, inputs: list[list[int]]) -> list[np.ndarray]:
+        """Each input's pooled embedding, L2-normalised (as OpenAI's and llama-server's are), in order.
+
+        Blocking: call it in an executor (llama_decode lets go of the GIL). Each input is decoded alone
+        in a cleared context, so its vector never depends on what else was asked with it. Inputs must
+        be non-empty and fit the context (the caller checks: rbee.worker.embeddings)."""
+        with self._embedding:
+            if self._ctx is None or not self.config.embeddings:
+                raise EngineError("no model is loaded for embeddings")
+            n_embd = int(lc.llama_model_n_embd(self._model))
+            return [self._embed_one(tokens, n_embd) for tokens in inputs]
+
+    def _embed_one(self, tokens: list[int], n_embd: int) -> np.ndarray:
+        lc.llama_memory_clear(self._mem, True)
+        batch = self._batch
+        for i, token in enumerate(tokens):
+            batch.token[i], batch.pos[i], batch.seq_id[i][0], batch.logits[i] = token, i, 0, 1
+        batch.n_tokens = len(tokens)
+        rc = lc.llama_decode(self._ctx, batch)
+        if rc != 0:
+            raise EngineError(f"llama_decode failed (code {rc}) on an input of {len(tokens)} tokens")
+        pooled = lc.llama_get_embeddings_seq(self._ctx, 0)
+        if not pooled:
+            raise EngineError("llama.cpp returned no pooled embedding")
+        vector = np.ctypeslib.as_array(pooled, shape=(n_embd,)).astype(np.float32)
+        norm = float(np.linalg.norm(vector))
+        return vector / norm if norm > 0 else vector
 
     def prefer_slots(self, work: Work, free: list[int]) -> list[int]:
         """The free slots in the order ``work`` should take them (best cached prefix first). Called on
@@ -702,6 +756,7 @@ class Engine:
             "vocab_size": int(lc.llama_vocab_n_tokens(self._vocab)),
             "eos_token_id": int(lc.llama_vocab_eos(self._vocab)),
             "context_trained": int(lc.llama_model_n_ctx_train(self._model)),
+            "embedding_length": int(lc.llama_model_n_embd(self._model)),
         }
 
     def chat_template(self) -> str | None:

@@ -32,6 +32,10 @@ class EngineConfig:
     # rest of its batch, so a cached answer equals the uncached one token for token
     batch_invariant: bool = True
     cache_ram_mb: int = 0  # host RAM for slot states a new prompt took the slot from (0: none kept)
+    # Load the model for pooled embeddings (Engine.embed) instead of generation; pooling: "mean", "cls" or
+    # "last", None for the model's own (mean when its GGUF names none, as causal LMs' do not)
+    embeddings: bool = False
+    pooling: str | None = None
 
 
 @dataclass(frozen=True)

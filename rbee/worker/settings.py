@@ -4,7 +4,7 @@ variables derive from them (``__main__`` hands the engine's part to ``EngineConf
 from __future__ import annotations
 
 import socket
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -48,6 +48,10 @@ class WorkerSettings(ServerSettings):
                                   "shape-dependent kernels; GPU kernels are never batch-invariant).")
     cache_ram_mb: int = Field(0, ge=0, le=1024 * 1024, description="Host RAM (MiB) for the KV of slots a new "
                               "prompt took over, restored when a later prompt matches it better (0 = none).")
+    embeddings: bool = Field(False, description="Load the model for embeddings: serve POST /v1/embeddings (pooled, "
+                             "L2-normalised vectors) and refuse generation (start another worker for that).")
+    pooling: Literal["mean", "cls", "last"] | None = Field(
+        None, description="How --embeddings pools token vectors (default: the GGUF's own, mean when it names none).")
     callback_url: Annotated[str | None, Flag(metavar="URL")] = Field(
         None, description="Hive endpoint told when the model is loaded.")
     cluster_key: OptionalKey = Field(None, description="Shared key: sent with the ready callback; required on "
