@@ -123,3 +123,12 @@ def test_base64_is_little_endian_float32_of_the_same_values():
     assert list(struct.unpack("<3f", raw)) == embeddings.encode(v, "float")
     body = embeddings.answer([v, v], 7, "m", "float")
     assert [d["index"] for d in body["data"]] == [0, 1] and body["usage"] == {"prompt_tokens": 7, "total_tokens": 7}
+
+
+def test_an_embeddings_workers_requests_count_as_activity_for_the_hives_idle_timeout():
+    from rbee.hive.watch import generations
+
+    text = ('rbee_worker_generations_total{finish_reason="stop"} 0.0\n'
+            'rbee_worker_embeddings_total 4.0\n'
+            'rbee_worker_embeddings_created 1.7e9\n')
+    assert generations(text) == 4.0

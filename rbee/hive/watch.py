@@ -25,7 +25,8 @@ from rbee.hive.supervisor import ManagedWorker, Supervisor
 log = logging.getLogger(__name__)
 MAX_HEALTH_FAILURES = 3
 CHECK_TIMEOUT_S = 1.0
-_GENERATIONS = "rbee_worker_generations_total"
+# Counters that move when a worker serves something: generations, and embeddings on an --embeddings worker.
+_SERVED = ("rbee_worker_generations_total", "rbee_worker_embeddings_total")
 
 
 @dataclass
@@ -112,10 +113,11 @@ class Watch:
 
 
 def generations(metrics_text: str) -> float | None:
-    """The sum of the worker's finished-generation counters in Prometheus text, or None if absent."""
+    """The sum of the worker's finished-generation (and embedding-request) counters in Prometheus text, or
+    None if absent."""
     total, seen = 0.0, False
     for line in metrics_text.splitlines():
-        if line.startswith(_GENERATIONS):
+        if line.startswith(_SERVED):
             try:
                 total += float(line.rsplit(" ", 1)[1])
                 seen = True

@@ -243,6 +243,7 @@ async def embeddings(request: web.Request) -> web.Response:
             raise RbeeError(ErrorCode.INTERNAL, f"The embedding failed: {err}. Check the worker log and retry.") from None
     finally:
         table.release(slot)
+    app[worker_metrics.METRICS].embeddings.inc()
     body = embedding.answer(vectors, sum(map(len, tokens)), settings.model_ref, req.encoding_format)
     return json_response(body, headers={"X-Request-Id": request_id})
 

@@ -42,6 +42,8 @@ class WorkerMetrics:
                                          "already held (the prompt cache), so they were not decoded.", registry=r)
         self.generations = Counter("rbee_worker_generations", "Generations finished, by finish reason.",
                                    ["finish_reason"], registry=r)
+        self.embeddings = Counter("rbee_worker_embeddings", "Embedding requests answered (an --embeddings "
+                                  "worker).", registry=r)
         self.generation_seconds = Histogram("rbee_worker_generation_duration_seconds",
                                             "Time from admission to the last token.", buckets=_SECONDS, registry=r)
         self.tokens_per_second = Gauge("rbee_worker_tokens_per_second",
