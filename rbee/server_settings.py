@@ -81,6 +81,20 @@ def _key_file(path: Path | None) -> Path | None:
 KeyFile = Annotated[Path | None, AfterValidator(_key_file), Flag(metavar="FILE")]
 
 
+def _expand(path: Path | None) -> Path | None:
+    return None if path is None else path.expanduser()
+
+
+class AuditedSettings(ServerSettings):
+    """A server that keeps an audit log (queen and hive; rbee.audit)."""
+
+    audit_log: Annotated[Path | None, AfterValidator(_expand), Flag(metavar="FILE")] = Field(
+        None, description="Append a tamper-evident JSON-lines audit log here: authentication, admin actions, "
+                          "inference (none = no audit log). Check it with `rbee-keeper audit verify FILE`.")
+    audit_max_mb: float = Field(100.0, ge=0, description="Start a new audit file (FILE.000001, …) when the "
+                                "current one would pass this many MB (0 = never); the chain goes on in it.")
+
+
 def fail_closed(parser: argparse.ArgumentParser, settings: S) -> S:
     """Stop at start (usage error, exit 2) when a server would listen beyond loopback with no key;
     with --insecure-no-auth, say loudly that it runs open."""

@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from rbee import __version__, models, reload
+from rbee import __version__, audit_web, models, reload
+from rbee.audit_web import open_log
 from rbee.auth import cluster_key_middleware, state_changing
 from rbee.errors import RbeeError
 from rbee.hive import memory, preflight, spawn_plan
@@ -202,6 +203,12 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await link.close()
 
 
+# What the hive's audit log records (rbee.audit_web): its admin actions.
+AUDITED = {("POST", "/v1/workers/spawn"): "worker.spawn", ("POST", "/v1/workers/ready"): "worker.register",
+           ("POST", "/v1/workers/{worker_id}/shutdown"): "worker.shutdown",
+           ("POST", "/v1/models/download"): "model.download"}
+
+
 def key_ring(settings: HiveSettings) -> KeyRing:
     """The cluster keys this hive accepts: every key of --cluster-key-file (re-read on SIGHUP), or the
     --cluster-key given instead."""
@@ -236,5 +243,9 @@ def create_app(settings: HiveSettings) -> web.Application:
                        lambda: app.get(DEVICES))
     # Every state-changing route (spawn, ready callback, shutdown, model download) and /metrics need the
     # cluster key.
-    app.middlewares.append(cluster_key_middleware(lambda: ring.keys("cluster"), _needs_key))
+    app.middlewares.append(key_check := cluster_key_middleware(lambda: ring.keys("cluster"), _needs_key))
+    if settings.audit_log is not None:
+        audit = open_log(settings.audit_log, "hive", settings.audit_max_mb)
+        audit_web.setup(app, audit, AUDITED, key_check=key_check)
+        app[hive_metrics.REGISTRY].register(audit_web.AuditCollector(audit))
     return app

@@ -11,7 +11,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, PrivateAttr, model_
 from rbee.auth import read_key_file
 from rbee.flags import NOT_A_FLAG, Flag
 from rbee.hive.address import http_url, local_host
-from rbee.server_settings import KeyFile, OptionalKey, ServerSettings
+from rbee.server_settings import AuditedSettings, KeyFile, OptionalKey
 
 
 def default_data_dir() -> Path:
@@ -49,7 +49,7 @@ def _logs_beside_models(data: dict[str, Any]) -> Path:
     return Path(data.get("models_dir") or default_data_dir() / "models").parent / "logs"
 
 
-class HiveSettings(ServerSettings):
+class HiveSettings(AuditedSettings):
     CONFIG_SECTION: ClassVar[str] = "hive"  # its table in the config files (rbee.config_files)
 
     port: int = Field(9200, ge=0, le=65535, description="Port to listen on (0 = any free port).")

@@ -16,7 +16,7 @@ from typing import Any
 
 from rbee.client import HiveClient, QueenClient
 from rbee.flags import add_flag, env_name
-from rbee.keeper import cluster, config, fleet, hive_models, hives, infer, logfiles, records, top
+from rbee.keeper import audit, cluster, config, fleet, hive_models, hives, infer, logfiles, records, top
 from rbee.keeper.config import OPTIONS, ConfigError, Resolved
 from rbee.keeper.failures import EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, EXIT_USAGE, KeeperError
 from rbee.keeper.output import Output
@@ -152,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(configs, "example", "print a commented config file with every setting and its default", _config_example)
     p.add_argument("program", choices=("queen", "hive", "keeper"), help="whose settings: queen-rbee's [queen] "
                    "table, rbee-hive's [hive] table or rbee-keeper's own (top-level) keys")
+
+    audits = _sub(subs, "audit", "a queen's or hive's audit log").add_subparsers(dest="action", metavar="ACTION",
+                                                                                 required=True)
+    p = _sub(audits, "verify", "check the hash chain: OK, or the first line edited, removed or reordered (exit 1)",
+             audit.verify_command)
+    p.add_argument("path", metavar="PATH", help="the --audit-log file (its rotated PATH.000001 … are read too)")
     return root
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rbee import logs
+from rbee.audit_web import start_or_exit
 from rbee.flags import parse_settings, settings_parser
 from rbee.queen.app import create_app
 from rbee.queen.settings import QueenSettings
@@ -20,7 +21,7 @@ def parse_args(argv: list[str] | None = None) -> QueenSettings:
 
 def main(argv: list[str] | None = None) -> None:
     settings = parse_args(argv)
-    run(create_app(settings), settings.host, settings.port, settings.event_loop, settings.listen_limits())
+    run(start_or_exit("queen-rbee", lambda: create_app(settings)), settings.host, settings.port, settings.event_loop, settings.listen_limits())
 
 
 if __name__ == "__main__":

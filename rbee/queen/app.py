@@ -11,8 +11,9 @@ import aiohttp
 from aiohttp import web
 
 from rbee import __version__, reload
+from rbee.audit_web import open_log
 from rbee.peer import Peers
-from rbee.queen import events_api, hives_api, metrics, nodes_api, openai, workers_api
+from rbee.queen import audit_hooks, events_api, hives_api, metrics, nodes_api, openai, workers_api
 from rbee.queen.admission import AdmissionQueue
 from rbee.queen.appkeys import DISPATCHER, HIVES, PEERS, QUEUE, REGISTRY, SETTINGS
 from rbee.queen.auth import RATE_LIMITER, auth_middleware, key_ring, rate_limit_middleware
@@ -78,4 +79,6 @@ def create_app(settings: QueenSettings) -> web.Application:
     openai.setup(app)
     metrics.setup(app)
     events_api.setup(app)  # after metrics and the services: it listens to the dispatcher beside them
+    if settings.audit_log is not None:  # last: its hooks go first, its middlewares around the key check
+        audit_hooks.setup(app, open_log(settings.audit_log, "queen", settings.audit_max_mb))
     return app

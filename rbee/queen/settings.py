@@ -10,7 +10,7 @@ from pydantic import AfterValidator, Field
 
 from rbee.auth import strong_key
 from rbee.flags import NOT_A_FLAG, Flag
-from rbee.server_settings import KeyFile, OptionalKey, ServerSettings
+from rbee.server_settings import AuditedSettings, KeyFile, OptionalKey
 
 
 def default_state_dir() -> Path:
@@ -22,7 +22,7 @@ def _wheelhouse_in_state_dir(data: dict[str, Any]) -> Path:
     return Path(data.get("state_dir") or default_state_dir()) / "wheelhouse"
 
 
-class QueenSettings(ServerSettings):
+class QueenSettings(AuditedSettings):
     KEY_FLAG: ClassVar[str] = "--api-key"
     CONFIG_SECTION: ClassVar[str] = "queen"  # its table in the config files (rbee.config_files)
 
