@@ -33,6 +33,7 @@ Feature: A tamper-evident audit log
     Then the hive's audit log records the admin action "worker.shutdown" with status 404
     And the hive's audit log records the admin action "model.download" with status 400
     And the hive's audit log records "auth.refused" for "/v1/workers/{worker_id}/shutdown"
+    And the hive's metrics say the audit log is available
     And rbee-keeper audit verify says OK of the hive's audit log
 
   Scenario Outline: rbee-keeper audit verify names the first line that was <changed>

@@ -357,6 +357,13 @@ def step_metric_up(context):
     assert _metric(context, "rbee_audit_available") == 1
 
 
+@then("the hive's metrics say the audit log is available")
+def step_hive_metric(context):
+    text = _hive(context, context.hive_key).get("/metrics").text
+    assert re.search(r"^rbee_audit_available 1", text, re.MULTILINE), text[-2000:]
+    assert re.search(r"^rbee_audit_entries_total [1-9]", text, re.MULTILINE), text[-2000:]
+
+
 @then("the audited queen still answers its health check")
 def step_health(context):
     assert context.cluster.queen.get("/health").status_code == 200
