@@ -244,6 +244,8 @@ def step_evictions(context, name, n):
     print(f"evictions on {name}: {evictions} for {len(order)} requests ({changes} model changes in the order "
           f"they were sent)")
     assert 1 <= evictions <= n, evictions
+    metrics = context.placement_hives[name].get("/metrics").text.splitlines()
+    assert f"rbee_hive_worker_evictions_total {float(evictions)}" in metrics, [m for m in metrics if "evict" in m]
     assert context.hive_sampler.most_at_once == 1, context.hive_sampler.most_at_once
 
 
