@@ -1,4 +1,4 @@
-@llama @cache @fixture.queen
+@llama @cache @long-prompts @fixture.queen
 Feature: Long prompts
   A prompt of thousands of tokens takes the worker seconds to decode before its first token. The
   worker decodes it in chunks and tells the stream how far it got (``: prefill done=N total=M``),
