@@ -107,7 +107,10 @@ def step_queen_memory(context, name, mib):
 
     def shown():
         info = _hive_info(context, name)
-        return info is not None and _host(info)["reserved_bytes"] > 0 and info
+        # The hive's first heartbeats may come before its memory rows do (a list with no host row yet).
+        if info is None or not any(m["backend"] == "cpu" for m in info.get("memory") or []):
+            return False
+        return _host(info)["reserved_bytes"] > 0 and info
 
     host = _host(wait_until(shown, _k(context, 15), what="the worker's reservation in the heartbeat"))
     assert host["total_bytes"] > 0 and host["free_bytes"] > 0, host
