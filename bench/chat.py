@@ -203,8 +203,14 @@ async def workload(system: System, template: str | None, args: argparse.Namespac
     # A new connection per request, for every system alike: llama-server hangs up on a kept-alive
     # connection after a streamed answer now and then (ServerDisconnectedError on the next turn).
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    room = asyncio.Semaphore(args.at_once or args.chats)
+
+    async def held(c: int, doc: str) -> list[TurnResult]:
+        async with room:  # a few conversations at a time; the next starts when one ends
+            return await hold_chat(system, session, c, doc, template, args)
+
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-        chats = await asyncio.gather(*(hold_chat(system, session, c, d, template, args) for c, d in enumerate(docs)))
+        chats = await asyncio.gather(*(held(c, d) for c, d in enumerate(docs)))
     return [r for results in chats for r in results]
 
 
@@ -260,7 +266,7 @@ def report(systems: list[System], args: argparse.Namespace, gate: QuietGate) -> 
     turns = range(1, args.turns + 1)
     print()
     print(f"TTFT (ms) by turn, p50 over {args.chats} chats × {len(systems[0].rounds)} round(s); "
-          f"{args.answer_tokens} answer tokens a turn, greedy; the chats run at the same time")
+          f"{args.answer_tokens} answer tokens a turn, greedy; {args.at_once or args.chats} chats at a time")
     rows = []
     late: dict[str, list[float]] = {}
     for s in systems:
@@ -358,6 +364,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--chats", type=int, default=8, help="conversations, held at the same time")
     p.add_argument("--turns", type=int, default=6, help="turns per conversation")
+    p.add_argument("--at-once", type=int, default=3, help="conversations held at the same time (0 = all): the "
+                   "next starts when one ends")
     p.add_argument("--answer-tokens", type=int, default=32, help="tokens each answer decodes (ignore_eos)")
     p.add_argument("--slots", type=int, default=8, help="rbee worker slots = llama-server --parallel (a fleet's "
                    "servers get half each)")
