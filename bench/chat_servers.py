@@ -21,6 +21,16 @@ BINDIR = Path(sys.executable).parent
 # Raised from 30 s: with the cache off, prompts queued behind others' prefill wait long for a first
 # byte on two busy cores (the worker's prefill notes cover one prompt's own decode, not the queue).
 STALL_TIMEOUT = "600"
+_TAKEN: set[int] = set()  # ports handed out: the servers start only after all are chosen
+
+
+def _port() -> int:
+    """A free port no other server of this bench was given (the OS may hand the same one out twice
+    while none of them is listening yet: it happened once, a worker failed to bind)."""
+    while (port := free_port()) in _TAKEN:
+        pass
+    _TAKEN.add(port)
+    return port
 
 
 @dataclass
@@ -49,7 +59,7 @@ class Servers:
 
 
 def worker(servers: Servers, role: str, model: Path, slots: int, threads: int, logdir: Path) -> None:
-    port = free_port()
+    port = _port()
     url = f"http://127.0.0.1:{port}"
     servers.add(role, ServiceProcess(
         "llm-worker-rbee", [str(BINDIR / "llm-worker-rbee"), "--port", str(port), "--worker-id", role,
@@ -60,7 +70,7 @@ def worker(servers: Servers, role: str, model: Path, slots: int, threads: int, l
 
 
 def queen(servers: Servers, role: str, logdir: Path, *extra: str) -> None:
-    port = free_port()
+    port = _port()
     url = f"http://127.0.0.1:{port}"
     servers.add(role, ServiceProcess("queen-rbee", [str(BINDIR / "queen-rbee"), "--port", str(port),
                                                     "--stall-timeout", STALL_TIMEOUT, *extra],
@@ -69,7 +79,7 @@ def queen(servers: Servers, role: str, logdir: Path, *extra: str) -> None:
 
 def llama_server(servers: Servers, role: str, binary: Path, model: Path, slots: int, threads: int,
                  logdir: Path) -> None:
-    port = free_port()
+    port = _port()
     url = f"http://127.0.0.1:{port}"
     servers.add(role, ServiceProcess(
         "llama-server", [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-t",
