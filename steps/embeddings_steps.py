@@ -9,11 +9,11 @@ import math
 import struct
 
 import gguf
-import openai
 import requests
 from behave import given, then, when
 
 from rbee.models import DEFAULT_MODEL_REF, default_model_path
+from rbee.testing.openai_calls import capture_refusal
 
 MODEL = DEFAULT_MODEL_REF
 DISTINCT_BY = 0.05  # cosine margin between "similar" and "dissimilar" (measured: about 0.2 on the default model)
@@ -40,14 +40,6 @@ def _embed(context, text_or_texts, **options):
 
 def _cosine(a: list[float], b: list[float]) -> float:
     return sum(x * y for x, y in zip(a, b, strict=True)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
-
-
-def _try(context, call) -> None:
-    context.oa_error = None
-    try:
-        call()
-    except openai.APIStatusError as exc:
-        context.oa_error = exc
 
 
 # ---------------------------------------------------------------- workers
@@ -95,17 +87,17 @@ def step_embed_both(context, text):
 
 @when('the OpenAI client embeds "{text:Q}" shortened to {n:d} dimensions')
 def step_embed_dimensions(context, text, n):
-    _try(context, lambda: _embed(context, text, dimensions=n))
+    capture_refusal(context, lambda: _embed(context, text, dimensions=n))
 
 
 @when("the OpenAI client embeds a token id the vocabulary lacks")
 def step_embed_bad_token(context):
-    _try(context, lambda: _embed(context, [[1, 2**30]]))
+    capture_refusal(context, lambda: _embed(context, [[1, 2**30]]))
 
 
 @when('the OpenAI client embeds "{text:Q}" with the model "{model:Q}"')
 def step_embed_model(context, text, model):
-    _try(context, lambda: _embed(context, text, model=model))
+    capture_refusal(context, lambda: _embed(context, text, model=model))
 
 
 @when('the OpenAI client chats at temperature 0 "{text:Q}"')

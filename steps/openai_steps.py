@@ -11,6 +11,7 @@ from behave import given, then, when
 from rbee import chat
 from rbee.models import DEFAULT_MODEL_REF, default_model_path
 from rbee.testing.clients import BackgroundStream
+from rbee.testing.openai_calls import capture_refusal
 
 MODEL = DEFAULT_MODEL_REF
 # A chat turn greedy decoding answers with "1, 2, 3, ..." far past 100: it reaches any small token limit.
@@ -32,14 +33,6 @@ def _default_chat_template() -> str:
 def _ask_chat(context, text: str, **options) -> None:
     context.completion = context.openai.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": text}], **options)
-
-
-def _try(context, call) -> None:
-    context.oa_error = None
-    try:
-        call()
-    except openai.APIStatusError as exc:
-        context.oa_error = exc
 
 
 # ---------------------------------------------------------------- clients
@@ -117,18 +110,18 @@ def step_completion_stop(context):
 
 @when('the OpenAI client asks for a chat completion from model "{model:Q}"')
 def step_chat_model(context, model):
-    _try(context, lambda: context.openai.chat.completions.create(
+    capture_refusal(context, lambda: context.openai.chat.completions.create(
         model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4))
 
 
 @when("the OpenAI client tries to list the models")
 def step_try_list(context):
-    _try(context, lambda: context.openai.models.list())
+    capture_refusal(context, lambda: context.openai.models.list())
 
 
 @when('the OpenAI client tries a chat completion of {n:d} tokens to "{text:Q}"')
 def step_try_chat(context, n, text):
-    _try(context, lambda: _ask_chat(context, text, max_tokens=n))
+    capture_refusal(context, lambda: _ask_chat(context, text, max_tokens=n))
 
 
 @when("the same conversation goes to the queen as a raw prompt rendered with the model's chat template")

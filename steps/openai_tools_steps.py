@@ -13,11 +13,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import gguf
-import openai
 from behave import then, when
 from pydantic import BaseModel, ConfigDict
 
 from rbee.models import DEFAULT_MODEL_REF, default_model_path
+from rbee.testing.openai_calls import capture_refusal
 
 MODEL = DEFAULT_MODEL_REF
 
@@ -51,14 +51,6 @@ REFUSED = {  # what the scenario sends → the extra arguments to create()
 
 def _user(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
-
-
-def _capture(context, call) -> None:
-    context.oa_error = None
-    try:
-        call()
-    except openai.APIStatusError as exc:
-        context.oa_error = exc
 
 
 def _parse_city(context, question: str):
@@ -182,12 +174,12 @@ def step_at_once(context):
 
 @when("the OpenAI client sends a chat with {what}")
 def step_refused(context, what):
-    _capture(context, lambda: _chat(context, messages=_user("Hi"), max_tokens=4, **REFUSED[what]))
+    capture_refusal(context, lambda: _chat(context, messages=_user("Hi"), max_tokens=4, **REFUSED[what]))
 
 
 @when("the OpenAI client asks for embeddings")
 def step_embeddings(context):
-    _capture(context, lambda: context.openai.embeddings.create(model=MODEL, input="bees"))
+    capture_refusal(context, lambda: context.openai.embeddings.create(model=MODEL, input="bees"))
 
 
 # ---------------------------------------------------------------- checking
