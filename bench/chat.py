@@ -4,8 +4,8 @@ two workers routing by cache, one routing by load alone, and two llama-servers a
 an nginx or LiteLLM in front of llama.cpp does), each server of a pair with half the slots and threads.
 
 Every chat opens with a document of about 700 tokens and asks about it turn after turn; each turn
-sends the whole history again, as chat clients do. The chats run at the same time, each turn after
-the previous answer. Greedy, a fixed answer length (``ignore_eos``) so every system decodes the same
+sends the whole history again, as chat clients do. The chats run a few at a time, each turn a
+moment (``--think``, the person reading) after the previous answer. Greedy, a fixed answer length (``ignore_eos``) so every system decodes the same
 number of tokens. Prints TTFT per turn, the ratios on turns ≥ 3, and how many prompt tokens each
 system reused instead of decoding.
 
@@ -193,7 +193,15 @@ async def hold_chat(system: System, session: aiohttp.ClientSession, index: int, 
         result.chat, result.turn = index, turn + 1
         results.append(result)
         messages.append({"role": "assistant", "content": result.text})
+        if args.think > 0 and turn + 1 < args.turns:
+            await asyncio.sleep(think_time(doc, turn, args.think))  # the person reads, then asks again
     return results
+
+
+def think_time(doc: str, turn: int, mean: float) -> float:
+    """How long a person reads an answer before the next question: 0.5× to 1.5× ``mean``, the same for
+    every system (seeded by the conversation and the turn), so each sees the same arrivals."""
+    return mean * random.Random(f"{doc[:64]}/{turn}").uniform(0.5, 1.5)
 
 
 async def workload(system: System, template: str | None, args: argparse.Namespace) -> list[TurnResult]:
@@ -266,7 +274,8 @@ def report(systems: list[System], args: argparse.Namespace, gate: QuietGate) -> 
     turns = range(1, args.turns + 1)
     print()
     print(f"TTFT (ms) by turn, p50 over {args.chats} chats × {len(systems[0].rounds)} round(s); "
-          f"{args.answer_tokens} answer tokens a turn, greedy; {args.at_once or args.chats} chats at a time")
+          f"{args.answer_tokens} answer tokens a turn, greedy; {args.at_once or args.chats} chats at a time, "
+          f"{args.think:g} s reading between turns (mean)")
     rows = []
     late: dict[str, list[float]] = {}
     for s in systems:
@@ -366,6 +375,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--turns", type=int, default=6, help="turns per conversation")
     p.add_argument("--at-once", type=int, default=3, help="conversations held at the same time (0 = all): the "
                    "next starts when one ends")
+    p.add_argument("--think", type=float, default=1.0, help="seconds a person reads an answer before asking "
+                   "again (mean; 0.5x-1.5x, seeded, the same for every system); 0 = ask at once")
     p.add_argument("--answer-tokens", type=int, default=32, help="tokens each answer decodes (ignore_eos)")
     p.add_argument("--slots", type=int, default=8, help="rbee worker slots = llama-server --parallel (a fleet's "
                    "servers get half each)")

@@ -5,9 +5,11 @@ own) is reached (1) directly, (2) through queen-rbee, with the source registered
 (3) through nginx as a reverse proxy with ``proxy_buffering off``. Prints the TTFT each relay adds
 at 1 stream and the aggregate events/s at 1, 16 and 64 concurrent streams, with ratios.
 
-With ``--dashboard``, also (4) through a second queen that has a dashboard subscribed to its
+With ``--dashboard``, also (4) through a queen that has a dashboard subscribed to its
 ``GET /v2/events`` (a child process reading and parsing every event, as the page does), measured
-interleaved with the plain queen: the live view's cost on the token path (target: within 5 %).
+interleaved with the plain queen: the live view's cost on the token path (target: within 5 %). Two
+queens run; the subscriber moves from one to the other between TTFT blocks and throughput waves, so
+whatever differs between the two processes cancels out and only the subscriber's cost is left.
 
     python bench/relay.py [--ttft-samples 300] [--concurrency 1,16,64] [--skip-nginx] [--dashboard]
 
@@ -191,14 +193,47 @@ class Paths:
     children: list[ServiceProcess] = field(default_factory=list)
     relay_pgids: dict[str, int] = field(default_factory=dict)  # name -> process group doing the relaying
     helper_pgids: list[int] = field(default_factory=list)  # ours too, but not a path (the dashboard subscriber)
+    dashboard: ServiceProcess | None = None  # the subscriber, reading the events of path "queen+dashboard"
+    logdir: Path | None = None
+    moves: int = 0
+
+    def subscribe_dashboard(self) -> None:
+        """Start the subscriber on path "queen+dashboard"; back once that queen counts it."""
+        url = self.urls["queen+dashboard"]
+        self.dashboard = ServiceProcess("dashboard subscriber", [sys.executable, str(Path(__file__).resolve()),
+                                                                 "--subscribe", url],
+                                        self.logdir / f"subscriber-{self.moves}.log", f"{url}/health").start()
+        self.helper_pgids = [self.dashboard.pid]
+        _await_subscribers(url, 1, self.logdir)
+
+    def move_dashboard(self) -> None:
+        """The subscriber leaves one queen for the other: the two swap the paths' names."""
+        if self.dashboard is None:
+            return
+        self.dashboard.stop()
+        _await_subscribers(self.urls["queen+dashboard"], 0, self.logdir)
+        for table in (self.urls, self.relay_pgids):
+            table["queen"], table["queen+dashboard"] = table["queen+dashboard"], table["queen"]
+        self.moves += 1
+        self.subscribe_dashboard()
 
     def stop(self) -> None:
+        if self.dashboard is not None:
+            self.dashboard.stop()
         for child in reversed(self.children):
             child.stop()
 
 
+def _await_subscribers(queen_url: str, n: int, logdir: Path | None) -> None:
+    deadline = time.monotonic() + 30
+    while subscribers(queen_url) != n:
+        if time.monotonic() > deadline:
+            raise BenchError(f"{queen_url} did not count {n} dashboard subscriber(s) within 30 s (see {logdir})")
+        time.sleep(0.05)  # poll interval
+
+
 def start_paths(args: argparse.Namespace, tmp: Path, nginx: str | None) -> Paths:
-    paths = Paths()
+    paths = Paths(logdir=tmp)
     try:
         source_port = free_port()
         source = ServiceProcess("token source", [sys.executable, str(Path(__file__).resolve()), "--serve-source",
@@ -212,17 +247,8 @@ def start_paths(args: argparse.Namespace, tmp: Path, nginx: str | None) -> Paths
 
         start_queen(paths, "queen", source_url, tmp)
         if args.dashboard:
-            queen_url = start_queen(paths, "queen+dashboard", source_url, tmp)
-            sub = ServiceProcess("dashboard subscriber", [sys.executable, str(Path(__file__).resolve()),
-                                                          "--subscribe", queen_url], tmp / "subscriber.log",
-                                 f"{queen_url}/health")
-            paths.children.append(sub.start())
-            paths.helper_pgids.append(sub.pid)
-            deadline = time.monotonic() + 30
-            while subscribers(queen_url) < 1:
-                if time.monotonic() > deadline:
-                    raise BenchError(f"the dashboard subscriber did not subscribe within 30 s (see {tmp})")
-                time.sleep(0.1)  # poll interval
+            start_queen(paths, "queen+dashboard", source_url, tmp)
+            paths.subscribe_dashboard()
 
         if nginx is not None:
             nginx_port = free_port()
@@ -328,6 +354,7 @@ async def measure_ttft(paths: Paths, samples: int, events: int, gate: QuietGate,
             for name in urls:
                 got[name] += block[name]
             done += rounds
+            await asyncio.to_thread(paths.move_dashboard)
     finally:
         for s in sessions.values():
             await s.close()
@@ -443,13 +470,17 @@ async def run_all(args: argparse.Namespace, paths: Paths, gate: QuietGate) -> No
     cpu: dict[tuple[str, int], list[float]] = {}
     for rep in range(args.reps):
         for c in args.concurrency_levels:
-            for name in names:  # interleaved
+            order = names[rep % len(names):] + names[:rep % len(names)]  # interleaved, who goes first rotating
+            for name in order:
                 print(f"rep {rep + 1}/{args.reps}: {name}, {c} stream(s)", flush=True)
                 # The source and the relay on this path are ours; anything else busy is someone else's.
                 pgids = [paths.relay_pgids["direct"], *paths.helper_pgids, paths.relay_pgids[name]]
                 wave = await measure_throughput(urls[name], pgids, c, args.events, gate, args.retries)
                 tput.setdefault((name, c), []).append(wave.events_per_s)
                 cpu.setdefault((name, c), []).append(wave.cpu_ms_per_1k)
+            await asyncio.to_thread(paths.move_dashboard)
+    if paths.dashboard is not None:
+        print(f"the dashboard subscriber moved between the two queens {paths.moves}×")
     report(args, ttft, tput, cpu, names, gate)
 
 

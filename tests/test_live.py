@@ -6,6 +6,7 @@ a real HTTP client that never reads dropped and counted)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -18,6 +19,7 @@ from rbee import sse
 from rbee.events import Done, Token
 from rbee.peer import Peers
 from rbee.protocol import InferenceRequest, WorkerRegistration
+from rbee.queen import live
 from rbee.queen.admission import AdmissionQueue
 from rbee.queen.app import create_app
 from rbee.queen.dispatch import Dispatcher
@@ -63,19 +65,42 @@ def test_a_relayed_request_is_reported_from_open_to_done_with_its_worker_ttft_an
             dispatcher = Dispatcher(registry, Peers(session, None), queue, hooks=hub)
             upstream = await dispatcher.open(InferenceRequest(prompt="x"), request_id="r1", api_key="k")
             assert [r.request_id for r in hub.in_flight.values()] == ["r1"]
+            hub.flush()  # what the next flush would send: the request's state now, once
             await dispatcher.relay(upstream, _discard)
+            hub.flush()
             await dispatcher.close(upstream, client_gone=False)
+            hub.flush()
         await server.close()
         return hub, sub
 
     hub, sub = asyncio.run(scenario())
     states = [e["request"]["state"] for e in _frames(sub) if e["type"] == "request"]
-    assert states == ["queued", "dispatched", "streaming", "done"]
+    assert states == ["dispatched", "streaming", "done"]  # queued and dispatched both happen inside open
     (last,) = hub.recent
     assert last.worker_id == "w1" and last.tokens == 5 and last.ttft_ms is not None and last.queued_ms == 0
     assert not hub.in_flight
     point = hub.tick()
     assert point["tokens_per_s"] >= 6  # 5 tokens + the done block, relayed within this tick
+
+
+def test_request_changes_go_out_together_after_a_short_delay_each_in_its_latest_state():
+    async def scenario():
+        registry = Registry()
+        queue = AdmissionQueue(registry, 4, 0)
+        hub = LiveHub(registry, None, queue)
+        sub, _ = hub.subscribe()
+        async with aiohttp.ClientSession() as session:
+            dispatcher = Dispatcher(registry, Peers(session, None), queue, hooks=hub)
+            with contextlib.suppress(Exception):  # no workers: opened, then ended as an error at once
+                await dispatcher.open(InferenceRequest(prompt="x"), request_id="r1")
+            hub.opened("r2", "m", "k")
+            assert not sub.backlog  # nothing framed on the requests' own path
+            frames = await asyncio.wait_for(sub.next_frames(), 5 * live.REQUEST_DELAY_S + 5)
+        return [json.loads(sse.block_data(f.rstrip(b"\n"))) for f in frames]
+
+    events = asyncio.run(scenario())
+    assert [(e["type"], e["request"]["request_id"], e["request"]["state"]) for e in events] == [
+        ("request", "r1", "error"), ("request", "r2", "queued")]
 
 
 def test_a_request_refused_before_dispatch_ends_as_an_error_with_its_code():

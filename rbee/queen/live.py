@@ -6,7 +6,8 @@ read from their registries when they change (the registry's ``subscribe``) and o
 which also measures tokens per second, per worker and overall, from the blocks the relay counted.
 
 Subscribers (``GET /v2/events``, the dashboard, ``rbee-keeper top``) each get a bounded queue of framed
-events. Publishing never awaits: an event is framed once and appended to every queue; a subscriber
+events. Publishing never awaits: an event is framed once and appended to every queue (a request's changes
+are gathered for 0.1 s and sent in their latest state, so nothing is framed on the request's path); a subscriber
 whose queue is full is dropped on the spot (counted), so a slow reader can never slow the token path.
 Pure asyncio over the registries, no aiohttp.
 """
@@ -30,6 +31,7 @@ RECENT = 300  # requests kept in the recent list
 SERIES_SECONDS = 15 * 60  # one chart point per tick, for the last 15 minutes
 TICK_S = 1.0
 FLEET_DELAY_S = 0.1  # registry changes within this window go out as one fleet event
+REQUEST_DELAY_S = 0.1  # request changes within this window go out together, each request's latest state once
 
 
 def _ms(t: float) -> int:
@@ -115,6 +117,8 @@ class LiveHub(Hooks):
         self._worker_rate: dict[str, float] = {}
         self._last_fleet: dict[str, Any] | None = None
         self._fleet_pending = False
+        self._changed: dict[str, RequestView] = {}  # requests changed since the last flush, by id
+        self._flush_pending = False
         registry.subscribe(self._fleet_changed)
 
     # ------------------------------------------------------------ subscribers
@@ -230,7 +234,27 @@ class LiveHub(Hooks):
         self._send(view)
 
     def _send(self, view: RequestView) -> None:
-        if self.subscribers:  # no one watching: not even the dict is built
+        """Note a request's change; it goes out with the others of the next ``REQUEST_DELAY_S``, in
+        its state then (a request that opens and ends within the window is sent once, ended). Nothing
+        is framed or written on the request's own path."""
+        if not self.subscribers:  # no one watching: nothing kept
+            return
+        self._changed[view.request_id] = view
+        if self._flush_pending:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a direct call): at once
+            self.flush()
+            return
+        self._flush_pending = True
+        loop.call_later(REQUEST_DELAY_S, self.flush)
+
+    def flush(self) -> None:
+        """Publish the requests changed since the last flush, each in its latest state."""
+        self._flush_pending = False
+        changed, self._changed = self._changed, {}
+        for view in changed.values():
             self.publish({"type": "request", "request": view.wire()})
 
     # ------------------------------------------------------------ the tick
