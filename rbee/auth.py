@@ -103,6 +103,12 @@ def state_changing(request: web.Request) -> bool:
     return request.method not in SAFE_METHODS
 
 
+def control_or_metrics(request: web.Request) -> bool:
+    """What the cluster key guards on a hive and a worker: every state-changing route, and ``/metrics``
+    (what a part serves and how busy it is is for the cluster, not for anyone who can reach the port)."""
+    return state_changing(request) or request.path == "/metrics"
+
+
 def cluster_key_middleware(key: str | None | Callable[[], Sequence[str]],
                            protect: Callable[[web.Request], bool] = state_changing):
     """Routes for which ``protect`` holds need the cluster key (when one is set); the rest stay open.

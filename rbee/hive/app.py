@@ -13,7 +13,7 @@ from aiohttp import web
 
 from rbee import __version__, audit_web, models, reload
 from rbee.audit_web import open_log
-from rbee.auth import cluster_key_middleware, state_changing
+from rbee.auth import cluster_key_middleware, control_or_metrics
 from rbee.errors import RbeeError
 from rbee.hive import memory, preflight, spawn_plan
 from rbee.hive import metrics as hive_metrics
@@ -217,10 +217,6 @@ def key_ring(settings: HiveSettings) -> KeyRing:
     return KeyRing(KeySource("cluster", "--cluster-key-file", fixed, path))
 
 
-def _needs_key(request: web.Request) -> bool:
-    return state_changing(request) or request.path == "/metrics"
-
-
 def create_app(settings: HiveSettings) -> web.Application:
     app = make_app()
     app[SETTINGS] = settings
@@ -243,7 +239,7 @@ def create_app(settings: HiveSettings) -> web.Application:
                        lambda: app.get(DEVICES))
     # Every state-changing route (spawn, ready callback, shutdown, model download) and /metrics need the
     # cluster key.
-    app.middlewares.append(key_check := cluster_key_middleware(lambda: ring.keys("cluster"), _needs_key))
+    app.middlewares.append(key_check := cluster_key_middleware(lambda: ring.keys("cluster"), control_or_metrics))
     if settings.audit_log is not None:
         audit = open_log(settings.audit_log, "hive", settings.audit_max_mb)
         audit_web.setup(app, audit, AUDITED, key_check=key_check)

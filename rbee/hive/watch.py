@@ -89,7 +89,7 @@ class Watch:
 
     async def _note_generations(self, worker: ManagedWorker) -> None:
         try:
-            async with self.session.get(f"{worker.url}/metrics",
+            async with self.session.get(f"{worker.url}/metrics", headers=self.link.headers,
                                         timeout=aiohttp.ClientTimeout(total=CHECK_TIMEOUT_S)) as r:
                 text = await r.text() if r.status == 200 else ""
         except (TimeoutError, aiohttp.ClientError):

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from rbee import __version__
 from rbee import deadline as deadlines
-from rbee.auth import cluster_key_middleware
+from rbee.auth import cluster_key_middleware, control_or_metrics
 from rbee.errors import ErrorCode, RbeeError
 from rbee.events import Done, Prefilling, Token
 from rbee.protocol import (
@@ -334,7 +334,8 @@ def create_app(settings: WorkerSettings, config: EngineConfig) -> web.Applicatio
     app.cleanup_ctx.append(_engine_ctx)
     app.on_shutdown.append(_on_shutdown)
     app.add_routes(routes)
-    app.middlewares.append(cluster_key_middleware(settings.cluster_key))  # inference, cancel, shutdown
+    # Inference, cancel, shutdown and /metrics (the hive's watch sends the key when it reads them).
+    app.middlewares.append(cluster_key_middleware(settings.cluster_key, control_or_metrics))
     metrics = worker_metrics.setup(app, lambda: (app[POOL].table.total, app[POOL].table.busy),
                                    kv_usage=app[ENGINE].kv_usage)
     app[POOL] = SlotPool(app[ENGINE], config.slots, observe=metrics.observe)
