@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from rbee.errors import ErrorCode, RbeeError
@@ -33,6 +33,8 @@ class WorkerRecord:
     # The worker answered ALL_SLOTS_BUSY: its slots are taken by someone we do not see (another queen, a
     # stream we let go of that it has not freed yet). No room until it shows some: see Registry.full.
     full: bool = False
+    seq: int = 0  # registration order: candidates are tried in it, whichever index found them
+    vouched_at: float | None = None  # its hive's last heartbeat for it: no probe needed while recent
 
     @property
     def worker_id(self) -> str:
@@ -86,6 +88,10 @@ class Registry:
         self._load_turn = 0
         self._listeners: list[Callable[[], None]] = []
         self._held: set[str] = set()  # route nothing new here (see hold)
+        # Every name a worker answers to (its aliases) -> its workers: a request looks at its model's few
+        # workers, never at the whole fleet (1,000 workers, 100 models: about 10 each).
+        self._by_model: dict[str, dict[str, WorkerRecord]] = {}
+        self._seq = 0
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         """``listener()`` runs after every change that may free room (the admission queue's pump)."""
@@ -114,22 +120,48 @@ class Registry:
                     "Remove it first (DELETE /v2/workers/{id}) or register under another id.",
                     {"worker_id": reg.worker_id, "registered_url": existing.reg.url},
                 )
+            self._unindex(existing)
             existing.reg = reg
             existing.last_seen = now
             existing.model_names = aliases(reg.model_ref)
+            self._index(existing)
             self._settle(existing)
             self._changed()
             return False
-        record = WorkerRecord(
-            reg=reg, state=WorkerState.IDLE, registered_at=now, last_seen=now, model_names=aliases(reg.model_ref)
-        )
+        self._seq += 1
+        record = WorkerRecord(reg=reg, state=WorkerState.IDLE, registered_at=now, last_seen=now,
+                              model_names=aliases(reg.model_ref), seq=self._seq)
         self._workers[reg.worker_id] = record
+        self._index(record)
         self._changed()
         return True
+
+    def _index(self, record: WorkerRecord) -> None:
+        for name in record.model_names:
+            self._by_model.setdefault(name, {})[record.worker_id] = record
+
+    def _unindex(self, record: WorkerRecord) -> None:
+        for name in record.model_names:
+            workers = self._by_model.get(name)
+            if workers is not None:
+                workers.pop(record.worker_id, None)
+                if not workers:
+                    del self._by_model[name]
+
+    def _serving(self, model: str | None) -> list[WorkerRecord]:
+        """The workers serving ``model`` (every worker when None), in registration order: O(its workers)."""
+        if model is None:
+            return list(self._workers.values())
+        return sorted(self._by_model.get(model, {}).values(), key=lambda w: w.seq)
+
+    def _candidates(self, model: str | None) -> Iterable[WorkerRecord]:
+        """The workers serving ``model``, in no particular order (for any/all questions)."""
+        return self._workers.values() if model is None else self._by_model.get(model, {}).values()
 
     def remove(self, worker_id: str) -> WorkerRecord:
         record = self.get(worker_id)
         del self._workers[worker_id]
+        self._unindex(record)
         self._held.discard(worker_id)
         self._changed()  # requests that waited for its model now wait for nothing: the queue tells them
         return record
@@ -173,6 +205,7 @@ class Registry:
     def heartbeat(self, worker_id: str, state: WorkerState | None, slots_available: int | None) -> WorkerRecord:
         record = self.get(worker_id)
         self.seen(worker_id)
+        record.vouched_at = record.last_seen  # its hive speaks for it (rbee.queen.health probes it less)
         if state == WorkerState.IDLE or (slots_available or 0) > 0:
             record.full = False  # the worker says it has room
         if state is not None:
@@ -196,36 +229,14 @@ class Registry:
                 hive: str | None = None, affinity: Affinity | None = None,
                 capability: Capability = Capability.GENERATE) -> Lease:
         """Take one slot on the least-loaded idle worker serving ``model`` with ``capability`` (on ``hive``
-        when given), or raise the right 503/404."""
-        live = [w for w in self._workers.values() if w.state != WorkerState.OFFLINE and w.on(hive)]
-        if not live:
-            where = f" on hive '{hive}'" if hive else ""
-            raise RbeeError(
-                ErrorCode.NO_WORKERS,
-                f"No live workers are registered{where}. Start one (rbee-keeper up, or spawn one on a hive) "
-                "and retry.", {"hive": hive} if hive else None,
-            )
-        serving = [w for w in live if w.can(model, capability)]
-        if not serving:
-            raise not_served(model, capability, live)
-        if all(w.worker_id in exclude for w in serving):
-            where = f" on hive '{hive}'" if hive else ""
-            raise RbeeError(
-                ErrorCode.NO_WORKERS,
-                f"Every live worker for '{model}'{where} already failed this request, so waiting for one "
-                "would not help. Retry later, or check the workers with `rbee-keeper workers health`.",
-                {"model": model, "hive": hive, "tried": sorted(exclude)},
-            )
+        when given), or raise the right 503/404. Looks only at the model's own workers (see _by_model)."""
         candidates = [
-            w for w in serving if w.state == WorkerState.IDLE and w.slots_available > 0 and w.worker_id not in exclude
+            w for w in self._serving(model) if w.state == WorkerState.IDLE and w.slots_available > 0
+            and w.can(model, capability) and w.on(hive) and w.worker_id not in exclude
             and w.worker_id not in self._held
         ]
         if not candidates:
-            raise RbeeError(
-                ErrorCode.NO_IDLE_WORKERS,
-                f"All {len(serving)} worker(s) for this model are busy. Retry after the Retry-After delay.",
-                {"workers": len(serving)},
-            )
+            raise self._why_none(model, exclude, hive, capability)
         chosen, route = pick(candidates, self._load_turn, affinity, self.max_load_gap)
         if route == Route.LOAD:
             self._load_turn += 1
@@ -235,15 +246,43 @@ class Registry:
         self._settle(chosen)
         return lease
 
+    def _why_none(self, model: str | None, exclude: frozenset[str], hive: str | None,
+                  capability: Capability) -> RbeeError:
+        """Why no worker can take a request now (the slow path: it looks at the whole fleet)."""
+        live = [w for w in self._workers.values() if w.state != WorkerState.OFFLINE and w.on(hive)]
+        if not live:
+            where = f" on hive '{hive}'" if hive else ""
+            return RbeeError(
+                ErrorCode.NO_WORKERS,
+                f"No live workers are registered{where}. Start one (rbee-keeper up, or spawn one on a hive) "
+                "and retry.", {"hive": hive} if hive else None,
+            )
+        serving = [w for w in live if w.can(model, capability)]
+        if not serving:
+            return not_served(model, capability, live)
+        if all(w.worker_id in exclude for w in serving):
+            where = f" on hive '{hive}'" if hive else ""
+            return RbeeError(
+                ErrorCode.NO_WORKERS,
+                f"Every live worker for '{model}'{where} already failed this request, so waiting for one "
+                "would not help. Retry later, or check the workers with `rbee-keeper workers health`.",
+                {"model": model, "hive": hive, "tried": sorted(exclude)},
+            )
+        return RbeeError(
+            ErrorCode.NO_IDLE_WORKERS,
+            f"All {len(serving)} worker(s) for this model are busy. Retry after the Retry-After delay.",
+            {"workers": len(serving)},
+        )
+
     def has_room(self, model: str | None = None, hive: str | None = None,
                  capability: Capability = Capability.GENERATE) -> bool:
         return any(w.state == WorkerState.IDLE and w.slots_available > 0 and w.can(model, capability) and w.on(hive)
-                   and w.worker_id not in self._held for w in self._workers.values())
+                   and w.worker_id not in self._held for w in self._candidates(model))
 
     def registered(self, model: str | None, hive: str | None = None) -> bool:
         """Some worker serving ``model`` is registered at all (live or not): one that is only offline
         may come back; with none, waiting for one is waiting for nothing."""
-        return any(w.serves(model) and w.on(hive) for w in self._workers.values())
+        return any(w.serves(model) and w.on(hive) for w in self._candidates(model))
 
     def hold(self, worker_ids: set[str]) -> None:
         """Route nothing new to these workers (and let go of those held before): a cold start that has
@@ -257,7 +296,7 @@ class Registry:
         """Some live worker (on ``hive``) serves ``model`` with ``capability`` and has not failed this request
         (``exclude``): worth waiting for."""
         return any(w.can(model, capability) and w.on(hive) and w.worker_id not in exclude
-                   for w in self._workers.values() if w.state != WorkerState.OFFLINE)
+                   for w in self._candidates(model) if w.state != WorkerState.OFFLINE)
 
     def live(self) -> list[WorkerRecord]:
         return [w for w in self._workers.values() if w.state != WorkerState.OFFLINE]
@@ -315,6 +354,7 @@ class Registry:
             silent = now - record.last_seen
             if silent > remove_after:
                 removed.append(self._workers.pop(record.worker_id))
+                self._unindex(record)
             elif silent > heartbeat_timeout and record.state != WorkerState.OFFLINE:
                 record.state = WorkerState.OFFLINE
                 offline.append(record.worker_id)
