@@ -35,3 +35,10 @@ Feature: Slow and idle clients cannot starve the others
     Given queen-rbee started with --keepalive-timeout 2
     When a client asks for the queen's health on a kept-alive connection and then stays silent
     Then the queen closes that connection 1.5 to 12 seconds after its answer
+
+  Scenario: Requests whose bodies are withheld are cut at the body deadline while a normal client is served
+    Given queen-rbee started with --body-timeout 10
+    And a real worker "steady" with 1 slot is registered
+    When a client at 127.0.0.5 opens 50 connections to the queen and sends a whole head but half its body on each
+    Then while all 50 are open, a client at 127.0.0.1 gets the queen's health and a real answer
+    And every slow connection gets 408 "REQUEST_TIMEOUT" naming --body-timeout and is closed 9.5 to 30 seconds after it was sent

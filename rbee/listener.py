@@ -9,8 +9,11 @@ long as it liked, and at the usual limit of 1,024 open files the server then ref
   else the client gets a 408 in the envelope and the connection is closed. aiohttp has no such
   deadline of its own (its keep-alive timer, armed at connect, only closes a connection that is idle
   at the moment it fires, with one timeout for both jobs), so :class:`GuardedHandler` — aiohttp's
-  ``RequestHandler`` with hooks on connect, data and disconnect — keeps it. The body is not covered:
-  routes read small JSON bodies, capped in size.
+  ``RequestHandler`` with hooks on connect, data and disconnect — keeps it.
+- **Body-read deadline** (``--body-timeout``): once its head is in, a request's body (small JSON,
+  capped in size) must be all there within this, or the client gets a 408 in the envelope and the
+  connection is closed. The body is read before the app sees the request (aiohttp keeps it for the
+  handler), so a client that withholds it holds no handler and no slot.
 - **Idle keep-alive deadline** (``--keepalive-timeout``): aiohttp's own ``keepalive_timeout``.
 - **Connections per client address** (``--max-conns-per-client``, 0 = no cap): one more than that
   from one address is answered ``503 TOO_MANY_CONNECTIONS`` once its head arrives, then closed.
@@ -52,6 +55,7 @@ class ListenLimits:
     header_timeout: float = 10.0
     keepalive_timeout: float = 75.0
     max_conns_per_client: int = 256
+    body_timeout: float = 30.0
     open: Counter[str] = field(default_factory=Counter)  # connections now open, per client address
 
 
@@ -67,11 +71,13 @@ _REASONS = {408: "Request Timeout", 503: "Service Unavailable"}
 
 
 class GuardedHandler(RequestHandler):
-    """aiohttp's per-connection protocol, with the header-read deadline and the per-address cap."""
+    """aiohttp's per-connection protocol, with the header- and body-read deadlines and the per-address cap."""
 
     def __init__(self, manager: web.Server, limits: ListenLimits, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._limits = limits
+        self._app_handler = self._request_handler
+        self._request_handler = self._body_in_time
         self._client: str | None = None
         self._head_timer: asyncio.TimerHandle | None = None
 
@@ -126,6 +132,34 @@ class GuardedHandler(RequestHandler):
             "line and headers at once, or raise --header-timeout on this server.",
             {"header_timeout": secs})))
         self.force_close()
+
+    async def _body_in_time(self, request: web.BaseRequest) -> web.StreamResponse:
+        """The whole body within --body-timeout of its head, then the app; else 408 and close."""
+        assert self._app_handler is not None
+        if request.body_exists:
+            if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # (aiohttp's own may follow: allowed)
+            try:
+                async with asyncio.timeout(self._limits.body_timeout):
+                    await request.read()  # kept: the handler's read gets it from there
+            except TimeoutError:
+                return self._body_too_late(request)
+            except web.HTTPRequestEntityTooLarge:
+                pass  # the app's read says so, in the envelope (rbee.web.read_model)
+        return await self._app_handler(request)
+
+    def _body_too_late(self, request: web.BaseRequest) -> web.StreamResponse:
+        secs = self._limits.body_timeout
+        log.info("closed a connection from %s: no complete body for %s %s within %gs", self._client,
+                 request.method, request.path, secs)
+        err = RbeeError(ErrorCode.REQUEST_TIMEOUT,
+                        f"The request body did not arrive within {secs:g} s of its head (--body-timeout). Send "
+                        "the whole body at once (its Content-Length must match), or raise --body-timeout on "
+                        "this server.", {"body_timeout": secs})
+        resp = web.json_response(err.envelope(), status=err.status, headers={"X-Request-Id": uuid.uuid4().hex})
+        resp.force_close()
+        self._lingering_time = 0.0  # aiohttp would otherwise wait up to 10 s more for the rest of the body
+        return resp
 
     async def _refuse(self, request: web.BaseRequest) -> web.StreamResponse:
         cap = self._limits.max_conns_per_client

@@ -36,6 +36,8 @@ class ServerSettings(BaseModel):
     header_timeout: float = Field(10.0, gt=0, le=3600, description="Seconds a client gets to send a whole "
                                   "request head (request line and headers), from connecting or from the first "
                                   "byte of a later request; then 408 and the connection is closed.")
+    body_timeout: float = Field(30.0, gt=0, le=3600, description="Seconds a client gets to send a request's "
+                                "whole body once its head is in; then 408 and the connection is closed.")
     keepalive_timeout: float = Field(75.0, gt=0, le=86400, description="Seconds an idle keep-alive connection "
                                      "stays open between requests.")
     max_conns_per_client: int = Field(256, ge=0, description="Connections one client address may hold open at "
@@ -44,7 +46,7 @@ class ServerSettings(BaseModel):
                                       "or a queen relaying to this worker, opens.")
 
     def listen_limits(self) -> ListenLimits:
-        return ListenLimits(self.header_timeout, self.keepalive_timeout, self.max_conns_per_client)
+        return ListenLimits(self.header_timeout, self.keepalive_timeout, self.max_conns_per_client, self.body_timeout)
 
     def keyed(self) -> bool:
         return bool(getattr(self, "cluster_key", None))

@@ -15,6 +15,9 @@ from rbee.testing.clients import wait_until
 from rbee.testing.slow_clients import SlowClients, open_file_limit
 
 HALF_A_REQUEST_LINE = b"POST /v1/inference HT"
+# A whole head, then 20 of the 60 bytes of body it announces.
+HEAD_AND_HALF_A_BODY = (b"POST /v1/inference HTTP/1.1\r\nHost: rbee\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 60\r\n\r\n" + b'{"prompt": "Hello", "')
 
 
 @parse.with_pattern(r"queen-rbee|rbee-hive|llm-worker-rbee")
@@ -64,6 +67,12 @@ def step_open_slow(context, source, count, whom):
     context.slow.open(count, HALF_A_REQUEST_LINE, timeout=60 * context.cluster.k)
 
 
+@when("a client at {source} opens {count:d} connections to {whom} and sends a whole head but half its body on each")
+def step_open_slow_body(context, source, count, whom):
+    context.slow = _slow_clients(context, source)
+    context.slow.open(count, HEAD_AND_HALF_A_BODY, timeout=60 * context.cluster.k)
+
+
 @then("the queen's log says it raised its open-file limit from {limit:d}")
 def step_log_raised(context, limit):
     log = context.cluster.queen_process.log_path
@@ -91,7 +100,9 @@ def step_normal_client(context, count):
 
 
 @then('every slow connection gets 408 "{code:Q}" and is closed {low:g} to {high:g} seconds after it was sent')
-def step_all_cut(context, code, low, high):
+@then('every slow connection gets 408 "{code:Q}" naming --{flag} and is closed {low:g} to {high:g} seconds '
+      'after it was sent')
+def step_all_cut(context, code, low, high, flag="header-timeout"):
     cuts = context.slow.wait_cut(timeout=high + 5)
     times = sorted(c.after for c in cuts)
     print(f"{len(cuts)} slow connections cut after {times[0]:.2f}s (first), {statistics.median(times):.2f}s "
@@ -99,7 +110,7 @@ def step_all_cut(context, code, low, high):
     wrong = [c.first_bytes[:120] for c in cuts if not c.first_bytes.startswith(b"HTTP/1.1 408 ")]
     assert not wrong, f"{len(wrong)} not answered 408, e.g. {wrong[0]!r}"
     body = json.loads(cuts[0].first_bytes.split(b"\r\n\r\n", 1)[1])
-    assert body["error"]["code"] == code and "--header-timeout" in body["error"]["message"], body
+    assert body["error"]["code"] == code and f"--{flag}" in body["error"]["message"], body
     assert low <= times[0] and times[-1] <= high, f"cut between {times[0]:.2f}s and {times[-1]:.2f}s"
 
 
