@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 # Open files a server wants at least: clients at the cap from a few addresses, plus its own files and
 # outgoing connections. Below this, a warning says how to raise the hard limit.
 WANTED_OPEN_FILES = 4096
+OPEN_FILES_HEADROOM = 1024  # beyond what a server's own bound needs: logs, the database, peers, stray clients
 
 
 @dataclass
@@ -56,6 +57,8 @@ class ListenLimits:
     keepalive_timeout: float = 75.0
     max_conns_per_client: int = 256
     body_timeout: float = 30.0
+    open_files: int = WANTED_OPEN_FILES  # the open-file limit this server needs (the queen: for --max-streams)
+    open_files_why: str = ""  # the setting behind open_files, named in the warning when it cannot be had
     open: Counter[str] = field(default_factory=Counter)  # connections now open, per client address
 
 
@@ -194,9 +197,9 @@ class _GuardedSite(web.TCPSite):
         self._server = await loop.create_server(protocol, self._host, self._port, backlog=1024)
 
 
-def raise_open_file_limit(wanted: int = WANTED_OPEN_FILES) -> int:
+def raise_open_file_limit(wanted: int = WANTED_OPEN_FILES, why: str = "") -> int:
     """Soft RLIMIT_NOFILE up to the hard limit (each connection is a file). Returns the limit in force;
-    logs what it did, and warns when it stays below ``wanted``."""
+    logs what it did, and warns when it stays below ``wanted`` (``why``: the setting that wants it)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard if hard != resource.RLIM_INFINITY else max(soft, wanted * 16)
     if target > soft:
@@ -207,9 +210,10 @@ def raise_open_file_limit(wanted: int = WANTED_OPEN_FILES) -> int:
         except (ValueError, OSError) as exc:
             log.warning("could not raise the open-file limit from %d to %d (%s)", soft, target, exc)
     if soft < wanted:
-        log.warning("open-file limit is %d (hard limit %s), below the %d this server wants: a few clients "
-                    "holding many connections can exhaust it. Raise it (ulimit -Hn, or LimitNOFILE= in the "
-                    "systemd unit) and restart.", soft, hard, wanted)
+        needs = f"the {wanted} {why} needs" if why else f"the {wanted} this server wants"
+        log.warning("open-file limit is %d (hard limit %s), below %s: a few clients holding many connections "
+                    "can exhaust it. Raise it (ulimit -Hn, or LimitNOFILE= in the systemd unit) and restart%s.",
+                    soft, hard, needs, f", or lower {why.split()[0]}" if why else "")
     return soft
 
 
@@ -228,7 +232,7 @@ async def _serve(app: web.Application, host: str, port: int, limits: ListenLimit
 def serve(app: web.Application, host: str, port: int, limits: ListenLimits, loop: asyncio.AbstractEventLoop,
           **kwargs: Any) -> None:
     """Serve ``app`` until SIGTERM or SIGINT, as ``aiohttp.web.run_app`` does, through GuardedHandlers."""
-    raise_open_file_limit()
+    raise_open_file_limit(limits.open_files, limits.open_files_why)
     asyncio.set_event_loop(loop)
     main = loop.create_task(_serve(app, host, port, limits, **kwargs))
     try:

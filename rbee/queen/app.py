@@ -44,7 +44,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         app[DISPATCHER] = Dispatcher(
             app[REGISTRY], peers, app[QUEUE], stall_timeout=settings.stall_timeout,
             max_attempts=settings.max_attempts, max_resumes=settings.max_resumes, hooks=app[METRICS],
-            cache_routing=settings.cache_routing,
+            cache_routing=settings.cache_routing, max_streams=settings.max_streams,
         )
         starter = ColdStarter(app[HIVES], peers, swap_after=settings.swap_after,
                               hold=app[REGISTRY].hold)
@@ -53,6 +53,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         prober = asyncio.get_running_loop().create_task(probe_loop(
             app[REGISTRY], session, interval=settings.probe_interval,
             heartbeat_timeout=settings.heartbeat_timeout, remove_after=settings.remove_after,
+            streaming=app[DISPATCHER].streaming,
         ))
         yield
         prober.cancel()

@@ -91,7 +91,7 @@ class Hooks:
 class Dispatcher:
     def __init__(self, registry: Registry, peers: Peers, queue: AdmissionQueue, *,
                  stall_timeout: float = 30.0, max_attempts: int = 3, hooks: Hooks | None = None, max_resumes: int = 1,
-                 cache_routing: bool = True) -> None:
+                 cache_routing: bool = True, max_streams: int = 0) -> None:
         self.registry = registry
         self.prefixes = PrefixIndex() if cache_routing else None  # who was sent which prompt prefixes
         self.peers = peers
@@ -101,6 +101,10 @@ class Dispatcher:
         self.max_resumes = max_resumes
         self.hooks = hooks or Hooks()
         self._cancels: set[asyncio.Task] = set()  # cancels at broken workers, still under way
+        self.max_streams = max_streams  # requests between open and close at once (0 = no bound): the fd bound
+        self._opening = 0  # in open(), not yet dispatched
+        # Open streams -> the block count last looked at: one that moved is a sign of its worker's life.
+        self._streams: dict[int, tuple[Upstream, int]] = {}
         # Set by the app when hives can spawn workers on demand: True once a worker for the model is ready
         # (on the pinned hive, when one is given).
         self.cold_start: Callable[[str, str | None], Awaitable[bool]] | None = None
@@ -117,15 +121,45 @@ class Dispatcher:
         error or a client gone here, else at :meth:`close`)."""
         self.hooks.opened(request_id, job.model, api_key or "")
         try:
-            upstream = await self._open(job, request_id, api_key, on_wait, deadline)
+            self._check_streams()
+            self._opening += 1
+            try:
+                upstream = await self._open(job, request_id, api_key, on_wait, deadline)
+            finally:
+                self._opening -= 1
         except RbeeError as err:
             self.hooks.ended(request_id, None, "error", str(err.code))
             raise
         except BaseException:
             self.hooks.ended(request_id, None, "cancelled")
             raise
+        self._streams[id(upstream)] = (upstream, upstream.blocks)
         self.hooks.dispatched(upstream)
         return upstream
+
+    @property
+    def in_flight(self) -> int:
+        """Requests between open and close: each holds the client's socket, and once dispatched the worker's."""
+        return self._opening + len(self._streams)
+
+    def _check_streams(self) -> None:
+        """503 ``TOO_MANY_STREAMS`` beyond --max-streams (the queue still queues those within it for slots)."""
+        if self.max_streams and self.in_flight >= self.max_streams:
+            raise RbeeError(
+                ErrorCode.TOO_MANY_STREAMS,
+                f"The queen is relaying its maximum of {self.max_streams} streams at once (--max-streams). "
+                "Retry after the Retry-After delay, or raise --max-streams (each stream takes two open files).",
+                {"max_streams": self.max_streams}, retry_after=self.queue.retry_after())
+
+    def streaming(self) -> set[str]:
+        """Workers whose streams moved (blocks relayed) since this was last asked: alive, however slow
+        their health answer is while they are busy (:func:`rbee.queen.health.probe_loop`)."""
+        moved = set()
+        for key, (upstream, seen) in self._streams.items():
+            if upstream.blocks != seen:
+                moved.add(upstream.worker_id)
+                self._streams[key] = (upstream, upstream.blocks)
+        return moved
 
     async def _open(self, job: InferenceRequest, request_id: str, api_key: str | None,
                     on_wait: OnWait | None, deadline: Deadline | None = None) -> Upstream:
@@ -410,6 +444,7 @@ class Dispatcher:
         worker first: its DELETE answers once the worker's slot is free, so the lease handed on next
         finds room there rather than racing the cancel to an ``ALL_SLOTS_BUSY``."""
         upstream.closed = True
+        self._streams.pop(id(upstream), None)
         upstream.response.release()
         outcome = "cancelled" if client_gone else "error" if upstream.broken else "done"
         self.hooks.ended(upstream.request_id, upstream, outcome, str(ErrorCode.WORKER_UNAVAILABLE) if upstream.broken else None)

@@ -319,6 +319,12 @@ class Registry:
             self._settle(record)
             self._changed()
 
+    def unvouched(self, window: float) -> list[WorkerRecord]:
+        """The workers the queen must probe itself: no hive heartbeat has vouched for them within
+        ``window`` seconds (never, for a worker registered on its own)."""
+        now = self._clock()
+        return [r for r in self._workers.values() if r.vouched_at is None or now - r.vouched_at > window]
+
     def full(self, worker_id: str) -> None:
         """The worker answered ``ALL_SLOTS_BUSY``: it has no room whatever our leases say, until it shows
         some (a heartbeat or probe saying idle, or one of our leases on it given back). Without this a

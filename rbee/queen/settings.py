@@ -10,6 +10,7 @@ from pydantic import AfterValidator, Field
 
 from rbee.auth import strong_key
 from rbee.flags import NOT_A_FLAG, Flag
+from rbee.listener import OPEN_FILES_HEADROOM, ListenLimits
 from rbee.server_settings import AuditedSettings, KeyFile, OptionalKey
 
 
@@ -29,6 +30,13 @@ class QueenSettings(AuditedSettings):
     def keyed(self) -> bool:
         return bool(self.api_keys or self.api_key_file)
 
+    def listen_limits(self) -> ListenLimits:
+        """The servers' limits, with room for --max-streams: two files a stream (client, worker) and the rest."""
+        limits = super().listen_limits()
+        limits.open_files = max(limits.open_files, 2 * self.max_streams + OPEN_FILES_HEADROOM)
+        limits.open_files_why = f"--max-streams {self.max_streams}"
+        return limits
+
     port: int = Field(8080, ge=0, le=65535, description="Port to listen on (0 = any free port).")
     api_keys: Annotated[list[Annotated[str, AfterValidator(strong_key)]], Flag("--api-key", metavar="KEY")] = Field(
         default_factory=list, description="Bearer key clients must send (repeatable; none = open).")
@@ -45,6 +53,9 @@ class QueenSettings(AuditedSettings):
                               "models to go idle (so a hive can evict them) before no new requests go to them.")
     heartbeat_timeout: float = Field(5.0, gt=0, description="Seconds of silence before a worker leaves routing.")
     remove_after: float = Field(60.0, gt=0, description="Seconds of silence before a worker is removed.")
+    max_streams: int = Field(4096, ge=1, le=1_000_000, description="Requests the queen relays (or holds "
+                             "in its queue) at once; one more is answered 503 TOO_MANY_STREAMS. Each takes two "
+                             "open files: the limit is raised to fit at start.")
     stall_timeout: float = Field(30.0, gt=0, description="Seconds without a byte from a streaming worker = failed.")
     max_resumes: int = Field(1, ge=0, le=16, description="Times a stream whose worker died or stalled after "
                              "tokens went out may move to another worker of the model and go on (0 = never).")

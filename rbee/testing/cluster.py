@@ -165,7 +165,8 @@ class Cluster:
 
 
 def start_fake_worker(cluster: Cluster, worker_id: str, *, slots: int = 4, interval: float = 0.01,
-                      stall_after: int | None = None, die_after: int | None = None) -> RunningWorker:
+                      stall_after: int | None = None, die_after: int | None = None,
+                      slow_health: float = 0.0) -> RunningWorker:
     """The scripted stand-in (rbee.testing.fake_worker): for stalls, crashes and high request counts."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -174,6 +175,8 @@ def start_fake_worker(cluster: Cluster, worker_id: str, *, slots: int = 4, inter
         args += ["--stall-after", str(stall_after)]
     if die_after is not None:
         args += ["--die-after", str(die_after)]
+    if slow_health:
+        args += ["--slow-health", str(slow_health)]
     proc = cluster._start(worker_id, "rbee.testing.fake_worker", args, f"{url}/v1/health", 20)
     worker = RunningWorker(worker_id, url, proc, WorkerClient(url), "scripted", slots)
     cluster.workers[worker_id] = worker

@@ -4,7 +4,10 @@ hundreds of requests at once cheaply. Scenarios using it sit beside the same sce
 It speaks the worker's wire contract (health, ready, SSE inference, cancel) and honours its slots.
 
     python -m rbee.testing.fake_worker --port P [--slots N] [--interval 0.01]
-        [--stall-after K] [--die-after K]
+        [--stall-after K] [--die-after K] [--slow-health S]
+
+``--slow-health S``: while any request runs, ``/v1/health`` answers only after S seconds (a busy worker
+whose health probe is slow, as a real one's can be when its threads hold both cores).
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ FREED = web.AppKey("freed", dict)  # request id -> asyncio.Event set once its sl
 
 
 async def health(request: web.Request) -> web.Response:
+    slow = getattr(request.app[SCRIPT], "slow_health", 0.0)
+    if slow and request.app[RUNNING]:
+        await asyncio.sleep(slow)  # the scripted slow answer of a busy worker
     full = len(request.app[RUNNING]) >= request.app[SCRIPT].slots
     return json_response({"status": "ok", "state": "busy" if full else "idle"})  # as the real worker
 
@@ -115,6 +121,7 @@ def main() -> None:
     p.add_argument("--interval", type=float, default=0.01)
     p.add_argument("--stall-after", type=int, default=None)
     p.add_argument("--die-after", type=int, default=None)
+    p.add_argument("--slow-health", type=float, default=0.0, help="seconds /v1/health takes while busy")
     script = p.parse_args()
     web.run_app(create_app(script), host="127.0.0.1", port=script.port, print=None)
 
