@@ -40,10 +40,13 @@ from rbee.sse import iter_messages
 
 RETRY_DELAYS_S = (1.0, 2.0, 4.0)
 BUSY_CODES = frozenset({ErrorCode.NO_IDLE_WORKERS, ErrorCode.ALL_SLOTS_BUSY})
+# A queen that was starting knows no worker until its hives register theirs again (each heartbeat):
+# then "no workers" is retried like "busy".
+STARTING_CODES = BUSY_CODES | {ErrorCode.NO_WORKERS}
 PROBE_TIMEOUT_S = 2.0
-# A queen that refuses the connection may be starting (`rbee-keeper up` in another shell, a restart): 5 more
-# tries within 3.5 s before saying none answers.
-QUEEN_STARTING = Backoff(attempts=6, first=0.25, cap=1.0)
+# A queen that refuses the connection may be starting (`rbee-keeper up` in another shell, a restart, a
+# loaded machine): 6 more tries within 7.75 s before saying none answers.
+QUEEN_STARTING = Backoff(attempts=7, first=0.25, cap=2.0)
 
 
 @dataclass
@@ -175,8 +178,10 @@ def queen_answers_soon(client: QueenClient, out: Output, backoff: Backoff = QUEE
 
 
 def open_with_retries(client: QueenClient, body: dict[str, Any], out: Output,
-                      sleep: Callable[[float], None] = time.sleep) -> tuple[requests.Response, float]:
-    """The 200 stream response and when it was asked for; a busy fleet is retried on the 1-2-4 s schedule."""
+                      sleep: Callable[[float], None] = time.sleep,
+                      busy: frozenset[str] = BUSY_CODES) -> tuple[requests.Response, float]:
+    """The 200 stream response and when it was asked for; a busy fleet (``busy``: the codes that mean it)
+    is retried on the 1-2-4 s schedule."""
     for attempt, delay in enumerate((*RETRY_DELAYS_S, None), start=1):
         started = time.monotonic()
         try:
@@ -190,7 +195,7 @@ def open_with_retries(client: QueenClient, body: dict[str, Any], out: Output,
             return response, started
         error = envelope_of(response)
         response.close()
-        if error["code"] not in BUSY_CODES:
+        if error["code"] not in busy:
             raise from_envelope(error)
         if delay is None:
             raise KeeperError(
@@ -199,7 +204,8 @@ def open_with_retries(client: QueenClient, body: dict[str, Any], out: Output,
                 "see who is busy with `rbee-keeper workers list`",
                 code=error["code"],
             )
-        out.note(f"rbee-keeper: all workers are busy; retrying in {delay:.0f} s "
+        why = "the queen has no worker yet" if error["code"] == ErrorCode.NO_WORKERS else "all workers are busy"
+        out.note(f"rbee-keeper: {why}; retrying in {delay:.0f} s "
                  f"(retry {attempt} of {len(RETRY_DELAYS_S)})")
         sleep(delay)  # the backoff schedule itself
     raise AssertionError("unreachable")
@@ -295,8 +301,8 @@ def report(outcome: StreamOutcome, opts: InferOptions, out: Output, stdout: Text
     return EXIT_ERROR
 
 
-def ask(client: QueenClient, opts: InferOptions, out: Output, stdout: TextIO) -> int:
-    response, started = open_with_retries(client, request_body(opts), out)
+def ask(client: QueenClient, opts: InferOptions, out: Output, stdout: TextIO, busy: frozenset[str] = BUSY_CODES) -> int:
+    response, started = open_with_retries(client, request_body(opts), out, busy=busy)
     return report(read_answer(response, started, opts.json, stdout, WaitNotes(out.note)), opts, out, stdout)
 
 
@@ -307,10 +313,12 @@ def run(opts: InferOptions, out: Output, stdout: TextIO | None = None) -> int:
     stdout = stdout or sys.stdout
     client = QueenClient(opts.queen_url, api_key=opts.api_key, timeout=10)
     failure = queen_answers(client)
+    busy = BUSY_CODES
     if failure is not None and _expects_a_queen(opts):
         failure = queen_answers_soon(client, out)  # refused: perhaps one is starting there
+        busy = STARTING_CODES  # it was: its workers may not be registered again yet
     if failure is None:
-        return ask(client, opts, out, stdout)
+        return ask(client, opts, out, stdout, busy)
     if opts.hive:  # a local trio started now would have no such hive
         raise KeeperError(f"no queen answers at {opts.queen_url} ({reason(failure)}); --hive {opts.hive} needs "
                           "the queen that runs that hive", "check --queen-url (env RBEE_QUEEN_URL)")
