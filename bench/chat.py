@@ -240,6 +240,10 @@ def run_round(system: System, template: str | None, args: argparse.Namespace, ga
     system.foreign.append(gate.foreign())
     system.rounds.append(results)
     system.wall.append(wall)
+    failed = [r for r in results if r.ttft is None]
+    if failed:
+        raise BenchError(f"{system.name}: {len(failed)} of {len(results)} turns got no token; the first: "
+                         f"{failed[0].finish!r} (server logs in the run's log folder)")
     late = [r.ttft for r in results if r.turn >= 3 and r.ttft is not None]
     print(f"  {system.name}: {wall:.1f} s, TTFT p50 on turns ≥ 3 {percentile(late, 50) * 1000:.0f} ms, "
           f"reused {sum(r.cached_tokens for r in results)} of {sum(r.prompt_tokens for r in results)} prompt tokens",
@@ -346,9 +350,10 @@ def report(systems: list[System], args: argparse.Namespace, gate: QuietGate) -> 
 def build_systems(servers: chat_servers.Servers, args: argparse.Namespace, model: Path, llama_server: Path | None,
                   logdir: Path) -> list[System]:
     """Start the servers (all idle until their rounds) and say how the workload asks each system."""
-    chat_servers.start_single(servers, model, llama_server, args.slots, args.threads, logdir)
+    chat_servers.start_single(servers, model, llama_server, args.slots, args.threads, args.cache_ram_mb, logdir)
     if args.fleet:
-        chat_servers.start_fleets(servers, model, llama_server, args.slots, args.threads, logdir)
+        chat_servers.start_fleets(servers, model, llama_server, args.slots, args.threads, args.cache_ram_mb,
+                                  logdir)
     servers.start(args.ready_timeout)
     chat_servers.register(servers, "queen", "worker", model, args.slots)
     urls, pgids = servers.urls, servers.pgids
@@ -384,6 +389,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "by load alone, and 2 llama-servers round-robin")
     p.add_argument("--rounds", type=int, default=2, help="times each system runs the whole workload (new "
                    "documents each time), the order rotating")
+    p.add_argument("--cache-ram-mb", type=int, default=0, help="rbee worker --cache-ram-mb (a fleet's get half "
+                   "each); llama-server keeps its own default host-RAM cache")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for a single server (a fleet's get half each)")
     p.add_argument("--skip-llama-server", action="store_true", help="leave out llama-server (and the pair)")
     p.add_argument("--skip-cache-off", action="store_true", help="leave out rbee with cache_prompt false")

@@ -20,6 +20,7 @@ from rbee.process import ServiceProcess
 BINDIR = Path(sys.executable).parent
 # Raised from 30 s: with the cache off, prompts queued behind others' prefill wait long for a first
 # byte on two busy cores (the worker's prefill notes cover one prompt's own decode, not the queue).
+QUEUE_TIMEOUT = "600"  # more conversations than slots wait in the queen's queue, as llama-server queues them
 STALL_TIMEOUT = "600"
 _TAKEN: set[int] = set()  # ports handed out: the servers start only after all are chosen
 
@@ -58,13 +59,14 @@ class Servers:
             child.stop()
 
 
-def worker(servers: Servers, role: str, model: Path, slots: int, threads: int, logdir: Path) -> None:
+def worker(servers: Servers, role: str, model: Path, slots: int, threads: int, logdir: Path,
+           cache_ram_mb: int = 0) -> None:
     port = _port()
     url = f"http://127.0.0.1:{port}"
     servers.add(role, ServiceProcess(
         "llm-worker-rbee", [str(BINDIR / "llm-worker-rbee"), "--port", str(port), "--worker-id", role,
                             "--slots", str(slots), "--model", str(model), "--threads", str(threads),
-                            "--ctx-size", str(CTX_PER_SLOT)],
+                            "--ctx-size", str(CTX_PER_SLOT), "--cache-ram-mb", str(cache_ram_mb)],
         logdir / f"{role}.log", f"{url}/v1/ready",
         ready_check=lambda r: r.status_code == 200 and r.json().get("ready") is True), url)
 
@@ -73,7 +75,8 @@ def queen(servers: Servers, role: str, logdir: Path, *extra: str) -> None:
     port = _port()
     url = f"http://127.0.0.1:{port}"
     servers.add(role, ServiceProcess("queen-rbee", [str(BINDIR / "queen-rbee"), "--port", str(port),
-                                                    "--stall-timeout", STALL_TIMEOUT, *extra],
+                                                    "--stall-timeout", STALL_TIMEOUT,
+                                                    "--queue-timeout", QUEUE_TIMEOUT, *extra],
                                      logdir / f"{role}.log", f"{url}/health"), url)
 
 
@@ -95,23 +98,23 @@ def register(servers: Servers, queen_role: str, worker_role: str, model: Path, s
         raise BenchError(f"queen {queen_role} refused worker {worker_role}: HTTP {r.status_code} {r.text}")
 
 
-def start_single(servers: Servers, model: Path, binary: Path | None, slots: int, threads: int,
+def start_single(servers: Servers, model: Path, binary: Path | None, slots: int, threads: int, cache_ram_mb: int,
                  logdir: Path) -> None:
     """Roles: queen, worker (on the queen), llama-server (when ``binary``)."""
-    worker(servers, "worker", model, slots, threads, logdir)
+    worker(servers, "worker", model, slots, threads, logdir, cache_ram_mb)
     queen(servers, "queen", logdir)
     if binary is not None:
         llama_server(servers, "llama-server", binary, model, slots, threads, logdir)
 
 
-def start_fleets(servers: Servers, model: Path, binary: Path | None, slots: int, threads: int,
+def start_fleets(servers: Servers, model: Path, binary: Path | None, slots: int, threads: int, cache_ram_mb: int,
                  logdir: Path) -> None:
     """Roles: queen-cache over cache-w1/cache-w2, queen-load (--no-cache-routing) over
     load-w1/load-w2, llama-1/llama-2 (when ``binary``); each server half the slots and threads."""
     half_slots, half_threads = max(1, slots // 2), max(1, threads // 2)
     for kind in ("cache", "load"):
         for n in (1, 2):
-            worker(servers, f"{kind}-w{n}", model, half_slots, half_threads, logdir)
+            worker(servers, f"{kind}-w{n}", model, half_slots, half_threads, logdir, cache_ram_mb // 2)
     queen(servers, "queen-cache", logdir)
     queen(servers, "queen-load", logdir, "--no-cache-routing")
     if binary is not None:

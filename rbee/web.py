@@ -32,6 +32,17 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
+class _HeadersWithFirstWrite(web.StreamResponse):
+    _send_headers_immediately = False  # aiohttp's own switch (its Response buffers them so too)
+
+
+def relay_response(headers: dict[str, str]) -> web.StreamResponse:
+    """A streamed answer whose first bytes are already at hand (a relay that waited for the worker's
+    first token): the headers go out with them, one socket write fewer before the first token.
+    Not for a stream that may stay silent after ``prepare`` (the client would not see the headers)."""
+    return _HeadersWithFirstWrite(headers=headers)
+
+
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response(data, status=status, headers=headers, dumps=dumps)
 

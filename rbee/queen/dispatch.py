@@ -382,10 +382,15 @@ class Dispatcher:
         self.hooks.resume()
         return True
 
-    async def relay(self, upstream: Upstream, write: Write) -> None:
-        """Copy the worker's SSE bytes to ``write`` as they come (see :meth:`chunks`)."""
+    async def relay(self, upstream: Upstream, write: Write, last: Write | None = None) -> None:
+        """Copy the worker's SSE bytes to ``write`` as they come (see :meth:`chunks`); the run that ends
+        with ``[DONE]`` to ``last`` when given (the response's ``write_eof``: the end of the body goes
+        out with it, one socket write fewer)."""
         async for out in self.chunks(upstream):
-            await write(out)
+            if last is not None and out.endswith(sse.DONE_FRAME):
+                await last(out)
+            else:
+                await write(out)
 
     async def events(self, upstream: Upstream) -> AsyncIterator[Event]:
         """The worker's events, typed, for front doors that reshape them (OpenAI)."""

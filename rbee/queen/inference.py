@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 
 from aiohttp import web
@@ -16,7 +17,7 @@ from rbee.queen.auth import caller_of
 from rbee.queen.dispatch import Dispatcher, Upstream
 from rbee.queen.metrics import MODEL
 from rbee.sse import DONE_FRAME, SSE_HEADERS, frame_comment, frame_event
-from rbee.web import json_response, read_model, request_id_of
+from rbee.web import json_response, read_model, relay_response, request_id_of
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +51,19 @@ async def inference(request: web.Request) -> web.StreamResponse:
         # Already streaming queue comments: the error goes out as an event.
         await response.write(frame_event(Failed.of(err)) + DONE_FRAME)
         return response
-    log.info("dispatched", extra={"fields": {"worker_id": upstream.worker_id, "model": job.model,
-                                             "queued_ms": upstream.queued_ms}})
+    # Logged once the handler next yields, after the first token went out: not on its path.
+    asyncio.get_running_loop().call_soon(functools.partial(
+        log.info, "dispatched", extra={"fields": {"worker_id": upstream.worker_id, "model": job.model,
+                                                  "queued_ms": upstream.queued_ms}}))
     headers = {"X-Rbee-Worker": upstream.worker_id, "X-Request-Id": request_id}
     if not job.stream:
         return await _answer_whole(dispatcher, upstream, headers)
     client_gone = True
     try:
         if response is None:
-            response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
+            response = relay_response({**SSE_HEADERS, **headers})
             await response.prepare(request)
-        await dispatcher.relay(upstream, response.write)
+        await dispatcher.relay(upstream, response.write, response.write_eof)
         client_gone = False
     except ConnectionResetError:
         log.info("client went away; cancelling at the worker")

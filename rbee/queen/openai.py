@@ -32,7 +32,7 @@ from rbee.queen.auth import caller_of
 from rbee.queen.dispatch import Dispatcher, Upstream
 from rbee.queen.metrics import MODEL
 from rbee.sse import DONE_FRAME, SSE_HEADERS, frame
-from rbee.web import error_middleware, json_response, read_model, request_id_of
+from rbee.web import error_middleware, json_response, read_model, relay_response, request_id_of
 
 log = logging.getLogger(__name__)
 
@@ -343,7 +343,7 @@ async def _whole(dispatcher: Dispatcher, upstream: Upstream, headers: dict[str, 
 
 async def _stream(request: web.Request, dispatcher: Dispatcher, upstream: Upstream, req: oa.GenerationRequest,
                   headers: dict[str, str], head: dict[str, Any], shape: Shape, reply: Reply) -> web.StreamResponse:
-    response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
+    response = relay_response({**SSE_HEADERS, **headers})
     await response.prepare(request)
     extra = {"usage": None} if req.include_usage else {}
 
