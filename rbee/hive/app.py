@@ -12,6 +12,7 @@ import aiohttp
 from aiohttp import web
 
 from rbee import __version__, audit_web, models, reload
+from rbee import deadline as rbee_deadline
 from rbee.audit_web import open_log
 from rbee.auth import cluster_key_middleware, control_or_metrics
 from rbee.errors import RbeeError
@@ -67,10 +68,16 @@ async def devices(request: web.Request) -> web.Response:
 async def spawn(request: web.Request) -> web.Response:
     """202 at once with the starting worker; with ``wait`` (body or ``?wait=true``), 200 once it is ready
     and registered, or 502 SPAWN_FAILED with its last log lines. 507 with the numbers when it would not
-    fit in this hive's memory (after evicting idle workers of other models, when that is allowed)."""
+    fit in this hive's memory (after evicting idle workers of other models, when that is allowed). The
+    request's deadline (``X-Request-Timeout-Ms``, from the queen) bounds the wait: 504 DEADLINE_EXCEEDED
+    then, and the worker goes on starting."""
     app = request.app
+    deadline = rbee_deadline.of_request(request.headers)
     body = await read_model(request, SpawnRequest)
     wait = body.wait or request.query.get("wait", "").lower() in ("1", "true", "yes")
+    if deadline is not None and wait:
+        log.info("spawn: waiting for the worker within the request's deadline", extra={"fields": {
+            "model_ref": body.model_ref, "deadline_ms": max(0, int(deadline.remaining() * 1000))}})
     await _check_backend(app, body)  # before any download
     ask = _ask(body)
     # The default model, file:// refs and catalogued models are local at once; others download first.
@@ -79,7 +86,7 @@ async def spawn(request: web.Request) -> web.Response:
     worker = await app[SPAWNER].spawn(ask, entry, model_arg)
     if not wait:
         return json_response(worker.view().model_dump(mode="json"), status=202)
-    await app[SUPERVISOR].wait_ready(worker, app[SETTINGS].spawn_timeout)
+    await app[SUPERVISOR].wait_ready(worker, app[SETTINGS].spawn_timeout, deadline)
     return json_response(worker.view().model_dump(mode="json"), status=200)
 
 

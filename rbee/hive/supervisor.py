@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from rbee.deadline import Deadline
 from rbee.errors import ErrorCode, RbeeError
 from rbee.hive.address import http_url
 from rbee.hive.saved_workers import ProcessHandle, SavedWorker, SavedWorkers, adopt_process
@@ -212,21 +213,29 @@ class Supervisor:
     def _track(self, worker: ManagedWorker) -> None:
         self._workers[worker.worker_id] = worker
         self.save_state()
-        task = asyncio.get_running_loop().create_task(self._watch(worker))
-        self._watchers.add(task)
-        task.add_done_callback(self._watchers.discard)
+        self._keep(asyncio.get_running_loop().create_task(self._watch(worker)))
 
-    async def wait_ready(self, worker: ManagedWorker, timeout: float) -> ManagedWorker:
-        """Until the worker's ready callback arrived; else stop it and raise SPAWN_FAILED with its log tail."""
-        exited = asyncio.ensure_future(worker.process.wait())
-        ready = asyncio.ensure_future(worker.ready.wait())
-        try:
-            await asyncio.wait({exited, ready}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (exited, ready):
-                task.cancel()
-        if worker.ready.is_set() and worker.process.returncode is None:
+    async def wait_ready(self, worker: ManagedWorker, timeout: float,
+                         deadline: Deadline | None = None) -> ManagedWorker:
+        """Until the worker's ready callback arrived; else stop it and raise SPAWN_FAILED with its log tail.
+
+        With a request's ``deadline`` that comes sooner, DEADLINE_EXCEEDED when it passes: the worker goes
+        on starting (one spawn serves every request waiting for its model, and the next finds it ready),
+        still bounded by ``timeout``, watched in the background."""
+        started = time.monotonic()
+        bound = timeout if deadline is None else min(timeout, max(0.0, deadline.remaining()))
+        if await self._ready_within(worker, bound):
             return worker
+        if bound < timeout and worker.process.returncode is None:
+            assert deadline is not None
+            self._keep(asyncio.get_running_loop().create_task(
+                self._finish_start(worker, timeout - (time.monotonic() - started))))
+            err = deadline.exceeded(
+                f"while worker '{worker.worker_id}' for '{worker.model_ref}' was starting",
+                f"The worker goes on starting here (up to --spawn-timeout {timeout:g} s); the next request for "
+                f"'{worker.model_ref}' may find it ready. Send it again with a later deadline.")
+            err.details["worker_id"] = worker.worker_id
+            raise err
         code = worker.process.returncode
         why = f"exited with code {code}" if code is not None else f"was not ready within {timeout:g}s"
         if code is None:
@@ -237,6 +246,28 @@ class Supervisor:
             f"Worker '{worker.worker_id}' for '{worker.model_ref}' {why}. Last log lines:\n" + "\n".join(tail[-5:]),
             {"worker_id": worker.worker_id, "exit_code": code, "log_tail": tail, "log_path": str(worker.log_path)},
         )
+
+    async def _ready_within(self, worker: ManagedWorker, timeout: float) -> bool:
+        exited = asyncio.ensure_future(worker.process.wait())
+        ready = asyncio.ensure_future(worker.ready.wait())
+        try:
+            await asyncio.wait({exited, ready}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (exited, ready):
+                task.cancel()
+        return worker.ready.is_set() and worker.process.returncode is None
+
+    async def _finish_start(self, worker: ManagedWorker, timeout: float) -> None:
+        """The rest of a start whose request stopped waiting: ready, or stopped at ``timeout`` and logged."""
+        try:
+            await self.wait_ready(worker, max(0.0, timeout))
+        except RbeeError as err:
+            log.warning("a worker started for a request that stopped waiting did not become ready: %s",
+                        err.message.splitlines()[0], extra={"fields": {"worker_id": worker.worker_id}})
+
+    def _keep(self, task: asyncio.Task) -> None:
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
 
     def mark_ready(self, worker_id: str) -> ManagedWorker:
         worker = self.get(worker_id)

@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 import aiohttp
 
+from rbee.deadline import Deadline
 from rbee.errors import ErrorCode, RbeeError
 from rbee.peer import Backoff, Peers
 from rbee.protocol import SpawnPlan
@@ -52,13 +53,14 @@ class ColdStarter:
         self._running: dict[tuple[str, str | None], asyncio.Task[bool]] = {}
         self._held: dict[tuple[str, str | None], set[str]] = {}
 
-    async def provide(self, model: str, hive: str | None = None) -> bool:
+    async def provide(self, model: str, hive: str | None = None, deadline: Deadline | None = None) -> bool:
         """True once some hive (``hive`` only, when given) has a ready, registered worker for ``model``; False
-        when no hive can try. Raises the last hive's error when every hive that tried failed."""
+        when no hive can try. Raises the last hive's error when every hive that tried failed. The hive is
+        told the ``deadline`` of the request that began the spawn (its wait, not the spawn, ends there)."""
         key = (model, hive)
         task = self._running.get(key)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._provide(model, hive))
+            task = asyncio.get_running_loop().create_task(self._provide(model, hive, deadline))
             self._running[key] = task
             task.add_done_callback(lambda _: self._running.pop(key, None))
         return await asyncio.shield(task)  # one caller leaving does not stop the spawn others wait for
@@ -68,7 +70,7 @@ class ColdStarter:
             task.cancel()
         await asyncio.gather(*self._running.values(), return_exceptions=True)
 
-    async def _provide(self, model: str, pinned: str | None) -> bool:
+    async def _provide(self, model: str, pinned: str | None, deadline: Deadline | None = None) -> bool:
         if pinned is not None:
             self.hives.require_live(pinned, model)
         key = (model, pinned)
@@ -84,7 +86,7 @@ class ColdStarter:
                 last = None
                 for hive_id in decision.order:
                     try:
-                        await self._spawn(next(h for h in hives if h.hive_id == hive_id), model)
+                        await self._spawn(next(h for h in hives if h.hive_id == hive_id), model, deadline)
                         return True
                     except RbeeError as err:
                         log.warning("hive %s could not start a worker for %s: %s", hive_id, model, err.message)
@@ -125,12 +127,43 @@ class ColdStarter:
             return placement.Offer(hive.hive_id, SpawnPlan.model_validate(body))
         return placement.Offer(hive.hive_id, None)
 
-    async def _spawn(self, hive: HiveRecord, model: str) -> None:
+    async def _spawn(self, hive: HiveRecord, model: str, deadline: Deadline | None = None) -> None:
         log.info("cold start", extra={"fields": {"model": model, "hive_id": hive.hive_id}})
-        await self.peers.call(
-            "POST", f"{hive.reg.url}/v1/workers/spawn", json={"model_ref": model, "wait": True},
-            peer=f"Hive '{hive.hive_id}'", ident={"hive_id": hive.hive_id}, fallback=ErrorCode.SPAWN_FAILED,
-            next_step=f"It did not start a worker for '{model}'; check the hive and its log.",
-            timeout=aiohttp.ClientTimeout(total=self.timeout, sock_connect=5), retry=SPAWN_RETRY,
-        )
+        try:
+            await self.peers.call(
+                "POST", f"{hive.reg.url}/v1/workers/spawn", json={"model_ref": model, "wait": True},
+                peer=f"Hive '{hive.hive_id}'", ident={"hive_id": hive.hive_id}, fallback=ErrorCode.SPAWN_FAILED,
+                next_step=f"It did not start a worker for '{model}'; check the hive and its log.",
+                timeout=aiohttp.ClientTimeout(total=self.timeout, sock_connect=5), retry=SPAWN_RETRY,
+                headers=deadline.header() if deadline is not None else None,
+            )
+        except RbeeError as err:
+            worker_id = (err.details or {}).get("worker_id")
+            if err.code != ErrorCode.DEADLINE_EXCEEDED or not isinstance(worker_id, str):
+                raise
+            # The hive stopped waiting at the first request's deadline; its worker goes on starting, and
+            # the others waiting for this model (sharing this spawn) still want it.
+            log.info("the hive's wait ended at the request's deadline; waiting on for its worker",
+                     extra={"fields": {"model": model, "hive_id": hive.hive_id, "worker_id": worker_id}})
+            await self._until_ready(hive, worker_id, model)
         self.spawns += 1
+
+    async def _until_ready(self, hive: HiveRecord, worker_id: str, model: str) -> None:
+        """Polls the hive's worker list until ``worker_id`` is ready (registered here); SPAWN_FAILED when it
+        is gone, or not ready within the cold-start timeout."""
+        until = time.monotonic() + self.timeout
+        while time.monotonic() < until:
+            with contextlib.suppress(RbeeError):
+                body = await self.peers.call("GET", f"{hive.reg.url}/v1/workers/list", peer=f"Hive '{hive.hive_id}'",
+                                             ident={"hive_id": hive.hive_id}, next_step="",
+                                             timeout=aiohttp.ClientTimeout(total=PLAN_TIMEOUT_S))
+                state = next((w.get("state") for w in body.get("workers", []) if w.get("worker_id") == worker_id),
+                             "exited")
+                if state == "ready":
+                    return
+                if state != "starting":
+                    break
+            await asyncio.sleep(RETRY_S)
+        raise RbeeError(ErrorCode.SPAWN_FAILED, f"Worker '{worker_id}' on hive '{hive.hive_id}' for '{model}' did "
+                        "not become ready. Check the hive's log, then retry.",
+                        {"hive_id": hive.hive_id, "worker_id": worker_id})

@@ -107,7 +107,7 @@ class Dispatcher:
         self._streams: dict[int, tuple[Upstream, int]] = {}
         # Set by the app when hives can spawn workers on demand: True once a worker for the model is ready
         # (on the pinned hive, when one is given).
-        self.cold_start: Callable[[str, str | None], Awaitable[bool]] | None = None
+        self.cold_start: Callable[[str, str | None, Deadline | None], Awaitable[bool]] | None = None
         # Set by the app: raises HIVE_NOT_FOUND for a pin to a hive the queen does not know.
         self.check_hive: Callable[[str], None] | None = None
         # Set by the app: raises HIVE_OFFLINE for a pin to a silent hive (HiveRegistry.require_live).
@@ -249,7 +249,7 @@ class Dispatcher:
         refuses at once) still answers with a plain HTTP error rather than an error event in a stream.
         A request's deadline ends only its own wait: the spawn goes on for the next request."""
         assert self.cold_start is not None
-        task = asyncio.ensure_future(self.cold_start(model, hive))
+        task = asyncio.ensure_future(self.cold_start(model, hive, deadline))
         started = time.monotonic()
         try:
             while True:
