@@ -4,9 +4,11 @@ unreachable apart without anyone asking first.
 A node whose hive heartbeats is online and is left alone. Each other node gets, every ``interval``
 seconds, one TCP connect to its SSH port (the address ssh itself would use: ``ssh -G`` resolves the
 user's ssh_config once per node), bounded by ``timeout``: no login, no remote command, nothing
-written there. A refused or timed-out connect marks the node unreachable (with the reason); one that
-connects again clears it (offline until its hive heartbeats). The registry file is written only when
-that changes.
+written there. A refused or timed-out connect to a node that was reachable is tried again on
+:data:`KNOCK_RETRY` (logged once), so one lost packet or an sshd restarting does not flip it; when
+every try fails the node is marked unreachable (with the reason and the tries); one that connects
+again clears it (offline until its hive heartbeats). The registry file is written only when that
+changes.
 """
 
 from __future__ import annotations
@@ -16,17 +18,21 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+from rbee.peer import Backoff
 from rbee.queen.nodes import Node, NodeRegistry
 from rbee.queen.ssh import Ssh
 
 log = logging.getLogger(__name__)
 RESOLVE_TIMEOUT_S = 5.0
+# A knock that fails on a reachable node: 2 more within 1.5 s before it counts as unreachable.
+KNOCK_RETRY = Backoff(attempts=3, first=0.5, cap=1.0)
 
 
 class NodeWatch:
     def __init__(self, nodes: NodeRegistry, online: Callable[[str], bool], ssh: Ssh, *,
-                 interval: float = 10.0, timeout: float = 3.0) -> None:
+                 interval: float = 10.0, timeout: float = 3.0, retry: Backoff = KNOCK_RETRY) -> None:
         self.nodes = nodes
+        self.retry = retry
         self.online = online  # is the hive of this node heartbeating?
         self.ssh = ssh
         self.interval = interval
@@ -44,7 +50,10 @@ class NodeWatch:
 
     async def check(self, node: Node) -> None:
         host, port = await self._endpoint(node)
-        why = await knock(host, port, self.timeout)
+        if node.unreachable_since is not None:  # once a round: it stays unreachable until one connects
+            why = await knock(host, port, self.timeout)
+        else:
+            why = await self._knock_again(node, host, port)
         current = self.nodes.find(node.name)
         if current is None:  # removed meanwhile
             return
@@ -56,6 +65,22 @@ class NodeWatch:
             log.warning("node unreachable: %s", why, extra={"fields": {"name": node.name}})
             self.nodes.unreachable(node.name, f"{why} (the queen's background check); check the machine and "
                                    "its network")
+
+    async def _knock_again(self, node: Node, host: str, port: int) -> str | None:
+        """:func:`knock`, tried again on :attr:`retry` while it fails; why the last try failed, or None."""
+        delays = self.retry.delays()
+        tries = 0
+        while True:
+            tries += 1
+            why = await knock(host, port, self.timeout)
+            if why is None:
+                return None
+            if not delays:
+                return f"{why}; {tries} tries" if tries > 1 else why
+            if tries == 1:
+                log.info("knock failed: %s; trying %s", why, self.retry.describe(), extra={"fields": {
+                    "name": node.name}})
+            await asyncio.sleep(delays.pop(0))  # the backoff schedule itself
 
     async def _endpoint(self, node: Node) -> tuple[str, int]:
         """The host and port ssh would connect to for this node (its ssh_config applied), cached."""
