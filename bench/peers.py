@@ -114,7 +114,9 @@ class Target:
     fresh_connections: bool = False
 
     async def stream(self, session: aiohttp.ClientSession, base: str, prompt: str, tokens: int,
-                     temperature: float) -> StreamResult:
+                     temperature: float | None) -> StreamResult:
+        """One streamed request; ``temperature`` None sends none, so the server samples as it does by
+        default (bench/worker.py --sampling default)."""
         start = time.perf_counter()
         first: float | None = None
         count = 0
@@ -135,6 +137,8 @@ class Target:
             body = {"prompt": prompt, "max_tokens": tokens, "temperature": temperature, "repeat_penalty": 1.0,
                     "stream": True}
             url = f"{base}/v1/completions"
+        if temperature is None:
+            del body["temperature"]
         try:
             async with session.post(url, json=body) as resp:
                 if resp.status != 200:

@@ -6,6 +6,7 @@ environment and one table of TTFT and tokens/s with ours/peer ratios, plain and 
 
     python bench/worker.py [--streams 1,2,4,8] [--tokens 128] [--skip-llama-server] [--skip-llama-cpp-python]
     python bench/worker.py --gpu-layers 999 ...   # all layers on the GPU (bench/gpu.sh runs it there)
+    python bench/worker.py --sampling greedy,default ...   # one table per sampling setting
 
 See bench/README.md. This is a script, not a test: nothing under tests/ or features/ runs it.
 """
@@ -168,6 +169,9 @@ def run_stream_count(targets: list[Target], streams: int, args: argparse.Namespa
         for _, child, _ in children:
             child.wait_ready(args.ready_timeout)
         servers = [Server(t, f"http://127.0.0.1:{port}", child.pid) for t, child, port in children]
+        for server in servers:
+            if args.temperature is None and server.target.name == LLAMA_SERVER and not args.peer_defaults:
+                args.peer_defaults = llama_server_defaults(server.base)
         asyncio.run(measure(servers, streams, args, results, paired, gate))
     finally:
         for _, child, _ in children:
@@ -222,7 +226,7 @@ def report(targets: list[Target], results: dict[str, Measurements], paired: dict
     print()
     print(f"tokens/s = tokens delivered / wall clock from sending the request(s) to the last event, TTFT "
           f"included; median (min–max) over rounds: {args.reps} at N streams, {args.reps * args.single_runs} "
-          f"at 1 stream; {args.tokens} tokens a stream, temperature {args.temperature}. All servers are up "
+          f"at 1 stream; {args.tokens} tokens a stream, sampling {describe(args.temperature)}. All servers are up "
           "at once and take turns, one wave each per round; 'paired' is the median over rounds of the "
           "ratio within a round")
     print_table(headers, rows)
@@ -272,6 +276,56 @@ def report(targets: list[Target], results: dict[str, Measurements], paired: dict
                   f"finish reasons: {m.finishes}")
 
 
+def parse_sampling(text: str) -> list[tuple[str, float | None]]:
+    """``greedy`` (temperature 0), ``default`` (no sampling parameters sent: each server's own), or a
+    temperature; comma separated, in order."""
+    out: list[tuple[str, float | None]] = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        if item == "greedy":
+            out.append((item, 0.0))
+        elif item == "default":
+            out.append((item, None))
+        else:
+            try:
+                out.append((f"temperature {float(item):g}", float(item)))
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"--sampling: {item!r} is not greedy, default or a temperature")
+    if not out:
+        raise argparse.ArgumentTypeError("--sampling: name at least one setting (greedy, default, or a temperature)")
+    return out
+
+
+def describe(temperature: float | None) -> str:
+    if temperature is None:
+        return ("each server's default (none sent; ours: " + ours_defaults() + "; llama-server: its own, as its "
+                "/props said below; llama-cpp-python's server: its own, but repeat_penalty 1.0 as always here)")
+    return "greedy (temperature 0)" if temperature == 0 else f"temperature {temperature:g}"
+
+
+def ours_defaults() -> str:
+    """Our worker's sampling defaults, from the request model itself (so this never goes stale)."""
+    from rbee.protocol import InferenceRequest
+
+    fields = InferenceRequest.model_fields
+    return ", ".join(f"{name} {fields[name].default:g}" for name in
+                     ("temperature", "top_k", "top_p", "min_p", "repeat_penalty") if name in fields)
+
+
+def llama_server_defaults(base: str) -> str:
+    """llama-server's default sampling, as its ``GET /props`` reports it ("?" when it does not say)."""
+    import requests
+
+    try:
+        props = requests.get(f"{base}/props", timeout=10).json()
+    except (requests.RequestException, ValueError):
+        return "?"
+    settings = props.get("default_generation_settings", {}) if isinstance(props, dict) else {}
+    params = settings.get("params", settings) if isinstance(settings, dict) else {}
+    said = [f"{k} {params[k]:g}" for k in ("temperature", "top_k", "top_p", "min_p", "repeat_penalty")
+            if isinstance(params.get(k), int | float)]
+    return ", ".join(said) or "?"
+
+
 def gpu_name() -> str:
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
@@ -287,7 +341,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tokens", type=int, default=128, help="tokens per stream")
     p.add_argument("--reps", type=int, default=3, help="repetitions of the whole interleaved sweep")
     p.add_argument("--single-runs", type=int, default=3, help="sequential 1-stream requests per rep")
-    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy); "
+                   "--sampling sweeps several")
+    p.add_argument("--sampling", type=parse_sampling, default=None, metavar="LIST",
+                   help="sampling settings to sweep, one table each: greedy (temperature 0), default (no "
+                        "sampling parameters sent: each server's own defaults), or a temperature; e.g. "
+                        "greedy,default (default: --temperature alone)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for every server")
     p.add_argument("--gpu-layers", type=int, default=0, help="layers each server offloads to the GPU (999 = all)")
     p.add_argument("--model", type=Path, default=None, help="GGUF (default: the built-in SmolLM2-135M Q4_1)")
@@ -298,6 +357,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ready-timeout", type=float, default=120.0, help="seconds a server gets to become ready")
     args = p.parse_args(argv)
     args.stream_counts = sorted({int(s) for s in args.streams.split(",") if s.strip()})
+    if args.sampling is None:
+        args.sampling = [(describe(args.temperature), args.temperature)]
     return args
 
 
@@ -330,16 +391,22 @@ def main(argv: list[str] | None = None) -> None:
          "llama-server": llama_server_version(llama_server)},
         dists=("rbee", "llama-cpp-python", "aiohttp", "uvloop", "fastapi", "uvicorn"),
     ))
-    results = {t.name: Measurements() for t in targets}
     gate = gate_from_args(args)
     logdir = Path(tempfile.mkdtemp(prefix="rbee-bench-worker-"))
-    started = time.monotonic()
-    paired: dict[int, list[dict[str, float]]] = {}
-    for n in args.stream_counts:
-        print(f"{n} stream(s): starting {', '.join(t.name for t in targets)}", flush=True)
-        run_stream_count(targets, n, args, results, paired.setdefault(n, []), logdir, gate)
-    print(f"\nmeasured in {time.monotonic() - started:.0f} s; server logs in {logdir}")
-    report(targets, results, paired, args.stream_counts, args, gate)
+    for label, temperature in args.sampling:
+        sweep = argparse.Namespace(**{**vars(args), "temperature": temperature, "peer_defaults": ""})
+        results = {t.name: Measurements() for t in targets}
+        started = time.monotonic()
+        paired: dict[int, list[dict[str, float]]] = {}
+        print(f"\nsampling: {label}", flush=True)
+        for n in args.stream_counts:
+            print(f"{n} stream(s): starting {', '.join(t.name for t in targets)}", flush=True)
+            run_stream_count(targets, n, sweep, results, paired.setdefault(n, []), logdir, gate)
+        print(f"\nmeasured in {time.monotonic() - started:.0f} s; server logs in {logdir}")
+        print(f"\n## sampling: {describe(temperature)}")
+        if temperature is None:
+            print(f"llama-server's defaults, from its /props: {sweep.peer_defaults or '? (not asked)'}")
+        report(targets, results, paired, args.stream_counts, sweep, gate)
 
 
 if __name__ == "__main__":
