@@ -37,10 +37,14 @@ class _Waiter:
 
 class AdmissionQueue:
     def __init__(self, registry: Registry, max_size: int, timeout: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, cache_wait: float = 0.0) -> None:
         self.registry = registry
         self.max_size = max_size
         self.timeout = timeout
+        # How long a request that may queue waits for the busy worker holding its prompt prefix while a
+        # slot is free elsewhere (a slot taken there would compute the whole prefix again); 0 = never.
+        self.cache_wait = cache_wait
+        self._recheck: asyncio.TimerHandle | None = None
         self._clock = clock
         self._by_key: OrderedDict[str, deque[_Waiter]] = OrderedDict()  # rotation order = dict order
         self._freed: deque[float] = deque(maxlen=64)  # when slots came back, for Retry-After
@@ -79,7 +83,7 @@ class AdmissionQueue:
                     capability: Capability = Capability.GENERATE) -> tuple[Lease, float]:
         """A lease (on ``hive`` when given), and how many seconds we waited for it. Raises the right 503/404
         when it can't, and 504 ``DEADLINE_EXCEEDED`` when ``deadline`` passes while it waits."""
-        if not self._by_key:
+        if not self._by_key and not self._waits_for_cache(model, exclude, hive, affinity, capability, 0.0):
             try:
                 return self.registry.acquire(model, exclude, hive, affinity, capability), 0.0
             except RbeeError as err:
@@ -184,6 +188,10 @@ class AdmissionQueue:
             wants = (waiter.model, waiter.hive, waiter.capability)
             if waiter.future.done() or wants in blocked:
                 continue
+            if self._waits_for_cache(waiter.model, waiter.exclude, waiter.hive, waiter.affinity, waiter.capability,
+                                     self._clock() - waiter.since):
+                self._pump_at(waiter.since + self.cache_wait)
+                continue  # not blocked: a later request for the model may take the free slot meanwhile
             if self.registry.has_room(waiter.model, waiter.hive, waiter.capability):
                 try:
                     lease = self.registry.acquire(waiter.model, waiter.exclude, waiter.hive, waiter.affinity,
@@ -196,6 +204,27 @@ class AdmissionQueue:
                 return True
             blocked.add(wants)
         return False
+
+    def _waits_for_cache(self, model: str | None, exclude: frozenset[str], hive: str | None,
+                         affinity: Affinity | None, capability: Capability, waited: float) -> bool:
+        """Better to wait (a little, and only where waiting is allowed) for the busy worker that holds
+        the request's prompt prefix than to take a free slot that holds none of it (delay scheduling)."""
+        return (affinity is not None and self.timeout > 0 and waited < self.cache_wait
+                and self.registry.cache_is_busy(model, exclude, hive, affinity, capability))
+
+    def _pump_at(self, when: float) -> None:
+        """Pump again at ``when`` (a request's wait for its cache is over then), unless sooner is set."""
+        loop = asyncio.get_running_loop()
+        at = loop.time() + max(0.0, when - self._clock()) + 0.001
+        if self._recheck is not None:
+            if self._recheck.when() <= at:
+                return
+            self._recheck.cancel()
+        self._recheck = loop.call_at(at, self._repump)
+
+    def _repump(self) -> None:
+        self._recheck = None
+        self.pump()
 
     def slot_freed(self) -> None:
         """A request gave its slot back (the registry's release has handed it on): for Retry-After."""

@@ -70,7 +70,8 @@ def create_app(settings: QueenSettings) -> web.Application:
     reload.setup(app, key_ring(settings), route="/v2/admin/reload")  # SIGHUP too
     app[RATE_LIMITER] = RateLimiter(settings.rate_limit_rpm, settings.rate_limit_concurrent)
     app[REGISTRY] = Registry(max_load_gap=settings.max_load_gap)
-    app[QUEUE] = AdmissionQueue(app[REGISTRY], settings.queue_size, settings.queue_timeout)
+    app[QUEUE] = AdmissionQueue(app[REGISTRY], settings.queue_size, settings.queue_timeout,
+                                cache_wait=settings.cache_wait)
     app.cleanup_ctx.append(_services)
     app.router.add_get("/health", health)
     app.router.add_post("/v1/inference", inference)

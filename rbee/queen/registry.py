@@ -279,6 +279,21 @@ class Registry:
         return any(w.state == WorkerState.IDLE and w.slots_available > 0 and w.can(model, capability) and w.on(hive)
                    and w.worker_id not in self._held for w in self._candidates(model))
 
+    def cache_is_busy(self, model: str | None, exclude: frozenset[str], hive: str | None, affinity: Affinity,
+                      capability: Capability = Capability.GENERATE) -> bool:
+        """The worker holding most of a request's prompt prefix has no slot free now, and every worker
+        that has one holds less than half as much: a slot taken now would compute the prefix again."""
+        busy = room = 0
+        for w in self._candidates(model):
+            if w.state not in ROUTABLE or not (w.can(model, capability) and w.on(hive)) or w.worker_id in exclude:
+                continue
+            depth = affinity(w)
+            if w.state == WorkerState.IDLE and w.slots_available > 0 and w.worker_id not in self._held:
+                room = max(room, depth)
+            else:
+                busy = max(busy, depth)
+        return busy > 0 and 2 * room < busy
+
     def registered(self, model: str | None, hive: str | None = None) -> bool:
         """Some worker serving ``model`` is registered at all (live or not): one that is only offline
         may come back; with none, waiting for one is waiting for nothing."""
