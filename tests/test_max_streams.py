@@ -86,3 +86,27 @@ def test_the_dispatcher_refuses_beyond_max_streams_and_sees_moving_streams():
             await server.close()
 
     asyncio.run(scenario())
+
+
+def test_a_refused_connection_to_a_worker_streaming_to_others_keeps_it_in_routing():
+    async def scenario():
+        server, session, dispatcher = await _dispatcher_over_a_scripted_worker(max_streams=0)
+        try:
+            first = await dispatcher.open(InferenceRequest(prompt="x", max_tokens=50), request_id="r1")
+            chunks = dispatcher.chunks(first)
+            await chunks.__anext__()  # it streams
+            for site in list(server.runner.sites):
+                await site.stop()  # it takes no new connection (a full backlog, as under a thousand streams)
+            with pytest.raises(RbeeError) as refused:
+                await dispatcher.open(InferenceRequest(prompt="x", max_tokens=5), request_id="r2")
+            state = dispatcher.registry.get("w").state
+            async for _ in chunks:  # the first stream goes on to its end
+                pass
+            await dispatcher.close(first, client_gone=False)
+            return refused.value.code, state, first.done
+        finally:
+            await session.close()
+            await server.close()
+
+    code, state, done = asyncio.run(scenario())
+    assert code == ErrorCode.WORKER_UNAVAILABLE and state.value != "offline" and done is not None

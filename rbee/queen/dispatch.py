@@ -151,6 +151,11 @@ class Dispatcher:
                 "Retry after the Retry-After delay, or raise --max-streams (each stream takes two open files).",
                 {"max_streams": self.max_streams}, retry_after=self.queue.retry_after())
 
+    def _relaying(self, worker_id: str) -> bool:
+        """Some stream of this worker's is being relayed now and has sent tokens (its breaking, should
+        the worker be gone, takes it out of routing: :meth:`_broken`)."""
+        return any(u.worker_id == worker_id and u.blocks > 0 and not u.broken for u, _ in self._streams.values())
+
     def streaming(self) -> set[str]:
         """Workers whose streams moved (blocks relayed) since this was last asked: alive, however slow
         their health answer is while they are busy (:func:`rbee.queen.health.probe_loop`)."""
@@ -276,7 +281,8 @@ class Dispatcher:
             response = await self.peers.session.post(f"{lease.url}/v1/inference", json=body, timeout=timeout,
                                                      headers=headers)
         except (TimeoutError, aiohttp.ClientError) as exc:
-            self.registry.unreachable(lease.worker_id)
+            if not self._relaying(lease.worker_id):  # one refused connection of a worker streaming to others: busy, not gone
+                self.registry.unreachable(lease.worker_id)
             raise _unavailable(lease, exc.__class__.__name__) from None
         if response.status != 200:
             raise await error_of(response, peer=f"Worker '{lease.worker_id}'", ident={"worker_id": lease.worker_id})

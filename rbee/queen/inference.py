@@ -9,7 +9,7 @@ import logging
 from aiohttp import web
 
 from rbee import deadline as deadlines
-from rbee.errors import RbeeError
+from rbee.errors import ErrorCode, RbeeError
 from rbee.events import Failed, WaitNote
 from rbee.protocol import InferenceRequest
 from rbee.queen.appkeys import DISPATCHER, SETTINGS
@@ -78,7 +78,16 @@ async def inference(request: web.Request) -> web.StreamResponse:
 async def _answer_whole(dispatcher: Dispatcher, upstream: Upstream, headers: dict[str, str]) -> web.Response:
     client_gone = True
     try:
-        payload = await upstream.response.json(content_type=None)
+        try:
+            payload = await upstream.response.json(content_type=None)
+        except ValueError:  # not JSON at all
+            payload = None
+        if not isinstance(payload, dict):
+            client_gone = False
+            raise RbeeError(ErrorCode.WORKER_UNAVAILABLE,
+                            f"Worker '{upstream.worker_id}' answered a whole-answer request with something other "
+                            "than a JSON object. Retry; if it persists, check it with `rbee-keeper workers health`.",
+                            {"worker_id": upstream.worker_id})
         payload.update(worker_id=upstream.worker_id, queued_ms=upstream.queued_ms)
         client_gone = False
         return json_response(payload, headers=headers)
