@@ -41,13 +41,13 @@ from common import (
     percentile,
     print_table,
     rbee_revision,
+    run_script,
     warn_if_busy,
 )
 from peers import ensure_llama_server, llama_cpp_python_version, llama_server_version
 
 from rbee import chat, sse
 from rbee.events import Done, Failed, Token
-from rbee.process import ServiceError
 
 RBEE = "rbee, cache on"
 RBEE_NO_CACHE = "rbee, cache_prompt false"
@@ -439,9 +439,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (BenchError, ServiceError) as err:
-        raise SystemExit(f"bench failed: {err}") from None
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
+    run_script(main)

@@ -18,7 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rbee.ports import free_port  # noqa: F401  (the benchmarks take it from here)
@@ -28,6 +28,19 @@ CACHE_DIR = Path(os.environ.get("RBEE_BENCH_CACHE", Path.home() / ".cache" / "rb
 
 class BenchError(RuntimeError):
     pass
+
+
+def run_script(main: Callable[[], None]) -> None:
+    """A benchmark's entry point: its own failures (and a server that would not start) end it with one
+    line, Ctrl+C with status 130, never a traceback."""
+    from rbee.process import ServiceError
+
+    try:
+        main()
+    except (BenchError, ServiceError) as err:
+        raise SystemExit(f"bench failed: {err}") from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
 
 
 def add_gate_args(p: argparse.ArgumentParser, unit: str) -> None:

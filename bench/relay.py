@@ -46,10 +46,11 @@ from common import (
     print_table,
     ratio,
     rbee_revision,
+    run_script,
     warn_if_busy,
 )
 
-from rbee.process import ServiceError, ServiceProcess
+from rbee.process import ServiceProcess
 
 SOURCE_ID = "bench-source"
 SOURCE_MODEL = "bench-source-model"
@@ -530,9 +531,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (BenchError, ServiceError) as err:
-        raise SystemExit(f"bench failed: {err}") from None
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
+    run_script(main)

@@ -36,11 +36,12 @@ from common import (
     percentile,
     print_table,
     rbee_revision,
+    run_script,
     warn_if_busy,
 )
 
 from rbee.listener import raise_open_file_limit
-from rbee.process import ServiceError, ServiceProcess
+from rbee.process import ServiceProcess
 
 MODEL = "scripted"  # the fake worker's model_ref
 
@@ -260,9 +261,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (BenchError, ServiceError) as err:
-        raise SystemExit(f"bench failed: {err}") from None
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
+    run_script(main)

@@ -36,6 +36,7 @@ from common import (
     median,
     print_table,
     rbee_revision,
+    run_script,
     warn_if_busy,
 )
 from peers import (
@@ -49,7 +50,7 @@ from peers import (
 )
 
 from rbee import chat, sse
-from rbee.process import ServiceError, ServiceProcess
+from rbee.process import ServiceProcess
 
 QUESTION = "List some people with an id, a first name and the city they live in."
 
@@ -242,9 +243,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (BenchError, ServiceError) as err:
-        raise SystemExit(f"bench failed: {err}") from None
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
+    run_script(main)

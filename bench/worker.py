@@ -25,7 +25,6 @@ from pathlib import Path
 
 import aiohttp
 from common import (
-    BenchError,
     QuietGate,
     add_gate_args,
     environment,
@@ -38,6 +37,7 @@ from common import (
     print_table,
     ratio,
     rbee_revision,
+    run_script,
     warn_if_busy,
 )
 from peers import (
@@ -52,7 +52,7 @@ from peers import (
     make_targets,
 )
 
-from rbee.process import ServiceError, ServiceProcess
+from rbee.process import ServiceProcess
 
 # ---------------------------------------------------------------- the measurement
 
@@ -410,9 +410,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (BenchError, ServiceError) as err:
-        raise SystemExit(f"bench failed: {err}") from None
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
+    run_script(main)
