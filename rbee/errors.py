@@ -155,6 +155,14 @@ class RbeeError(Exception):
         return envelope(self.code, self.message, self.details)
 
 
+TOO_LARGE = "Request body too large (limit {limit} bytes). Send a smaller body."
+
+
+def too_large(limit: int) -> RbeeError:
+    """413: a request body over the server's limit (aiohttp's ``client_max_size``)."""
+    return RbeeError(ErrorCode.PAYLOAD_TOO_LARGE, TOO_LARGE.format(limit=limit), {"limit_bytes": limit})
+
+
 def envelope(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"error": {"code": str(code), "message": message, "details": details or {}}}
 

@@ -39,7 +39,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from rbee.errors import ErrorCode, RbeeError
+from rbee.errors import ErrorCode, RbeeError, too_large
 
 log = logging.getLogger(__name__)
 
@@ -148,17 +148,22 @@ class GuardedHandler(RequestHandler):
             except TimeoutError:
                 return self._body_too_late(request)
             except web.HTTPRequestEntityTooLarge:
-                pass  # the app's read says so, in the envelope (rbee.web.read_model)
+                # Not read to its end: answered here (the app would find it empty) and the connection closed.
+                return self._refuse_body(too_large(request._client_max_size))
         return await self._app_handler(request)
 
     def _body_too_late(self, request: web.BaseRequest) -> web.StreamResponse:
         secs = self._limits.body_timeout
         log.info("closed a connection from %s: no complete body for %s %s within %gs", self._client,
                  request.method, request.path, secs)
-        err = RbeeError(ErrorCode.REQUEST_TIMEOUT,
-                        f"The request body did not arrive within {secs:g} s of its head (--body-timeout). Send "
-                        "the whole body at once (its Content-Length must match), or raise --body-timeout on "
-                        "this server.", {"body_timeout": secs})
+        return self._refuse_body(RbeeError(
+            ErrorCode.REQUEST_TIMEOUT,
+            f"The request body did not arrive within {secs:g} s of its head (--body-timeout). Send the whole "
+            "body at once (its Content-Length must match), or raise --body-timeout on this server.",
+            {"body_timeout": secs}))
+
+    def _refuse_body(self, err: RbeeError) -> web.StreamResponse:
+        """``err`` in the envelope, and the connection closed after it: the rest of the body is never read."""
         resp = web.json_response(err.envelope(), status=err.status, headers={"X-Request-Id": uuid.uuid4().hex})
         resp.force_close()
         self._lingering_time = 0.0  # aiohttp would otherwise wait up to 10 s more for the rest of the body

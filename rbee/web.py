@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from rbee.errors import ErrorCode, RbeeError, envelope, validation_error
+from rbee.errors import TOO_LARGE, ErrorCode, RbeeError, envelope, too_large, validation_error
 from rbee.listener import ListenLimits, serve
 from rbee.logs import request_id_var
 from rbee.protocol import is_identifier
@@ -23,7 +23,7 @@ MAX_BODY_BYTES = 1024 * 1024
 _HTTP_CODES = {
     404: (ErrorCode.NOT_FOUND, "No such route: {method} {path}. Check the URL against the API docs."),
     405: (ErrorCode.METHOD_NOT_ALLOWED, "{method} is not allowed on {path}. Use one of: {allowed}."),
-    413: (ErrorCode.PAYLOAD_TOO_LARGE, "Request body too large (limit {limit} bytes). Send a smaller body."),
+    413: (ErrorCode.PAYLOAD_TOO_LARGE, TOO_LARGE),
 }
 
 
@@ -101,10 +101,7 @@ async def read_model(request: web.Request, model: type[M]) -> M:
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise RbeeError(
-            ErrorCode.PAYLOAD_TOO_LARGE,
-            f"Request body too large (limit {request.app._client_max_size} bytes). Send a smaller body.",
-        ) from None
+        raise too_large(request.app._client_max_size) from None
     if not raw.strip():
         raise RbeeError(ErrorCode.INVALID_REQUEST, "Request body is empty. Send a JSON object.")
     try:

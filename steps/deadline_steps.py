@@ -18,7 +18,7 @@ from behave import given, then, when
 
 from rbee.deadline import DEADLINE_HEADER, TIMEOUT_HEADER
 from rbee.models import DEFAULT_MODEL_REF
-from rbee.testing.clients import wait_until
+from rbee.testing.clients import ask_queen_timed, wait_until
 
 ENDLESS = {"prompt": "Count from one onwards, one number a line.", "max_tokens": 32768, "temperature": 0,
            "ignore_eos": True}
@@ -87,16 +87,12 @@ def step_endless_at_worker(context, n):
 
 @when("an endless whole answer is asked of the queen with a timeout of {n:d} seconds")
 def step_endless_whole(context, n):
-    context.sent_at = time.monotonic()
-    context.response = context.cluster.queen.post("/v1/inference", json={**ENDLESS, "stream": False, "timeout": n},
-                                                  timeout=60 * context.cluster.k)
+    ask_queen_timed(context, {**ENDLESS, "stream": False, "timeout": n})
 
 
 @when("a short whole answer is asked of the queen with a timeout of {n:d} seconds")
 def step_short_whole_timeout(context, n):
-    context.sent_at = time.monotonic()
-    context.response = context.cluster.queen.post("/v1/inference", json={**SHORT, "timeout": n},
-                                                  timeout=60 * context.cluster.k)
+    ask_queen_timed(context, {**SHORT, "timeout": n})
 
 
 @when("an answer is asked of the queen with a deadline that passed {n:d} second ago")

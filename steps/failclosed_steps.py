@@ -14,7 +14,7 @@ from rbee import models
 from rbee.client import QueenClient, WorkerClient
 from rbee.deadline import TIMEOUT_HEADER
 from rbee.ports import free_port
-from rbee.testing.clients import wait_until
+from rbee.testing.clients import ask_queen_timed, wait_until
 
 
 def _worker_metrics(context, worker_id: str, key: str | None):
@@ -129,9 +129,7 @@ SHORT = {"prompt": "Say hello.", "max_tokens": 4, "temperature": 0, "ignore_eos"
 
 @when("a short whole answer of the default model is asked of the queen with a timeout of {n:g} seconds")
 def step_short_default_timeout(context, n):
-    context.sent_at = time.monotonic()
-    context.response = context.cluster.queen.post("/v1/inference", json={**SHORT, "timeout": n},
-                                                  timeout=60 * context.cluster.k)
+    ask_queen_timed(context, {**SHORT, "timeout": n})
 
 
 @then("the queen answered within {n:g} seconds of the request")

@@ -101,6 +101,13 @@ class BackgroundStream:
 # ---------------------------------------------------------------- worker-level helpers
 
 
+def ask_queen_timed(context: Any, body: dict[str, Any]) -> None:
+    """POST ``body`` to the scenario's queen for a whole answer: when it was sent in ``context.sent_at``,
+    the answer in ``context.response`` (the steps that check how soon it came read both)."""
+    context.sent_at = time.monotonic()
+    context.response = context.cluster.queen.post("/v1/inference", json=body, timeout=60 * context.cluster.k)
+
+
 def at_once(*calls: Any, timeout: float = 60.0) -> list[Any]:
     """Run each call on its own thread, all released by one barrier at the same instant.
 
