@@ -115,6 +115,6 @@ def test_a_refused_connection_to_a_worker_streaming_to_others_keeps_it_in_routin
 def test_one_client_may_hold_as_many_connections_as_the_queen_relays_streams_unless_told_otherwise():
     # A gateway in front of the queen is one address for all its users: 1,000 streams from it were 744 x
     # TOO_MANY_CONNECTIONS under the servers' 256 (bench/scale.py).
-    assert parse_args([]).listen_limits().max_conns_per_client == 4096
-    assert parse_args(["--max-streams", "1500"]).listen_limits().max_conns_per_client == 1500
+    assert parse_args([]).listen_limits().max_conns_per_client == 4096 + 256
+    assert parse_args(["--max-streams", "2"]).listen_limits().max_conns_per_client == 2 + 256  # and its other calls
     assert parse_args(["--max-conns-per-client", "4"]).listen_limits().max_conns_per_client == 4

@@ -23,6 +23,9 @@ def _wheelhouse_in_state_dir(data: dict[str, Any]) -> Path:
     return Path(data.get("state_dir") or default_state_dir()) / "wheelhouse"
 
 
+CONNS_BESIDE_STREAMS = 256  # a client's other connections (health, metrics, keep-alive) beside its streams
+
+
 class QueenSettings(AuditedSettings):
     KEY_FLAG: ClassVar[str] = "--api-key"
     CONFIG_SECTION: ClassVar[str] = "queen"  # its table in the config files (rbee.config_files)
@@ -34,15 +37,16 @@ class QueenSettings(AuditedSettings):
         """The servers' limits, with room for --max-streams: two files a stream (client, worker) and the rest."""
         limits = super().listen_limits()
         if self.max_conns_per_client is None:  # one client (a gateway in front) may use the whole stream bound
-            limits.max_conns_per_client = self.max_streams
+            limits.max_conns_per_client = self.max_streams + CONNS_BESIDE_STREAMS
         limits.open_files = max(limits.open_files, 2 * self.max_streams + OPEN_FILES_HEADROOM)
         limits.open_files_why = f"--max-streams {self.max_streams}"
         return limits
 
     port: int = Field(8080, ge=0, le=65535, description="Port to listen on (0 = any free port).")
     max_conns_per_client: int | None = Field(None, ge=0, description="Connections one client address may hold "
-                                             "open at once, loopback included (0 = no cap; default: --max-streams, "
-                                             "so a gateway in front may relay all of them); one more is answered "
+                                             "open at once, loopback included (0 = no cap; default: --max-streams + "
+                                             "256, so a gateway in front may relay all of them and still make its "
+                                             "other calls); one more is answered "
                                              "503 TOO_MANY_CONNECTIONS. Slow ones are cut at --header-timeout.")
     api_keys: Annotated[list[Annotated[str, AfterValidator(strong_key)]], Flag("--api-key", metavar="KEY")] = Field(
         default_factory=list, description="Bearer key clients must send (repeatable; none = open).")
