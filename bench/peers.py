@@ -123,11 +123,12 @@ class Target:
         finish = "?"
         if self.name == OURS:
             # ignore_eos as llama-server is asked to: both run every stream to the full token count.
+            # cache_prompt off, as llama-server is asked below: the prompts share their first tokens.
             body = {"prompt": prompt, "max_tokens": tokens, "temperature": temperature, "ignore_eos": True,
-                    "stream": True}
+                    "cache_prompt": False, "stream": True}
             url = f"{base}/v1/inference"
         elif self.name == LLAMA_SERVER:
-            # cache_prompt off: ours has no prefix cache, and the prompts share their first tokens.
+            # cache_prompt off, as ours: a decode benchmark, not a cache one (bench/chat.py is that).
             body = {"prompt": prompt, "n_predict": tokens, "ignore_eos": True, "temperature": temperature,
                     "repeat_penalty": 1.0, "cache_prompt": False, "stream": True}
             url = f"{base}/completion"
