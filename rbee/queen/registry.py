@@ -230,11 +230,8 @@ class Registry:
                 capability: Capability = Capability.GENERATE) -> Lease:
         """Take one slot on the least-loaded idle worker serving ``model`` with ``capability`` (on ``hive``
         when given), or raise the right 503/404. Looks only at the model's own workers (see _by_model)."""
-        candidates = [
-            w for w in self._serving(model) if w.state == WorkerState.IDLE and w.slots_available > 0
-            and w.can(model, capability) and w.on(hive) and w.worker_id not in exclude
-            and w.worker_id not in self._held
-        ]
+        candidates = [w for w in self._serving(model) if self._has_room(w) and w.can(model, capability)
+                      and w.on(hive) and w.worker_id not in exclude]
         if not candidates:
             raise self._why_none(model, exclude, hive, capability)
         chosen, route = pick(candidates, self._load_turn, affinity, self.max_load_gap)
@@ -276,8 +273,11 @@ class Registry:
 
     def has_room(self, model: str | None = None, hive: str | None = None,
                  capability: Capability = Capability.GENERATE) -> bool:
-        return any(w.state == WorkerState.IDLE and w.slots_available > 0 and w.can(model, capability) and w.on(hive)
-                   and w.worker_id not in self._held for w in self._candidates(model))
+        return any(self._has_room(w) and w.can(model, capability) and w.on(hive) for w in self._candidates(model))
+
+    def _has_room(self, w: WorkerRecord) -> bool:
+        """Could take a request now: idle, a slot free, not held for an eviction."""
+        return w.state == WorkerState.IDLE and w.slots_available > 0 and w.worker_id not in self._held
 
     def cache_is_busy(self, model: str | None, exclude: frozenset[str], hive: str | None, affinity: Affinity,
                       capability: Capability = Capability.GENERATE) -> bool:
@@ -288,7 +288,7 @@ class Registry:
             if w.state not in ROUTABLE or not (w.can(model, capability) and w.on(hive)) or w.worker_id in exclude:
                 continue
             depth = affinity(w)
-            if w.state == WorkerState.IDLE and w.slots_available > 0 and w.worker_id not in self._held:
+            if self._has_room(w):
                 room = max(room, depth)
             else:
                 busy = max(busy, depth)
