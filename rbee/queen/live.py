@@ -30,8 +30,8 @@ from rbee.queen.registry import Registry
 RECENT = 300  # requests kept in the recent list
 SERIES_SECONDS = 15 * 60  # one chart point per tick, for the last 15 minutes
 TICK_S = 1.0
-FLEET_DELAY_S = 0.1  # registry changes within this window go out as one fleet event
-REQUEST_DELAY_S = 0.1  # request changes within this window go out together, each request's latest state once
+# Changes within this window go out together: the fleet once, each changed request once in its latest state.
+REQUEST_DELAY_S = 0.1
 
 
 def _ms(t: float) -> int:
@@ -116,7 +116,7 @@ class LiveHub(Hooks):
         self._tick_errors = 0
         self._worker_rate: dict[str, float] = {}
         self._last_fleet: dict[str, Any] | None = None
-        self._fleet_pending = False
+        self._fleet_changed_since = False  # the registry changed since the last flush
         self._changed: dict[str, RequestView] = {}  # requests changed since the last flush, by id
         self._flush_pending = False
         registry.subscribe(self._fleet_changed)
@@ -174,17 +174,12 @@ class LiveHub(Hooks):
 
     def _fleet_changed(self) -> None:
         """A registry change (a lease taken or back, a worker new): one fleet event soon, not one each."""
-        if self._fleet_pending or not self.subscribers:
+        if not self.subscribers:
             return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        self._fleet_pending = True
-        loop.call_later(FLEET_DELAY_S, self._send_fleet)
+        self._fleet_changed_since = True
+        self._flush_soon()
 
     def _send_fleet(self) -> None:
-        self._fleet_pending = False
         fleet = self.fleet()
         if fleet != self._last_fleet:
             self._last_fleet = fleet
@@ -240,6 +235,10 @@ class LiveHub(Hooks):
         if not self.subscribers:  # no one watching: nothing kept
             return
         self._changed[view.request_id] = view
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        """One flush ``REQUEST_DELAY_S`` from the first change since the last (at once without a loop)."""
         if self._flush_pending:
             return
         try:
@@ -251,8 +250,12 @@ class LiveHub(Hooks):
         loop.call_later(REQUEST_DELAY_S, self.flush)
 
     def flush(self) -> None:
-        """Publish the requests changed since the last flush, each in its latest state."""
+        """Publish what changed since the last flush: the fleet if it did, each changed request in its
+        latest state."""
         self._flush_pending = False
+        if self._fleet_changed_since:
+            self._fleet_changed_since = False
+            self._send_fleet()
         changed, self._changed = self._changed, {}
         for view in changed.values():
             self.publish({"type": "request", "request": view.wire()})
