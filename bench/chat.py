@@ -98,6 +98,8 @@ class TurnResult:
     tokens: int
     finish: str
     text: str
+    worker: str = ""  # the worker that answered (rbee's done event); "" where the server does not say
+    route: str = ""  # the queen's reason: "cache" or "load"
 
 
 Ask = Callable[[aiohttp.ClientSession, str, int], Awaitable[TurnResult]]
@@ -137,7 +139,7 @@ def rbee_asker(queen: str, cache: bool) -> Ask:
                     finish = event.code
         return TurnResult(0, 0, None if first is None else first - start, done.prompt_tokens or 0 if done else 0,
                           done.cached_tokens or 0 if done else 0, done.total_tokens if done else 0, finish,
-                          "".join(parts))
+                          "".join(parts), (done.worker_id or "") if done else "", (done.route or "") if done else "")
 
     return ask
 
@@ -245,9 +247,23 @@ def run_round(system: System, template: str | None, args: argparse.Namespace, ga
         raise BenchError(f"{system.name}: {len(failed)} of {len(results)} turns got no token; the first: "
                          f"{failed[0].finish!r} (server logs in the run's log folder)")
     late = [r.ttft for r in results if r.turn >= 3 and r.ttft is not None]
+    moved = moves(results)
     print(f"  {system.name}: {wall:.1f} s, TTFT p50 on turns ≥ 3 {percentile(late, 50) * 1000:.0f} ms, "
-          f"reused {sum(r.cached_tokens for r in results)} of {sum(r.prompt_tokens for r in results)} prompt tokens",
+          f"reused {sum(r.cached_tokens for r in results)} of {sum(r.prompt_tokens for r in results)} prompt tokens"
+          + (f", {moved} turn(s) sent to another worker than the chat's previous turn" if moved is not None else ""),
           flush=True)
+
+
+def moves(results: list[TurnResult]) -> int | None:
+    """Turns that went to another worker than their conversation's previous turn (None: not a fleet)."""
+    if len({r.worker for r in results if r.worker}) < 2:
+        return None
+    last: dict[int, str] = {}
+    moved = 0
+    for r in sorted(results, key=lambda r: (r.chat, r.turn)):
+        moved += r.chat in last and r.worker != last[r.chat]
+        last[r.chat] = r.worker
+    return moved
 
 
 # ---------------------------------------------------------------- the servers
