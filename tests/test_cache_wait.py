@@ -8,8 +8,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from rbee.protocol import WorkerRegistration
+from rbee.protocol import InferenceRequest, WorkerRegistration
 from rbee.queen.admission import AdmissionQueue
+from rbee.queen.prefix_index import BLOCK_CHARS, PrefillRate, prefix_hashes, prefix_of
 from rbee.queen.registry import Registry
 from rbee.queen.scheduler import Route
 
@@ -80,3 +81,41 @@ def test_a_free_worker_holding_enough_of_the_prefix_is_taken_without_waiting():
 
     lease, waited = asyncio.run(scenario())
     assert lease.worker_id == "w2" and waited == 0.0
+
+
+def test_a_request_waits_no_longer_than_recomputing_its_prefix_would_take():
+    async def scenario():
+        queue = fleet(cache_wait=30.0)
+        queue.registry.acquire(MODEL, affinity=on_w1)  # w1 busy with the prefix; w2 free, holding none of it
+        started = time.monotonic()
+        lease, waited = await asyncio.wait_for(queue.admit(MODEL, "a", affinity=on_w1, patience=0.4), 10)
+        assert lease.worker_id == "w2" and 0.35 <= waited and time.monotonic() - started < 5  # its own bound, not 30 s
+        queue.registry.release(lease)
+        lease, waited = await asyncio.wait_for(queue.admit(MODEL, "b", affinity=on_w1, patience=0.0), 5)
+        assert lease.worker_id == "w2" and waited == 0.0  # nothing worth waiting for: the free slot at once
+    asyncio.run(scenario())
+
+
+def test_the_prefill_rate_is_learnt_from_requests_that_were_mostly_prefill():
+    rate = PrefillRate()
+    prior = rate.seconds(MODEL, 10_000)
+    assert prior < 1.0  # nothing learnt: assume a fast worker, so little waiting
+    rate.observe(MODEL, prompt_chars=4000, prompt_tokens=1000, cached_tokens=0, ttft_ms=8000)  # 2 ms a character
+    assert abs(rate.seconds(MODEL, 1000) - 2.0) < 1e-9
+    rate.observe(MODEL, prompt_chars=4000, prompt_tokens=1000, cached_tokens=990, ttft_ms=300)  # mostly cached
+    rate.observe(MODEL, prompt_chars=100, prompt_tokens=25, cached_tokens=0, ttft_ms=90)  # too short to tell
+    assert abs(rate.seconds(MODEL, 1000) - 2.0) < 1e-9  # neither says anything about prefill
+    rate.observe(MODEL, prompt_chars=4000, prompt_tokens=1000, cached_tokens=500, ttft_ms=2000)  # 1 ms a character
+    assert 1.0 < rate.seconds(MODEL, 1000) < 2.0  # an average that moves toward what workers show now
+    assert rate.seconds("other", 10_000) == prior  # per model
+    for missing in ({"prompt_tokens": None}, {"ttft_ms": None}, {"prompt_chars": 0}):
+        kwargs = {"prompt_chars": 4000, "prompt_tokens": 1000, "cached_tokens": 0, "ttft_ms": 1, **missing}
+        rate.observe("third", **kwargs)
+    assert rate.seconds("third", 10_000) == prior
+
+
+def test_a_prefix_knows_how_many_characters_each_depth_covers():
+    text = "y" * (BLOCK_CHARS * 2 + 7)
+    prefix = prefix_of(InferenceRequest(prompt=text))
+    assert prefix.chars() == len(text) and prefix.chars(1) == BLOCK_CHARS and prefix.chars(0) == 0
+    assert prefix.chars(99) == len(text) and prefix.hashes == prefix_hashes(InferenceRequest(prompt=text))

@@ -33,6 +33,7 @@ class _Waiter:
     affinity: Affinity | None = None  # prefers the worker that holds its prompt prefix
     deadline: Deadline | None = None  # the request's own (rbee.deadline): it stops waiting then
     capability: Capability = Capability.GENERATE  # what it wants of a worker: generation or embeddings
+    patience: float = 0.0  # seconds it may wait for the busy worker holding its prefix (see cache_wait)
 
 
 class AdmissionQueue:
@@ -41,8 +42,9 @@ class AdmissionQueue:
         self.registry = registry
         self.max_size = max_size
         self.timeout = timeout
-        # How long a request that may queue waits for the busy worker holding its prompt prefix while a
-        # slot is free elsewhere (a slot taken there would compute the whole prefix again); 0 = never.
+        # The longest a request that may queue waits for the busy worker holding its prompt prefix while
+        # a slot is free elsewhere (a slot taken there would compute the whole prefix again); 0 = never.
+        # Each request's own bound (admit's ``patience``) is what recomputing its prefix would cost.
         self.cache_wait = cache_wait
         self._recheck: asyncio.TimerHandle | None = None
         self._clock = clock
@@ -80,10 +82,13 @@ class AdmissionQueue:
     async def admit(self, model: str | None, key: str = "", exclude: frozenset[str] = frozenset(),
                     on_wait: OnWait | None = None, hive: str | None = None,
                     affinity: Affinity | None = None, deadline: Deadline | None = None,
-                    capability: Capability = Capability.GENERATE) -> tuple[Lease, float]:
+                    capability: Capability = Capability.GENERATE, patience: float | None = None) -> tuple[Lease, float]:
         """A lease (on ``hive`` when given), and how many seconds we waited for it. Raises the right 503/404
-        when it can't, and 504 ``DEADLINE_EXCEEDED`` when ``deadline`` passes while it waits."""
-        if not self._by_key and not self._waits_for_cache(model, exclude, hive, affinity, capability, 0.0):
+        when it can't, and 504 ``DEADLINE_EXCEEDED`` when ``deadline`` passes while it waits. ``patience``:
+        the most seconds worth waiting for the busy worker holding the prompt's prefix (what computing it
+        again elsewhere would take); never more than ``cache_wait``, which is also the default."""
+        patience = self.cache_wait if patience is None else max(0.0, min(patience, self.cache_wait))
+        if not self._by_key and not self._waits_for_cache(model, exclude, hive, affinity, capability, 0.0, patience):
             try:
                 return self.registry.acquire(model, exclude, hive, affinity, capability), 0.0
             except RbeeError as err:
@@ -96,7 +101,7 @@ class AdmissionQueue:
         if len(self) >= self.max_size:
             raise self._busy(full=True)
         waiter = _Waiter(key, model, exclude, asyncio.get_running_loop().create_future(), self._clock(), hive,
-                         affinity, deadline, capability)
+                         affinity, deadline, capability, patience)
         self._by_key.setdefault(key, deque()).append(waiter)
         self.pump()
         try:
@@ -189,8 +194,8 @@ class AdmissionQueue:
             if waiter.future.done() or wants in blocked:
                 continue
             if self._waits_for_cache(waiter.model, waiter.exclude, waiter.hive, waiter.affinity, waiter.capability,
-                                     self._clock() - waiter.since):
-                self._pump_at(waiter.since + self.cache_wait)
+                                     self._clock() - waiter.since, waiter.patience):
+                self._pump_at(waiter.since + waiter.patience)
                 continue  # not blocked: a later request for the model may take the free slot meanwhile
             if self.registry.has_room(waiter.model, waiter.hive, waiter.capability):
                 try:
@@ -206,10 +211,11 @@ class AdmissionQueue:
         return False
 
     def _waits_for_cache(self, model: str | None, exclude: frozenset[str], hive: str | None,
-                         affinity: Affinity | None, capability: Capability, waited: float) -> bool:
-        """Better to wait (a little, and only where waiting is allowed) for the busy worker that holds
-        the request's prompt prefix than to take a free slot that holds none of it (delay scheduling)."""
-        return (affinity is not None and self.timeout > 0 and waited < self.cache_wait
+                         affinity: Affinity | None, capability: Capability, waited: float, patience: float) -> bool:
+        """Better to wait (only where waiting is allowed, and no longer than ``patience``) for the busy
+        worker that holds the request's prompt prefix than to take a free slot that holds little of it
+        (delay scheduling)."""
+        return (affinity is not None and self.timeout > 0 and waited < patience
                 and self.registry.cache_is_busy(model, exclude, hive, affinity, capability))
 
     def _pump_at(self, when: float) -> None:

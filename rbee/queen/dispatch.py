@@ -29,7 +29,7 @@ from rbee.events import Done, Event, Failed, Provisioning, from_wire
 from rbee.peer import Peers, error_of
 from rbee.protocol import InferenceRequest
 from rbee.queen.admission import AdmissionQueue, OnWait
-from rbee.queen.prefix_index import PrefixIndex, prefix_hashes
+from rbee.queen.prefix_index import PrefillRate, Prefix, PrefixIndex, prefix_of
 from rbee.queen.registry import Affinity, Lease, Registry
 from rbee.queen.resume import Resumption, resumable
 from rbee.queen.scheduler import Route
@@ -61,6 +61,8 @@ class Upstream:
     broken: bool = False  # ended by the queen's error event (the worker broke, stalled or hung up)
     resumption: Resumption | None = None  # how it may move to another worker if this one breaks
     break_reason: str | None = None  # why the worker's stream just ended early (None: it did not)
+    prompt_chars: int = 0  # the prompt's length as the queen cuts it, and the model as the request named it:
+    asked_model: str | None = None  # what the prefill rate is learnt from and for
 
     @property
     def worker_id(self) -> str:
@@ -94,6 +96,7 @@ class Dispatcher:
                  cache_routing: bool = True, max_streams: int = 0) -> None:
         self.registry = registry
         self.prefixes = PrefixIndex() if cache_routing else None  # who was sent which prompt prefixes
+        self.prefill = PrefillRate()  # what computing a prefix again costs: how long waiting for a cache may be
         self.peers = peers
         self.queue = queue
         self.stall_timeout = stall_timeout
@@ -181,10 +184,12 @@ class Dispatcher:
         last_error: RbeeError | None = None
         queued_s = 0.0
         failures = races = 0
-        hashes, affinity = self._affinity(job)
+        prefix, affinity = self._affinity(job)
+        patience = self.prefill.seconds(job.model, prefix.chars())
         while True:
             try:
-                lease, waited = await self._admit(job, api_key or "", frozenset(tried), on_wait, affinity, deadline)
+                lease, waited = await self._admit(job, api_key or "", frozenset(tried), on_wait, affinity, deadline,
+                                                  patience)
             except RbeeError as err:
                 if last_error is not None and err.code in (ErrorCode.NO_IDLE_WORKERS, ErrorCode.NO_WORKERS):
                     raise _pinned(job, last_error) from None  # say what went wrong with the workers we tried
@@ -216,26 +221,31 @@ class Dispatcher:
                 continue
             self.hooks.route(lease.route)
             if self.prefixes is not None:
-                self.prefixes.record(lease.worker_id, hashes)
+                self.prefixes.record(lease.worker_id, prefix.hashes)
+            upstream.prompt_chars, upstream.asked_model = prefix.chars(), job.model
             if resume:
                 upstream.resumption = Resumption(body, job, api_key or "", deadline)
             return upstream
 
-    def _affinity(self, job: InferenceRequest) -> tuple[list[bytes], Affinity | None]:
-        """The request's prefix hashes, and how deep each worker holds them (None: load alone decides)."""
+    def _affinity(self, job: InferenceRequest) -> tuple[Prefix, Affinity | None]:
+        """The request's prefix as the queen cuts it, and how deep each worker holds it (None: load alone
+        decides)."""
+        prefix = prefix_of(job)
         if self.prefixes is None or not job.cache_prompt:
-            return [], None
-        prefixes, hashes = self.prefixes, prefix_hashes(job)
-        return hashes, lambda worker: prefixes.depth(worker.worker_id, hashes)
+            return prefix, None
+        prefixes, hashes = self.prefixes, prefix.hashes
+        return prefix, lambda worker: prefixes.depth(worker.worker_id, hashes)
 
     async def _admit(self, job: InferenceRequest, key: str, tried: frozenset[str], on_wait: OnWait | None,
-                     affinity: Affinity | None, deadline: Deadline | None = None) -> tuple[Lease, float]:
+                     affinity: Affinity | None, deadline: Deadline | None = None,
+                     patience: float | None = None) -> tuple[Lease, float]:
         """Admission (to the pinned hive's workers, when pinned); when no worker serves the model yet, a
         cold start on a hive (if one can), then again."""
         model, hive = job.model, job.hive
         for _ in range(MAX_COLD_STARTS):  # a model's worker may be evicted (for another) while we wait
             try:
-                return await self.queue.admit(model, key, tried, on_wait, hive, affinity, deadline)
+                return await self.queue.admit(model, key, tried, on_wait, hive, affinity, deadline,
+                                              patience=patience)
             except RbeeError as err:
                 if err.code == ErrorCode.NO_WORKERS and hive is not None and self.require_live_hive is not None:
                     self.require_live_hive(hive, model)  # no live worker there: is the hive itself gone?
@@ -243,7 +253,7 @@ class Dispatcher:
                 if not (cold and model and self.cold_start is not None
                         and await self._cold_start(model, on_wait, hive, deadline)):
                     raise
-        return await self.queue.admit(model, key, tried, on_wait, hive, affinity, deadline)
+        return await self.queue.admit(model, key, tried, on_wait, hive, affinity, deadline, patience=patience)
 
     async def _cold_start(self, model: str, on_wait: OnWait | None, hive: str | None = None,
                           deadline: Deadline | None = None) -> bool:
@@ -422,6 +432,8 @@ class Dispatcher:
                 done.ttft_ms = int(((upstream.first_token_at or time.monotonic()) - upstream.started) * 1000)
                 done.worker_id = upstream.worker_id
                 done.route = upstream.lease.route
+                self.prefill.observe(upstream.asked_model, upstream.prompt_chars, done.prompt_tokens, done.cached_tokens,
+                                     done.ttft_ms)
                 if upstream.resumption is not None and upstream.resumption.moves:
                     done.resumed = upstream.resumption.moves
                 upstream.done = done

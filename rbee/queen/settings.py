@@ -78,9 +78,10 @@ class QueenSettings(AuditedSettings):
                                 "prompt's prefix in its cache (learnt from routing history), within --max-load-gap.")
     max_load_gap: int = Field(2, ge=0, le=1024, description="How many fewer free slots than the least loaded "
                               "worker a cache match may have and still be chosen.")
-    cache_wait: float = Field(1.0, ge=0, le=60, description="Seconds a request that may queue (--queue-timeout) "
-                              "waits for the busy worker holding its prompt's prefix rather than take a free slot "
-                              "that holds none of it (0 = never).")
+    cache_wait: float = Field(10.0, ge=0, le=60, description="The most seconds a request that may queue "
+                              "(--queue-timeout) waits for the busy worker holding its prompt's prefix rather than "
+                              "take a free slot that holds little of it; each waits no longer than computing its "
+                              "prefix again would take, as the workers' prefill speed shows (0 = never wait).")
     state_dir: Annotated[Path, AfterValidator(Path.expanduser), Flag(metavar="DIR")] = Field(
         default_factory=default_state_dir,
         description="Where the queen keeps what must survive a restart: the node registry (nodes.json) and "
