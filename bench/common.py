@@ -75,6 +75,18 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def median_ci(values: Sequence[float], level: float = 0.95, resamples: int = 4000) -> tuple[float, float]:
+    """A bootstrap confidence interval of the median of ``values`` (seeded: the same data, the same
+    interval)."""
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    rng = random.Random(0)
+    n = len(values)
+    meds = sorted(statistics.median(rng.choices(values, k=n)) for _ in range(resamples))
+    tail = (1 - level) / 2
+    return meds[int(tail * resamples)], meds[min(resamples - 1, int((1 - tail) * resamples))]
+
+
 def ratio(ours: float, peer: float) -> str:
     if not peer or math.isnan(peer) or math.isnan(ours):
         return "—"
