@@ -185,7 +185,7 @@ class Dispatcher:
         queued_s = 0.0
         failures = races = 0
         prefix, affinity = self._affinity(job)
-        patience = self.prefill.seconds(job.model, prefix.chars())
+        patience = self.prefill.seconds(job.model, prefix.chars()) if prefix is not None else 0.0
         while True:
             try:
                 lease, waited = await self._admit(job, api_key or "", frozenset(tried), on_wait, affinity, deadline,
@@ -220,19 +220,19 @@ class Dispatcher:
                     raise _pinned(job, err) from None
                 continue
             self.hooks.route(lease.route)
-            if self.prefixes is not None:
+            if self.prefixes is not None and prefix is not None:
                 self.prefixes.record(lease.worker_id, prefix.hashes)
-            upstream.prompt_chars, upstream.asked_model = prefix.chars(), job.model
+                upstream.prompt_chars, upstream.asked_model = prefix.chars(), job.model
             if resume:
                 upstream.resumption = Resumption(body, job, api_key or "", deadline)
             return upstream
 
-    def _affinity(self, job: InferenceRequest) -> tuple[Prefix, Affinity | None]:
-        """The request's prefix as the queen cuts it, and how deep each worker holds it (None: load alone
-        decides)."""
-        prefix = prefix_of(job)
+    def _affinity(self, job: InferenceRequest) -> tuple[Prefix | None, Affinity | None]:
+        """The request's prefix as the queen cuts it, and how deep each worker holds it (None, None: load
+        alone decides, and nothing is hashed)."""
         if self.prefixes is None or not job.cache_prompt:
-            return prefix, None
+            return None, None
+        prefix = prefix_of(job)
         prefixes, hashes = self.prefixes, prefix.hashes
         return prefix, lambda worker: prefixes.depth(worker.worker_id, hashes)
 
