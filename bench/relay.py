@@ -62,6 +62,9 @@ SOURCE_MODEL = "bench-source-model"
 SOURCE_SLOTS = 1000
 MIN_LANE_EVENTS = 2000  # per concurrent stream in a throughput wave
 MAX_STREAM_EVENTS = 32000  # the queen's max_tokens bound is 32768
+PACE_TICK = 0.005  # a paced source sleeps only when it is this far ahead (timers per event would cost more than
+# the relays it measures)
+PACED_ID, PACED_MODEL = "bench-source-paced", "bench-source-paced-model"  # the A/B's source at --pair-rate
 
 # ---------------------------------------------------------------- the scripted token source (child process)
 
@@ -80,8 +83,8 @@ def source_app(rate: float) -> web.Application:
         for i in range(n):
             if interval:
                 delay = started + i * interval - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)  # pacing, not a readiness wait
+                if delay > PACE_TICK:  # pacing, not a readiness wait: events due within a tick go out together,
+                    await asyncio.sleep(delay)  # as a worker's slots' tokens do after each decode step
             # One write per event, as a worker does: the relays see one event per chunk.
             await response.write(b'data: {"token":"x","index":%d}\n\n' % i)
         await response.write(b'data: {"done":true,"total_tokens":%d,"finish_reason":"length"}\n\n' % n)
@@ -198,7 +201,8 @@ class Paths:
     urls: dict[str, str] = field(default_factory=dict)  # name -> base URL of /v1/inference
     children: list[ServiceProcess] = field(default_factory=list)
     relay_pgids: dict[str, int] = field(default_factory=dict)  # name -> process group doing the relaying
-    helper_pgids: list[int] = field(default_factory=list)  # ours too, but not a path (the dashboard subscriber)
+    helper_pgids: list[int] = field(default_factory=list)  # ours too, but not a path (subscriber, paced source)
+    source_pgids: dict[str, int] = field(default_factory=dict)  # name -> token sources that are not a path
     dashboard: ServiceProcess | None = None  # the subscriber, reading the events of path "queen+dashboard"
     logdir: Path | None = None
     moves: int = 0
@@ -209,7 +213,7 @@ class Paths:
         self.dashboard = ServiceProcess("dashboard subscriber", [sys.executable, str(Path(__file__).resolve()),
                                                                  "--subscribe", url],
                                         self.logdir / f"subscriber-{self.moves}.log", f"{url}/health").start()
-        self.helper_pgids = [self.dashboard.pid]
+        self.helper_pgids = [*self.source_pgids.values(), self.dashboard.pid]
         _await_subscribers(url, 1, self.logdir)
 
     def move_dashboard(self) -> None:
@@ -241,19 +245,18 @@ def _await_subscribers(queen_url: str, n: int, logdir: Path | None) -> None:
 def start_paths(args: argparse.Namespace, tmp: Path, nginx: str | None) -> Paths:
     paths = Paths(logdir=tmp)
     try:
-        source_port = free_port()
-        source = ServiceProcess("token source", [sys.executable, str(Path(__file__).resolve()), "--serve-source",
-                                                 str(source_port), "--rate", str(args.rate)], tmp / "source.log",
-                                f"http://127.0.0.1:{source_port}/v1/health")
-        paths.children.append(source.start())
-        source.wait_ready(30)
-        source_url = f"http://127.0.0.1:{source_port}"
+        source_url = start_source(paths, "token source", args.rate, tmp / "source.log")
+        source_port = int(source_url.rsplit(":", 1)[1])
         paths.urls["direct"] = source_url
-        paths.relay_pgids["direct"] = source.pid
+        paths.relay_pgids["direct"] = paths.source_pgids.pop("token source")
 
         start_queen(paths, "queen", source_url, tmp)
         if args.dashboard:
             start_queen(paths, "queen+dashboard", source_url, tmp)
+            if args.pair_rate > 0:  # the A/B's own source, paced, behind both queens as a second model
+                paced = start_source(paths, "paced token source", args.pair_rate, tmp / "source-paced.log")
+                for name in ("queen", "queen+dashboard"):
+                    register_source(name, paths.urls[name], PACED_ID, paced, PACED_MODEL)
             paths.subscribe_dashboard()
 
         if nginx is not None:
@@ -282,13 +285,28 @@ def start_queen(paths: Paths, name: str, source_url: str, tmp: Path) -> str:
                            log, f"{queen_url}/health")
     paths.children.append(queen.start())
     queen.wait_ready(60)
-    r = requests.post(f"{queen_url}/v2/workers/register", timeout=10, json={
-        "worker_id": SOURCE_ID, "url": source_url, "model_ref": SOURCE_MODEL, "slots_total": SOURCE_SLOTS})
-    if r.status_code != 200:
-        raise BenchError(f"{name} refused to register the token source: HTTP {r.status_code} {r.text}")
+    register_source(name, queen_url, SOURCE_ID, source_url, SOURCE_MODEL)
     paths.urls[name] = queen_url
     paths.relay_pgids[name] = queen.pid
     return queen_url
+
+
+def register_source(name: str, queen_url: str, worker_id: str, source_url: str, model: str) -> None:
+    r = requests.post(f"{queen_url}/v2/workers/register", timeout=10, json={
+        "worker_id": worker_id, "url": source_url, "model_ref": model, "slots_total": SOURCE_SLOTS})
+    if r.status_code != 200:
+        raise BenchError(f"{name} refused to register the token source {worker_id}: HTTP {r.status_code} {r.text}")
+
+
+def start_source(paths: Paths, name: str, rate: float, log: Path) -> str:
+    """A scripted token source child at ``rate`` events/s per stream (0: unlimited). Returns its URL."""
+    port = free_port()
+    source = ServiceProcess(name, [sys.executable, str(Path(__file__).resolve()), "--serve-source", str(port),
+                                   "--rate", str(rate)], log, f"http://127.0.0.1:{port}/v1/health")
+    paths.children.append(source.start())
+    source.wait_ready(30)
+    paths.source_pgids[name] = source.pid
+    return f"http://127.0.0.1:{port}"
 
 
 # ---------------------------------------------------------------- the client
@@ -301,8 +319,8 @@ class Stream:
     end: float
 
 
-async def one_stream(session: aiohttp.ClientSession, base: str, events: int) -> Stream:
-    body = {"prompt": "x", "max_tokens": events, "temperature": 0.0, "stream": True}
+async def one_stream(session: aiohttp.ClientSession, base: str, events: int, model: str = SOURCE_MODEL) -> Stream:
+    body = {"model": model, "prompt": "x", "max_tokens": events, "temperature": 0.0, "stream": True}
     start = time.perf_counter()
     ttft = -1.0
     count = 0
@@ -374,7 +392,7 @@ class Wave:
 
 
 async def measure_throughput(url: str, pgids: list[int], concurrency: int, events: int, gate: QuietGate,
-                             retries: int) -> Wave:
+                             retries: int, model: str = SOURCE_MODEL) -> Wave:
     """Aggregate events/s of ``concurrency`` lanes; each lane streams its share of ``events`` back to back."""
     share = max(MIN_LANE_EVENTS, events // concurrency)
     per_stream = min(MAX_STREAM_EVENTS, share)
@@ -384,12 +402,12 @@ async def measure_throughput(url: str, pgids: list[int], concurrency: int, event
         count = 0
         end = 0.0
         for _ in range(streams_per_lane):
-            s = await one_stream(session, url, per_stream)
+            s = await one_stream(session, url, per_stream, model)
             count, end = count + s.events, s.end
         return count, end
 
     async with session_for(concurrency) as session:
-        await asyncio.gather(*(one_stream(session, url, 50) for _ in range(concurrency)))  # open connections
+        await asyncio.gather(*(one_stream(session, url, 50, model) for _ in range(concurrency)))  # open connections
         for attempt in range(retries + 1):
             await asyncio.to_thread(gate.wait)
             gate.begin(*pgids)
@@ -483,19 +501,23 @@ class DashboardAB:
     """Paired ratios, queen+dashboard over the plain queen, one per back-to-back pair of waves."""
 
     concurrency: int
+    rate: float  # source events/s per stream (0: as fast as it can)
+    queen_events_per_s: list[float] = field(default_factory=list)  # the plain queen's, to show the load
     events_per_s: list[float] = field(default_factory=list)
     cpu_per_event: list[float] = field(default_factory=list)
 
 
 async def dashboard_ab(paths: Paths, args: argparse.Namespace, gate: QuietGate) -> DashboardAB:
     c = max(args.concurrency_levels)
-    ab = DashboardAB(c)
+    ab = DashboardAB(c, args.pair_rate)
     for i in range(args.dashboard_pairs):
         order = ["queen", "queen+dashboard"] if i % 2 == 0 else ["queen+dashboard", "queen"]
         waves: dict[str, Wave] = {}
         for name in order:
             pgids = [paths.relay_pgids["direct"], *paths.helper_pgids, paths.relay_pgids[name]]
-            waves[name] = await measure_throughput(paths.urls[name], pgids, c, args.pair_events, gate, args.retries)
+            waves[name] = await measure_throughput(paths.urls[name], pgids, c, args.pair_events, gate, args.retries,
+                                                   PACED_MODEL if args.pair_rate > 0 else SOURCE_MODEL)
+        ab.queen_events_per_s.append(waves["queen"].events_per_s)
         ab.events_per_s.append(waves["queen+dashboard"].events_per_s / waves["queen"].events_per_s)
         ab.cpu_per_event.append(waves["queen+dashboard"].cpu_ms_per_1k / waves["queen"].cpu_ms_per_1k)
         print(f"pair {i + 1}/{args.dashboard_pairs} at {c} streams: events/s {ab.events_per_s[-1]:.3f}×, "
@@ -514,7 +536,11 @@ def report_ab(ab: DashboardAB, ttft: dict[str, list[float]]) -> bool:
     (t_lo, t_hi), (c_lo, c_hi) = median_ci(ab.events_per_s), median_ci(ab.cpu_per_event)
     d50, q50 = percentile(ttft["queen+dashboard"], 50), percentile(ttft["queen"], 50)
     print(f"dashboard A/B, {len(ab.events_per_s)} back-to-back pairs at {ab.concurrency} streams (queen+dashboard / "
-          f"queen, median with its bootstrap 95 % interval): events/s {tput:.3f}× ({t_lo:.3f}–{t_hi:.3f}), "
+          f"queen, median with its bootstrap 95 % interval; source "
+          + (f"paced at {ab.rate:g} events/s per stream, {ab.rate * ab.concurrency:,.0f} offered" if ab.rate > 0
+             else "unlimited")
+          + f", the plain queen relayed {median(ab.queen_events_per_s):,.0f} events/s): "
+          f"events/s {tput:.3f}× ({t_lo:.3f}–{t_hi:.3f}), "
           f"relay CPU per event {cpu:.3f}× ({c_lo:.3f}–{c_hi:.3f}); TTFT p50 {d50 / q50:.3f}×")
     return t_lo >= 0.95 and c_hi <= 1.05 and d50 <= 1.05 * q50
 
@@ -564,6 +590,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "at the top concurrency for the subscriber's paired cost (0 = none)")
     p.add_argument("--pair-events", type=int, default=160000, help="events per wave in those pairs (CPU time is read in "
                    "10 ms ticks: a wave needs about a second of it)")
+    p.add_argument("--pair-rate", type=float, default=0.0, help="with --dashboard: source events/s per stream in "
+                   "those pairs (0 = as fast as it can). Below the relay's limit both queens relay the same events/s, "
+                   "so the subscriber's cost shows as relay CPU per event at equal load")
     p.add_argument("--serve-source", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the child's own mode
     p.add_argument("--subscribe", metavar="QUEEN_URL", help=argparse.SUPPRESS)  # the subscriber child's mode
     args = p.parse_args(argv)
