@@ -28,7 +28,7 @@ from behave.model import Feature
 
 from rbee.client import QueenClient
 from rbee.procfs import pid_alive
-from rbee.testing.cluster import Cluster
+from rbee.testing.cluster import WORKER_ENV, Cluster
 from rbee.testing.hosts import TestBed, sweep_testbeds
 
 RUN_ID = uuid.uuid4().hex[:12]
@@ -128,6 +128,8 @@ def _print_slowest(context, count: int = 10) -> None:
 
 def before_all(context):
     os.environ["RBEE_TEST_RUN"] = RUN_ID  # inherited by every process we start, and by theirs
+    for name, value in WORKER_ENV.items():  # one llama.cpp thread per worker (see WORKER_ENV); yours if set
+        os.environ.setdefault(name, value)
     # Run as a background job of a script, this process starts with SIGINT ignored, and so would
     # every program it starts: the Ctrl+C scenarios need it to act as it does at a terminal.
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:

@@ -20,10 +20,10 @@ from behave import given, then, when
 
 from rbee.client import HiveClient, QueenClient
 from rbee.testing.clients import at_once, wait_until
+from rbee.testing.cluster import WORKER_ENV
 from rbee.testing.fleet import (
     API_KEY,
     CLUSTER_KEY,
-    WORKER_ENV,
     measured,
     spawn_fleet_workers,
     start_fleet_queen,
@@ -55,7 +55,7 @@ def _ok(done: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[s
 
 def _plant_hive(remote_dir: Path) -> None:
     """This checkout's rbee-hive, as the machine's own (an install is remote_hives.feature's business)."""
-    env = {**WORKER_ENV, "RBEE_TEST_RUN": os.environ.get("RBEE_TEST_RUN", ""),
+    env = {**{k: os.environ.get(k, v) for k, v in WORKER_ENV.items()}, "RBEE_TEST_RUN": os.environ.get("RBEE_TEST_RUN", ""),
            "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
     exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
     hive = remote_dir / "venv" / "bin" / "rbee-hive"

@@ -17,6 +17,13 @@ from rbee.ports import free_port
 from rbee.process import ServiceProcess
 from rbee.testing.clients import wait_until
 
+# Set for the whole run (environment.py's before_all) and so inherited by every worker the suite starts,
+# directly, through a hive or over SSH: one llama.cpp thread each. A worker's threads meet at a barrier
+# after every op of the graph; with more runnable threads than cores (two workers in a scenario, or
+# anything else busy on a 2-core CI machine) a thread waits out another's time slice at each of them,
+# and decoding fell from ~80 to under 1 token/s in a run beside a benchmark, past every deadline.
+WORKER_ENV = {"RBEE_THREADS": "1"}
+
 
 @dataclass
 class RunningWorker:

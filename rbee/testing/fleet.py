@@ -5,7 +5,6 @@ the "measured: ..." lines each fault prints for the run's record.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import uuid
@@ -20,9 +19,6 @@ CLUSTER_KEY = f"ck-{uuid.uuid4().hex}"  # queen, hives and workers among themsel
 HEARTBEAT_TIMEOUT = 2  # seconds of silence before the queen drops a worker from routing
 STALL_TIMEOUT = 4      # seconds without a byte before the queen gives up on a stream (a cut link's bound)
 SLOTS = 2  # per worker: requests at once that fit the fleet never race a slot being freed
-# Inherited by the hives' workers: one llama.cpp thread each, so two workers (and whatever else runs
-# on a small CI machine) do not fight over the cores and stall a stream past the stall timeout.
-WORKER_ENV = {"RBEE_THREADS": "1"}
 ROUTED = ("idle", "busy")
 
 
@@ -70,7 +66,7 @@ def start_fleet_hive(context, name: str, queen_url: str | None = None) -> HiveCl
     host.run([f"{sys.prefix}/bin/rbee-hive", "--host", host.address, "--port", str(HIVE_PORT),
               "--queen-url", queen_url or context.control_queen_url, "--node-name", name, "--cluster-key",
               CLUSTER_KEY, "--models-dir", str(base / "models"), "--log-dir", str(base / "logs")],
-             stdout=log, stderr=log, stdin=subprocess.DEVNULL, env={**os.environ, **WORKER_ENV})
+             stdout=log, stderr=log, stdin=subprocess.DEVNULL)
     hive = HiveClient(f"http://{host.address}:{HIVE_PORT}", api_key=CLUSTER_KEY)
     wait_until(lambda: hive.get("/v1/health").status_code == 200, 30 * _k(context), what=f"the hive on {name}")
     return hive
