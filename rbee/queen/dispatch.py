@@ -341,16 +341,19 @@ class Dispatcher:
                 if cut >= 2:
                     out, buffer = buffer[:cut], buffer[cut:]
                     blocks, _ = sse.split_blocks(out)
+                    first = False
                     if upstream.first_token_at is None:  # the worker's prefill notes before it are no token
                         data = sum(not sse.is_comment(b) for b in blocks)
                         if data:
-                            self._first_token(upstream)
+                            upstream.first_token_at, first = time.monotonic(), True
                         upstream.blocks += data
                     else:
                         upstream.blocks += len(blocks)
                     if any(sse.is_done(b) for b in blocks):
                         out = self._stamp_done(upstream, blocks)
                     yield out
+                    if first:  # told once the token is on its way to the client, not before
+                        self._first_token(upstream)
                     if blocks and sse.is_terminator(blocks[-1]):
                         return
                 chunk = await content.readany()
@@ -418,7 +421,8 @@ class Dispatcher:
                         yield from_wire(json.loads(data))
 
     def _first_token(self, upstream: Upstream) -> None:
-        upstream.first_token_at = time.monotonic()
+        """The hooks hear of the first token (stamped when it came) after it was handed to the client."""
+        assert upstream.first_token_at is not None
         self.hooks.ttft(upstream.first_token_at - upstream.started)
         self.hooks.first_token(upstream)
 
