@@ -20,7 +20,7 @@ from rbee.events import Done, Failed, Token
 from rbee.peer import Peers
 from rbee.protocol import InferenceRequest, WorkerRegistration
 from rbee.queen.admission import AdmissionQueue
-from rbee.queen.dispatch import Dispatcher
+from rbee.queen.dispatch import Dispatcher, Hooks
 from rbee.queen.registry import Registry
 
 TOKENS = [Token(f" t{i}", i) for i in range(5)]
@@ -177,3 +177,50 @@ def test_a_worker_that_fails_before_its_first_token_is_left_for_another():
 
     err, free = asyncio.run(scenario())
     assert json.loads(json.dumps(err.envelope()))["error"]["code"] == "WORKER_UNAVAILABLE" and free == 1
+
+
+class _Told(Hooks):
+    """Writes down, in order, what the dispatcher tells its hooks beside what the client was written."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def ttft(self, seconds: float) -> None:
+        self.log.append("ttft")
+
+    def first_token(self, upstream) -> None:
+        self.log.append("first_token")
+
+
+async def _relay_told(write_fails: bool) -> list[str]:
+    log: list[str] = []
+    server = await _source([sse.frame_event(TOKENS[0]), 0.05, _wire()[len(sse.frame_event(TOKENS[0])):]])
+    registry = Registry()
+    registry.register(WorkerRegistration(worker_id="w1", url=str(server.make_url("")).rstrip("/"), model_ref="m",
+                                         slots_total=1))
+
+    async def write(data: bytes) -> None:
+        log.append("write")
+        if write_fails:
+            raise ConnectionResetError("the client went away")
+
+    async with aiohttp.ClientSession() as session:
+        dispatcher = Dispatcher(registry, Peers(session, None), AdmissionQueue(registry, 4, 0), hooks=_Told(log))
+        upstream = await dispatcher.open(InferenceRequest(prompt="x"), request_id="r1")
+        try:
+            with contextlib.suppress(ConnectionResetError):
+                await dispatcher.relay(upstream, write)
+        finally:
+            await dispatcher.close(upstream, client_gone=write_fails)
+            await server.close()
+    return log
+
+
+def test_the_hooks_hear_of_the_first_token_after_it_was_written_to_the_client():
+    log = asyncio.run(_relay_told(write_fails=False))
+    assert log[:3] == ["write", "ttft", "first_token"] and log.count("first_token") == 1, log
+
+
+def test_the_first_token_is_still_counted_when_the_client_leaves_as_it_is_written():
+    log = asyncio.run(_relay_told(write_fails=True))
+    assert log == ["write", "ttft", "first_token"], log

@@ -351,9 +351,11 @@ class Dispatcher:
                         upstream.blocks += len(blocks)
                     if any(sse.is_done(b) for b in blocks):
                         out = self._stamp_done(upstream, blocks)
-                    yield out
-                    if first:  # told once the token is on its way to the client, not before
-                        self._first_token(upstream)
+                    try:
+                        yield out
+                    finally:  # told once the token is on its way to the client (or the client left), not before
+                        if first:
+                            self._first_token(upstream)
                     if blocks and sse.is_terminator(blocks[-1]):
                         return
                 chunk = await content.readany()
