@@ -202,7 +202,7 @@ class Paths:
     children: list[ServiceProcess] = field(default_factory=list)
     relay_pgids: dict[str, int] = field(default_factory=dict)  # name -> process group doing the relaying
     helper_pgids: list[int] = field(default_factory=list)  # ours too, but not a path (subscriber, paced source)
-    source_pgids: dict[str, int] = field(default_factory=dict)  # name -> token sources that are not a path
+    paced_pgid: int | None = None  # the A/B's paced source (--pair-rate), when it runs
     dashboard: ServiceProcess | None = None  # the subscriber, reading the events of path "queen+dashboard"
     logdir: Path | None = None
     moves: int = 0
@@ -213,7 +213,7 @@ class Paths:
         self.dashboard = ServiceProcess("dashboard subscriber", [sys.executable, str(Path(__file__).resolve()),
                                                                  "--subscribe", url],
                                         self.logdir / f"subscriber-{self.moves}.log", f"{url}/health").start()
-        self.helper_pgids = [*self.source_pgids.values(), self.dashboard.pid]
+        self.helper_pgids = [p for p in (self.paced_pgid, self.dashboard.pid) if p is not None]
         _await_subscribers(url, 1, self.logdir)
 
     def move_dashboard(self) -> None:
@@ -245,18 +245,17 @@ def _await_subscribers(queen_url: str, n: int, logdir: Path | None) -> None:
 def start_paths(args: argparse.Namespace, tmp: Path, nginx: str | None) -> Paths:
     paths = Paths(logdir=tmp)
     try:
-        source_url = start_source(paths, "token source", args.rate, tmp / "source.log")
-        source_port = int(source_url.rsplit(":", 1)[1])
-        paths.urls["direct"] = source_url
-        paths.relay_pgids["direct"] = paths.source_pgids.pop("token source")
+        source_port, paths.relay_pgids["direct"] = start_source(paths, "token source", args.rate, tmp / "source.log")
+        source_url = paths.urls["direct"] = f"http://127.0.0.1:{source_port}"
 
         start_queen(paths, "queen", source_url, tmp)
         if args.dashboard:
             start_queen(paths, "queen+dashboard", source_url, tmp)
             if args.pair_rate > 0:  # the A/B's own source, paced, behind both queens as a second model
-                paced = start_source(paths, "paced token source", args.pair_rate, tmp / "source-paced.log")
+                paced_port, paths.paced_pgid = start_source(paths, "paced token source", args.pair_rate,
+                                                            tmp / "source-paced.log")
                 for name in ("queen", "queen+dashboard"):
-                    register_source(name, paths.urls[name], PACED_ID, paced, PACED_MODEL)
+                    register_source(name, paths.urls[name], PACED_ID, f"http://127.0.0.1:{paced_port}", PACED_MODEL)
             paths.subscribe_dashboard()
 
         if nginx is not None:
@@ -298,15 +297,14 @@ def register_source(name: str, queen_url: str, worker_id: str, source_url: str, 
         raise BenchError(f"{name} refused to register the token source {worker_id}: HTTP {r.status_code} {r.text}")
 
 
-def start_source(paths: Paths, name: str, rate: float, log: Path) -> str:
-    """A scripted token source child at ``rate`` events/s per stream (0: unlimited). Returns its URL."""
+def start_source(paths: Paths, name: str, rate: float, log: Path) -> tuple[int, int]:
+    """A scripted token source child at ``rate`` events/s per stream (0: unlimited): its port and pid."""
     port = free_port()
     source = ServiceProcess(name, [sys.executable, str(Path(__file__).resolve()), "--serve-source", str(port),
                                    "--rate", str(rate)], log, f"http://127.0.0.1:{port}/v1/health")
     paths.children.append(source.start())
     source.wait_ready(30)
-    paths.source_pgids[name] = source.pid
-    return f"http://127.0.0.1:{port}"
+    return port, source.pid
 
 
 # ---------------------------------------------------------------- the client
