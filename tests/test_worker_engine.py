@@ -85,6 +85,18 @@ def test_same_seed_same_text_alone_and_among_other_sequences(engine):
         assert run.done["finish_reason"] == "length"
 
 
+def test_sequences_admitted_out_of_slot_order_decode_as_one_batch(engine):
+    # With a KV stream per slot, llama.cpp puts only consecutive, increasing sequence ids in one
+    # ubatch: rows in admission order (slot 2, then 0, then 1) split every step in two, and a graph
+    # that changes every step is never reused. In slot order each step reuses the one before's.
+    before = engine.graphs_reused
+    runs = [submit(engine, slot, f"Count: {slot * 40 + 100}, {slot * 40 + 101},", 40, temperature=0, ignore_eos=True)
+            for slot in (2, 0, 1)]
+    assert all(run.done["total_tokens"] == 40 for run in runs)
+    # 40 steps decode all three together, less the few while the prompts are taken in.
+    assert engine.graphs_reused - before >= 30
+
+
 def test_cancel_frees_the_slot_before_the_done_event(engine):
     run = Run()
     work = Work(request_id="cancel-me", prompt_tokens=engine.tokenize(COUNTING), max_tokens=10_000,

@@ -328,6 +328,12 @@ class Engine:
         return prompt_cache.rank_slots(work.prompt_tokens, {slot: held[slot] for slot in free}, work.cache_prompt,
                                        elsewhere=elsewhere)
 
+    @property
+    def graphs_reused(self) -> int:
+        """How many decode steps llama.cpp computed on the step before's graph, as it counts them (a
+        diagnostic: a step that cannot reuse it builds and allocates a new one first)."""
+        return int(lc.llama_perf_context(self._ctx).n_reused) if self._ctx else 0
+
     def kv_usage(self) -> float:
         """The share of KV cells that running sequences hold. Cells a free slot keeps for the prompt
         cache are not counted: they are given up the moment another prompt needs the slot (as vLLM
@@ -480,18 +486,25 @@ class Engine:
     def _step(self) -> None:
         batch = self._batch
         tokens, positions, seq_ids, logits = batch.token, batch.pos, batch.seq_id, batch.logits
-        n = 0
         budget = self.config.batch_size
-        members: list[_Sequence] = []
-        rows: list[tuple[_Sequence, int]] = []
+        takes: list[tuple[_Sequence, int]] = []
         # Generating sequences first (one token each) so running streams never wait on a long prompt.
         active = self._active.values()
-        order = [s for s in active if len(s.pending) == 1] + [s for s in active if len(s.pending) > 1]
-        for seq in order:
+        for seq in [s for s in active if len(s.pending) == 1] + [s for s in active if len(s.pending) > 1]:
             if budget <= 0:
                 break
+            take = min(len(seq.pending), budget)
+            takes.append((seq, take))
+            budget -= take
+        # Rows in slot order: with a KV stream per slot llama.cpp puts only consecutive, increasing
+        # sequence ids in one ubatch, so any other order splits the step into several ubatches, each
+        # reading all the weights again, and a graph that changes every step is never reused.
+        takes.sort(key=lambda st: st[0].job.slot)
+        n = 0
+        members: list[_Sequence] = []
+        rows: list[tuple[_Sequence, int]] = []
+        for seq, take in takes:
             pending = seq.pending
-            take = min(len(pending), budget)
             slot, pos = seq.job.slot, seq.n_past
             for i in range(take):
                 tokens[n] = pending[i]
@@ -499,7 +512,6 @@ class Engine:
                 seq_ids[n][0] = slot
                 n += 1
             seq.n_past = pos + take
-            budget -= take
             members.append(seq)
             if take == len(pending):
                 self._cells[slot].extend(pending)
