@@ -5,7 +5,8 @@
 Each line of TRACE.jsonl is one event, times in ms from the first: ``submit`` (the loop hands a
 job over), ``admit`` (the decode thread takes it), ``step`` (tokens in the batch, outputs,
 ``decode`` = time inside llama_decode, ``post`` = sampling and emitting after it, ``gap`` = time
-since the previous step ended). Written when the worker exits.
+since the previous step ended, ``reused`` = llama.cpp's count so far of steps that reused the
+graph of the step before). Written when the worker exits.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def wrap_step(step):  # type: ignore[no-untyped-def]
         events.append({"ev": "step", "t": begin, "gap": round(begin - _last_end[0], 3), "tokens": _current.get("tokens"),
                        "seqs": len(self._active), "decode": _current.get("decode"),
                        "pre": round(_current.get("start", begin) - begin, 3),
-                       "post": round(end - _current.get("start", begin) - _current.get("decode", 0), 3)})
+                       "post": round(end - _current.get("start", begin) - _current.get("decode", 0), 3),
+                       "reused": self.graphs_reused})
         _last_end[0] = end
     return traced
 

@@ -80,6 +80,10 @@ def main() -> None:
             return sum(s[k] for s in gen) / len(gen)
         print(f"generation-only steps: {len(gen)}; mean ms: decode {avg('decode'):.3f}, pre {avg('pre'):.3f}, "
               f"post {avg('post'):.3f}, gap {avg('gap'):.3f}")
+        reused = gen[-1]["reused"] - gen[0]["reused"]
+        # A step that cannot reuse the graph before builds a new one first (and, when its sequences
+        # split into several ubatches, computes several): worth knowing before reading the times.
+        print(f"graph reused by {reused} of the {len(gen) - 1} generation steps after the first")
 
 
 if __name__ == "__main__":
