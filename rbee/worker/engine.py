@@ -36,7 +36,7 @@ from llama_cpp import _ctypes_extensions
 
 from rbee.errors import ErrorCode
 from rbee.events import Alternative, Done, Failed, Prefilling, Token, TokenLogprob
-from rbee.worker import cpu_reference, devices, logprobs, prompt_cache, ram_cache, threadpool
+from rbee.worker import cpu_reference, devices, direct_sampling, logprobs, prompt_cache, ram_cache, threadpool
 from rbee.worker.devices import Device
 from rbee.worker.engine_api import EngineConfig, EngineError, Job, Sampling, Work
 from rbee.worker.textstream import TextStream
@@ -57,7 +57,7 @@ __all__ = ["Device", "Engine", "EngineConfig", "EngineError", "Job", "Sampling",
 @dataclass(slots=True)
 class _Sequence:
     job: Job
-    sampler: Any
+    sampler: Any  # llama.cpp's sampler chain; None where the answer is greedy straight from the logits (greedy)
     pending: list[int]
     started: float
     text: TextStream
@@ -69,6 +69,7 @@ class _Sequence:
     logprobs: list[TokenLogprob] | None = None  # sampled tokens' logprobs not yet sent with text
     noted: float = 0.0  # when progress through the prompt was last told (Prefilling)
     ids: list[int] | None = None  # sampled tokens not yet sent with text, when the job asks for ids
+    greedy: direct_sampling.Greedy | None = None
 
 _backend_ready = threading.Lock()
 _backend_initialised = False
@@ -157,6 +158,9 @@ class Engine:
         self._eog_bias: Any = None
         self._progress_cb: Any = None
         self._sample: Any = None
+        self._logits: Any = None  # llama_get_logits, keeping the GIL, returning the address
+        self._n_vocab = 0
+        self._rows_of: dict[int, Any] = {}  # ctypes array types of n rows of logits, by n
         self._flush: Callable[[], None] = _nothing
         self._embedding = threading.Lock()  # one embedding at a time on the context; close waits for it
         self.pooling: str | None = None  # how vectors are pooled, once loaded for embeddings
@@ -210,6 +214,9 @@ class Engine:
         self._eog = frozenset(t for t in range(n_vocab) if lc.llama_vocab_is_eog(self._vocab, t))
         self._n_swa = int(lc.llama_model_n_swa(model))
         self._sample = _keeping_gil(lc.llama_sampler_sample)
+        self._logits = _keeping_gil(lc.llama_get_logits)
+        self._logits.restype = ctypes.c_void_p
+        self._n_vocab = n_vocab
         self.metadata = self._read_metadata()
         if on_progress is not None:
             on_progress(1.0)
@@ -423,11 +430,15 @@ class Engine:
             keep = self._swap_with_ram(job.slot, prompt, keep, work.cache_prompt)
         keep = self._keep_prefix(job.slot, keep)
         now = time.perf_counter()
-        seq = _Sequence(job=job, sampler=self._make_sampler(work.sampling), pending=prompt[keep:],
+        s = work.sampling
+        greedy = direct_sampling.Greedy.of(s, self._eog) if direct_sampling.applies(s) else None
+        seq = _Sequence(job=job, sampler=None if greedy else self._make_sampler(s), pending=prompt[keep:],
                         started=now, text=TextStream(work.stop), n_past=keep, cached=keep, noted=now,
-                        generated=work.resumed, events=work.first_index, ids=[] if work.token_ids else None)
-        for token in prompt[len(prompt) - work.resumed:]:  # a resumption: the penalties see the answer so far
-            lc.llama_sampler_accept(seq.sampler, token)
+                        generated=work.resumed, events=work.first_index, ids=[] if work.token_ids else None,
+                        greedy=greedy)
+        if seq.sampler is not None:
+            for token in prompt[len(prompt) - work.resumed:]:  # a resumption: the penalties see the answer so far
+                lc.llama_sampler_accept(seq.sampler, token)
         self._active[job.slot] = seq
 
     def _swap_with_ram(self, slot: int, prompt: list[int], keep: int, use_cache: bool) -> int:
@@ -535,9 +546,22 @@ class Engine:
             self._tell_progress()
         ctx = self._ctx
         sample = self._sample
-        for seq, row in rows:
-            self._on_token(seq, self._sample_guided(seq, row) if seq.job.work.sampling.guided
-                           else sample(seq.sampler, ctx, row))
+        outputs = self._outputs(len(rows)) if any(seq.greedy is not None for seq, _ in rows) else None
+        for out, (seq, row) in enumerate(rows):
+            if seq.greedy is not None:
+                token = seq.greedy.sample(outputs[out])  # type: ignore[index]
+            elif seq.job.work.sampling.guided:
+                token = self._sample_guided(seq, row)
+            else:
+                token = sample(seq.sampler, ctx, row)
+            self._on_token(seq, token)
+
+    def _outputs(self, n: int) -> np.ndarray:
+        """The last decode's ``n`` rows of logits, in batch order, as a view of llama.cpp's buffer."""
+        rows_of = self._rows_of.get(n)
+        if rows_of is None:
+            rows_of = self._rows_of[n] = ctypes.c_float * (n * self._n_vocab)
+        return np.frombuffer(rows_of.from_address(self._logits(self._ctx)), dtype=np.float32).reshape(n, self._n_vocab)
 
     def _tell_progress(self) -> None:
         """Each sequence still working through its prompt says how far it got, at most every
@@ -601,7 +625,8 @@ class Engine:
         # The cells stay for the prompt cache; published before on_finish, which frees the slot on the loop.
         self._releases += 1
         self._held[slot] = prompt_cache.Held(tuple(self._cells[slot]), self._releases)
-        lc.llama_sampler_free(seq.sampler)
+        if seq.sampler is not None:
+            lc.llama_sampler_free(seq.sampler)
         seq.job.on_finish()
 
     # ------------------------------------------------------------ helpers
