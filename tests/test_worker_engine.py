@@ -63,6 +63,20 @@ def submit(engine: Engine, slot: int, prompt: str, max_tokens: int, stop: tuple[
     return run
 
 
+def test_greedy_straight_from_the_logits_equals_llama_cpps_greedy_chain_several_at_once(engine):
+    """logprobs=0 keeps a greedy request on llama.cpp's sampler chain; without it the engine takes the
+    argmax of its logits itself (rbee.worker.direct_sampling). Four of each at once, one per slot."""
+    prompts = ["Tell me about bees.", "Write a haiku about rain.", "What is 12 times 7?", "Name three colours."]
+    waves = []
+    for logprobs in (0, None):
+        runs = [submit(engine, slot, p, 48, temperature=0, ignore_eos=True, logprobs=logprobs)
+                for slot, p in enumerate(prompts)]
+        waves.append([(r.done["total_tokens"], r.text) for r in runs])
+    chain, direct = waves
+    assert all(tokens == 48 and text for tokens, text in chain)
+    assert direct == chain
+
+
 def test_a_persistent_threadpool_is_attached(engine):
     assert engine._pool is not None and engine._pool.handle
 

@@ -75,9 +75,6 @@ async def spawn(request: web.Request) -> web.Response:
     deadline = rbee_deadline.of_request(request.headers)
     body = await read_model(request, SpawnRequest)
     wait = body.wait or request.query.get("wait", "").lower() in ("1", "true", "yes")
-    if deadline is not None and wait:
-        log.info("spawn: waiting for the worker within the request's deadline", extra={"fields": {
-            "model_ref": body.model_ref, "deadline_ms": max(0, int(deadline.remaining() * 1000))}})
     await _check_backend(app, body)  # before any download
     ask = _ask(body)
     # The default model, file:// refs and catalogued models are local at once; others download first.
@@ -86,6 +83,9 @@ async def spawn(request: web.Request) -> web.Response:
     worker = await app[SPAWNER].spawn(ask, entry, model_arg)
     if not wait:
         return json_response(worker.view().model_dump(mode="json"), status=202)
+    if deadline is not None:  # logged once the worker is listed: what it waits for exists
+        log.info("spawn: waiting for the worker within the request's deadline", extra={"fields": {
+            "model_ref": body.model_ref, "deadline_ms": max(0, int(deadline.remaining() * 1000))}})
     await app[SUPERVISOR].wait_ready(worker, app[SETTINGS].spawn_timeout, deadline)
     return json_response(worker.view().model_dump(mode="json"), status=200)
 
