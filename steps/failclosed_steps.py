@@ -161,8 +161,6 @@ def step_hive_log_deadline(context, ms):
     entry = _hive_log_fields(context, msg, model)[-1]
     print(f"hive log: {entry}")
     assert 0 <= entry["deadline_ms"] <= ms, entry  # 0 on a loaded machine: the queen's plan call took it all
-    wait_until(lambda: len(context.cluster.hive.workers()) == 1, 10 * context.cluster.k,
-               what="the worker the hive started in its list")
     workers = context.cluster.hive.workers()
     assert len(workers) == 1, workers
     context.started_worker = workers[0]["worker_id"]

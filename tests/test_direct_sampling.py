@@ -44,6 +44,3 @@ def test_ignore_eos_never_picks_an_end_of_generation_token_and_logit_bias_is_add
     assert greedy(logit_bias=((0, -1.5),)).sample(row.copy()) == 2
     # A bias on an end-of-generation id does not bring it back when EOS is ignored.
     assert greedy(ignore_eos=True, logit_bias=((0, 100.0),)).sample(row.copy()) == 3
-
-
-# ---------------------------------------------------------------- on the model, against llama.cpp

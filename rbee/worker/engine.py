@@ -159,7 +159,7 @@ class Engine:
         self._progress_cb: Any = None
         self._sample: Any = None
         self._logits: Any = None  # llama_get_logits, keeping the GIL, returning the address
-        self._n_vocab = 0
+        self._n_vocab = 0  # the model's vocabulary: the width of a row of logits
         self._rows_of: dict[int, Any] = {}  # ctypes array types of n rows of logits, by n
         self._flush: Callable[[], None] = _nothing
         self._embedding = threading.Lock()  # one embedding at a time on the context; close waits for it
@@ -709,7 +709,7 @@ class Engine:
 
     def _fill_candidates(self, logits: Any) -> tuple[Any, Any]:
         """The shared candidates array holding every token with its logit from ``logits``."""
-        n_vocab = self.metadata["vocab_size"]
+        n_vocab = self._n_vocab
         if self._candidates is None:
             data = (lc.llama_token_data * n_vocab)()
             view = np.ctypeslib.as_array(data).view(np.dtype([("id", np.int32), ("logit", np.float32),
@@ -731,7 +731,7 @@ class Engine:
         return data[0].logit != float("-inf")
 
     def _logprob(self, logits: Any, token: int, top: int) -> TokenLogprob:
-        row = np.ctypeslib.as_array(logits, shape=(self.metadata["vocab_size"],))
+        row = np.ctypeslib.as_array(logits, shape=(self._n_vocab,))
         chosen, best = logprobs.rank(row, token, top)
         return TokenLogprob(self._alternative(token, chosen), tuple(self._alternative(t, lp) for t, lp in best))
 
