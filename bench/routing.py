@@ -23,9 +23,10 @@ import time
 
 from common import environment, percentile, print_table, rbee_revision
 
+from rbee.prefix import prefix_hashes
 from rbee.protocol import InferenceRequest, WorkerRegistration
 from rbee.queen.admission import AdmissionQueue
-from rbee.queen.prefix_index import PrefixIndex, prefix_hashes
+from rbee.queen.prefix_index import PrefixIndex
 from rbee.queen.registry import Registry
 
 TARGET_US = 100.0

@@ -17,3 +17,11 @@ Feature: Conversations go back to the worker that holds their history
     And two real workers "left" and "right" with 4 slots each are registered
     When a conversation of 3 turns that opts out of the cache is held through the queen
     Then every one of its turns was routed by load and reused nothing
+
+  Scenario: A conversation its worker has since evicted is routed by load, not sent back for a cache that is gone
+    Each worker reports in its done events what its slots hold now, so the queen follows the workers'
+    evictions instead of its own history of what it sent where.
+    Given a queen
+    And two real workers "left" and "right" with one slot each are registered
+    When 3 conversations start through the queen one after another, then each takes its second turn, the latest first
+    Then a second turn went back by cache exactly when its worker's one slot still held the conversation

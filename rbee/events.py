@@ -86,6 +86,9 @@ class Done:
     worker_id: str | None = None
     route: str | None = None  # "cache" or "load": why the queen chose this worker
     resumed: list[dict[str, Any]] | None = None  # [{"worker_id", "at_index"}]: where the queen moved it
+    # What the worker's cache holds now, for the queen that asked (rbee.prefix); the queen takes them out.
+    cache_held: list[str] | None = None
+    cache_version: int | None = None
 
     def wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {"done": True}  # first: rbee.sse.is_done recognises the framed event by it

@@ -15,18 +15,57 @@ def step_two_workers(context, a, b, slots):
         context.cluster.register(context.cluster.start_worker(worker_id=name, slots=slots))
 
 
+@given('two real workers "{a:Q}" and "{b:Q}" with one slot each are registered')
+def step_two_one_slot_workers(context, a, b):
+    step_two_workers(context, a, b, 1)
+
+
+def _turn(context, messages: list[dict], topic: str, turn: int, cache: bool = True) -> dict:
+    """The next turn of a conversation: its history plus a new question, the answer appended; its done event."""
+    messages.append({"role": "user", "content": f"Tell me one more fact about {topic} (fact {turn + 1})."})
+    body = {"messages": messages, "max_tokens": 8, "temperature": 0, "cache_prompt": cache}
+    result = context.cluster.queen.infer(body)
+    assert result.status == 200 and result.done is not None, (result.status, result.error)
+    assert "cache_held" not in result.done and "cache_version" not in result.done, result.done  # the queen's
+    messages.append({"role": "assistant", "content": result.text})
+    return result.done
+
+
 def _hold(context, topic: str, turns: int, cache: bool = True) -> list[dict]:
-    """One conversation: each turn resends the history plus a new question; the done events, in order."""
+    """One conversation, turn by turn; the done events, in order."""
     messages: list[dict] = []
-    dones = []
-    for turn in range(turns):
-        messages.append({"role": "user", "content": f"Tell me one more fact about {topic} (fact {turn + 1})."})
-        body = {"messages": messages, "max_tokens": 8, "temperature": 0, "cache_prompt": cache}
-        result = context.cluster.queen.infer(body)
-        assert result.status == 200 and result.done is not None, (result.status, result.error)
-        dones.append(result.done)
-        messages.append({"role": "assistant", "content": result.text})
-    return dones
+    return [_turn(context, messages, topic, turn, cache) for turn in range(turns)]
+
+
+@when("{n:d} conversations start through the queen one after another, then each takes its second turn, "
+      "the latest first")
+def step_interleaved(context, n):
+    """Each request's conversation, turn, worker and route, in the order sent."""
+    histories: dict[str, list[dict]] = {topic: [] for topic in TOPICS[:n]}
+    context.served = []
+    for turn, order in ((0, list(histories)), (1, list(reversed(histories)))):
+        for topic in order:
+            done = _turn(context, histories[topic], topic, turn)
+            context.served.append((topic, turn, done["worker_id"], done.get("route")))
+
+
+@then("a second turn went back by cache exactly when its worker's one slot still held the conversation")
+def step_cache_only_where_held(context):
+    """Each worker's one slot holds the conversation it served last (no host-RAM cache): the queen must
+    know that from the workers' reports, not assume that what it once sent a worker is still there."""
+    last: dict[str, str] = {}  # worker -> the conversation its slot holds
+    wrong = []
+    for topic, turn, worker, route in context.served:
+        if turn == 1:
+            holder = next((w for w, held in last.items() if held == topic), None)
+            expected = ("cache", holder) if holder is not None else ("load", None)
+            got = (route, worker if holder is not None else None)
+            if got != expected:
+                wrong.append({"conversation": topic, "expected": expected, "got": (route, worker), "held": dict(last)})
+        last[worker] = topic
+    assert not wrong, wrong
+    routes = {r for _, t, _, r in context.served if t == 1}
+    assert routes == {"cache", "load"}, f"expected second turns both kept and evicted: {context.served}"
 
 
 @when("{n:d} conversations of {turns:d} turns each are held through the queen, one turn at a time")

@@ -8,9 +8,10 @@ from __future__ import annotations
 import asyncio
 import time
 
+from rbee.prefix import BLOCK_CHARS, prefix_hashes, prefix_of
 from rbee.protocol import InferenceRequest, WorkerRegistration
 from rbee.queen.admission import AdmissionQueue
-from rbee.queen.prefix_index import BLOCK_CHARS, PrefillRate, prefix_hashes, prefix_of
+from rbee.queen.prefix_index import PrefillRate
 from rbee.queen.registry import Registry
 from rbee.queen.scheduler import Route
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rbee.prefix import BLOCK_CHARS, from_wire, prefix_hashes, to_wire
 from rbee.protocol import InferenceRequest, WorkerRegistration
-from rbee.queen.prefix_index import BLOCK_CHARS, PrefixIndex, prefix_hashes
+from rbee.queen.prefix_index import PrefixIndex
 from rbee.queen.registry import Registry
 from rbee.queen.scheduler import Route, pick
+from rbee.worker.prompt_cache import Holdings
 
 
 def chat(*turns: str) -> InferenceRequest:
@@ -101,3 +103,68 @@ def test_misses_take_turns_however_many_cache_hits_come_between():
             if t == 0:
                 homes.append(lease.worker_id)
     assert homes == ["w1", "w2", "w1", "w2"]
+
+
+def test_a_workers_report_replaces_what_the_queen_sent_it():
+    """Once a worker reports what it holds, what it evicted stops counting, whatever was sent there."""
+    index = PrefixIndex()
+    old, new = prefix_hashes(chat("old chat")), prefix_hashes(chat("new chat"))
+    index.record("w1", old)
+    assert index.depth("w1", old) == 1
+    assert index.report("w1", 5, [new])
+    assert index.depth("w1", old) == 0 and index.depth("w1", new) == 1
+
+
+def test_an_older_report_arriving_late_is_ignored():
+    index = PrefixIndex()
+    a, b = prefix_hashes(chat("a")), prefix_hashes(chat("b"))
+    assert index.report("w1", 7, [b])
+    assert not index.report("w1", 6, [a])  # sent before the newer one, relayed after it
+    assert not index.report("w1", 7, [a])
+    assert index.depth("w1", a) == 0 and index.depth("w1", b) == 1
+
+
+def test_a_request_under_way_counts_as_held_until_it_ends():
+    """Between routing a turn and its done event, its prefix is where it was sent: the next turn sent
+    meanwhile follows it, even across a report made before it arrived."""
+    index = PrefixIndex()
+    turn = prefix_hashes(chat("q", "a", "q2"))
+    index.report("w1", 1, [])
+    index.record("w1", turn, "r1")
+    index.report("w1", 2, [])  # another request's done, reported before r1 took its slot
+    assert index.depth("w1", turn) == 3
+    index.record("w1", turn[:1], "r2")
+    index.settle("r1")
+    assert index.depth("w1", turn) == 1  # r2, still under way, carries the first block
+    index.settle("r2")
+    index.settle("r2")  # idempotent
+    assert index.depth("w1", turn) == 0
+
+
+def test_forgetting_a_worker_drops_its_report_and_its_requests():
+    index = PrefixIndex()
+    hashes = prefix_hashes(chat("x"))
+    index.report("w1", 1, [hashes])
+    index.record("w1", hashes, "r1")
+    index.forget("w1")
+    assert index.depth("w1", hashes) == 0
+    index.settle("r1")  # the request ending later is no error
+
+
+def test_held_prompts_travel_as_hex_and_anything_else_is_refused():
+    hashes = prefix_hashes(chat("a", "b", "c"))
+    assert from_wire(to_wire(hashes)) == hashes
+    assert from_wire("") == [] and from_wire(None) is None and from_wire(12) is None
+    assert from_wire("abc") is None and from_wire("zz" * 8) is None
+
+
+def test_the_workers_holdings_follow_its_slots_and_its_host_ram():
+    holdings = Holdings(2, clock=100)
+    a, b = tuple(prefix_hashes(chat("a"))), tuple(prefix_hashes(chat("b")))
+    holdings.tag(0, a)
+    holdings.tag(1, a)
+    version, held = holdings.report()
+    assert version == 101 and held == [to_wire(a)]  # one entry per distinct prompt
+    holdings.tag(1, ())
+    version, held = holdings.report(kept=[b, ()])
+    assert version == 102 and sorted(held) == sorted([to_wire(a), to_wire(b)])

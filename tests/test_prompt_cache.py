@@ -14,6 +14,8 @@ from prometheus_client import generate_latest
 from rbee import chat
 from rbee.events import Done, Event, Prefilling, Token
 from rbee.models import default_model_path
+from rbee.prefix import prefix_hashes, to_wire
+from rbee.protocol import InferenceRequest
 from rbee.worker import engine as engine_module
 from rbee.worker.engine import Engine, EngineConfig, Job, Sampling, Work
 from rbee.worker.metrics import WorkerMetrics
@@ -199,14 +201,15 @@ def engine():
 
 
 def submit(engine: Engine, slot: int, prompt: list[int], max_tokens: int, cache: bool = True,
-           resume: tuple[list[int], int] | None = None, **sampling) -> Run:
-    """``resume``: (answer token ids already sent, the next event index), decoded after ``prompt``."""
+           resume: tuple[list[int], int] | None = None, prefix: tuple[bytes, ...] | None = None, **sampling) -> Run:
+    """``resume``: (answer token ids already sent, the next event index), decoded after ``prompt``;
+    ``prefix``: the queen's hashes of the prompt, for a report of what the cache holds."""
     run = Run(request_id=f"pc{next(_ids)}")
     sampling.setdefault("temperature", 0)
     ids, index = resume or ([], 0)
     work = Work(request_id=run.request_id, prompt_tokens=prompt + ids, max_tokens=max_tokens,
                 sampling=Sampling(**sampling), stop=[], cache_prompt=cache, token_ids=True, resumed=len(ids),
-                first_index=index)
+                first_index=index, prefix=prefix)
     engine.submit(Job(work, slot, run.emit, lambda: None))
     return run
 
@@ -366,8 +369,12 @@ def test_a_conversation_evicted_from_its_slot_comes_back_from_host_ram():
                    opening(e, "Our orchard has apples, pears and plums; the plums flower first, then the "
                               "pears, and the apples last of all, in early May. " * 3 + "Which fruit needs bees most?")]
         assert all(len(p) > engine_module.RAM_MIN_SAVE for p in prompts)
-        answers = [submit(e, 0, p, 16).result() for p in prompts]
+        tags = [tuple(prefix_hashes(InferenceRequest(prompt=f"chat {i}"))) for i in range(2)]
+        answers = [submit(e, 0, p, 16, prefix=t).result() for p, t in zip(prompts, tags, strict=True)]
         assert answers[1].done.cached_tokens < 8  # the second chat shares only the template's start
+        # One slot, yet the worker reports both: the first chat's state went to host RAM.
+        assert answers[0].done.cache_held == [to_wire(tags[0])]
+        assert sorted(answers[1].done.cache_held) == sorted(map(to_wire, tags))
         for i, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
             follow_up = turn(e, prompt, answer.text, "Tell me more.")
             cached = submit(e, 0, follow_up, 16).result()
@@ -376,6 +383,26 @@ def test_a_conversation_evicted_from_its_slot_comes_back_from_host_ram():
             assert fresh.done.cached_tokens == 0 and cached.text == fresh.text, i
     finally:
         e.close()
+
+
+def test_done_events_report_what_the_slots_hold_when_the_queen_asks(engine):
+    """The queen's hashes of a prompt tag the slot it runs in; each done event says what is held now."""
+    a, b = (tuple(prefix_hashes(InferenceRequest(prompt=text))) for text in ("alpha " * 60, "beta"))
+    assert len(a) == 2 and len(b) == 1
+    plain = submit(engine, 1, opening(engine, "Hi"), 2).result()
+    assert plain.done.cache_held is None and plain.done.cache_version is None  # nobody asked
+    first = submit(engine, 1, opening(engine, "Hello"), 2, prefix=a).result()
+    assert to_wire(a) in first.done.cache_held
+    second = submit(engine, 1, opening(engine, "Goodbye"), 2, prefix=b).result()
+    assert to_wire(b) in second.done.cache_held and to_wire(a) not in second.done.cache_held  # evicted, no RAM
+    assert second.done.cache_version > first.done.cache_version
+    # A request stopped before its prompt was decoded whole leaves no claim on the slot.
+    long = opening(engine, "Count the bees. " * 200)
+    assert len(long) > engine.config.batch_size  # more than one step: the cancel comes between them
+    run = submit(engine, 1, long, 4, cache=False, prefix=a)
+    engine.cancel(run.request_id, lambda found: None)
+    cancelled = run.result().done
+    assert cancelled.finish_reason == "cancelled" and to_wire(a) not in cancelled.cache_held, cancelled
 
 
 @pytest.mark.parametrize("cache", [True, False])

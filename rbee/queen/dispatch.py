@@ -19,17 +19,20 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 
+from rbee import prefix as prefixes_wire
 from rbee import sse
 from rbee.deadline import Deadline
 from rbee.errors import ErrorCode, RbeeError
 from rbee.events import Done, Event, Failed, Provisioning, from_wire
 from rbee.peer import Peers, error_of
+from rbee.prefix import Prefix, prefix_of
 from rbee.protocol import InferenceRequest
 from rbee.queen.admission import AdmissionQueue, OnWait
-from rbee.queen.prefix_index import PrefillRate, Prefix, PrefixIndex, prefix_of
+from rbee.queen.prefix_index import PrefillRate, PrefixIndex
 from rbee.queen.registry import Affinity, Lease, Registry
 from rbee.queen.resume import Resumption, resumable
 from rbee.queen.scheduler import Route
@@ -95,7 +98,9 @@ class Dispatcher:
                  stall_timeout: float = 30.0, max_attempts: int = 3, hooks: Hooks | None = None, max_resumes: int = 1,
                  cache_routing: bool = True, max_streams: int = 0) -> None:
         self.registry = registry
-        self.prefixes = PrefixIndex() if cache_routing else None  # who was sent which prompt prefixes
+        self.prefixes = PrefixIndex() if cache_routing else None  # which worker holds which prompt prefixes
+        # Workers are asked to report what their caches hold when the queen routes by it.
+        self._report_header = {prefixes_wire.REPORT_HEADER: "1"} if cache_routing else {}
         self.prefill = PrefillRate()  # what computing a prefix again costs: how long waiting for a cache may be
         self.peers = peers
         self.queue = queue
@@ -221,7 +226,7 @@ class Dispatcher:
                 continue
             self.hooks.route(lease.route)
             if self.prefixes is not None and prefix is not None:
-                self.prefixes.record(lease.worker_id, prefix.hashes)
+                self.prefixes.record(lease.worker_id, prefix.hashes, request_id)
                 upstream.prompt_chars, upstream.asked_model = prefix.chars(), job.model
             if resume:
                 upstream.resumption = Resumption(body, job, api_key or "", deadline)
@@ -286,7 +291,8 @@ class Dispatcher:
         started = time.monotonic()
         if deadline is not None and deadline.expired(started):
             raise deadline.exceeded("before it was dispatched", AGAIN)
-        headers = {**self.peers.headers, "X-Request-Id": request_id, **(deadline.header() if deadline else {})}
+        headers = {**self.peers.headers, "X-Request-Id": request_id, **(deadline.header() if deadline else {}),
+                   **self._report_header}
         try:
             response = await self.peers.session.post(f"{lease.url}/v1/inference", json=body, timeout=timeout,
                                                      headers=headers)
@@ -422,6 +428,13 @@ class Dispatcher:
                     if data is not None and data != sse.DONE:
                         yield from_wire(json.loads(data))
 
+    def learn_cache(self, worker_id: str, held: Any, version: Any) -> None:
+        """A worker's report of what its cache holds (a done event's ``cache_held``, ``cache_version``)."""
+        if self.prefixes is None or not isinstance(held, list) or not isinstance(version, int):
+            return
+        prompts = [hashes for hashes in map(prefixes_wire.from_wire, held) if hashes is not None]
+        self.prefixes.report(worker_id, version, prompts)
+
     def _first_token(self, upstream: Upstream) -> None:
         """The hooks hear of the first token (stamped when it came) after it was handed to the client."""
         assert upstream.first_token_at is not None
@@ -438,6 +451,8 @@ class Dispatcher:
                 done.ttft_ms = int(((upstream.first_token_at or time.monotonic()) - upstream.started) * 1000)
                 done.worker_id = upstream.worker_id
                 done.route = upstream.lease.route
+                self.learn_cache(upstream.worker_id, done.cache_held, done.cache_version)
+                done.cache_held = done.cache_version = None  # the queen's, not the client's
                 self.prefill.observe(upstream.asked_model, upstream.prompt_chars, done.prompt_tokens, done.cached_tokens,
                                      done.ttft_ms)
                 if upstream.resumption is not None and upstream.resumption.moves:
@@ -474,6 +489,8 @@ class Dispatcher:
         finds room there rather than racing the cancel to an ``ALL_SLOTS_BUSY``."""
         upstream.closed = True
         self._streams.pop(id(upstream), None)
+        if self.prefixes is not None:
+            self.prefixes.settle(upstream.request_id)
         upstream.response.release()
         outcome = "cancelled" if client_gone else "error" if upstream.broken else "done"
         self.hooks.ended(upstream.request_id, upstream, outcome, str(ErrorCode.WORKER_UNAVAILABLE) if upstream.broken else None)

@@ -88,6 +88,7 @@ async def _answer_whole(dispatcher: Dispatcher, upstream: Upstream, headers: dic
                             f"Worker '{upstream.worker_id}' answered a whole-answer request with something other "
                             "than a JSON object. Retry; if it persists, check it with `rbee-keeper workers health`.",
                             {"worker_id": upstream.worker_id})
+        dispatcher.learn_cache(upstream.worker_id, payload.pop("cache_held", None), payload.pop("cache_version", None))
         payload.update(worker_id=upstream.worker_id, queued_ms=upstream.queued_ms)
         client_gone = False
         return json_response(payload, headers=headers)

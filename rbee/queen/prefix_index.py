@@ -1,11 +1,17 @@
-"""Which worker most likely holds a request's prompt prefix in its KV cache, learnt from routing history.
+"""Which worker most likely holds a request's prompt prefix in its KV cache.
 
-The queen does not tokenize, so a prompt is cut where it can cut without a tokenizer: chat requests at
-message boundaries (turn N+1 of a conversation resends turns 1..N unchanged), raw text every
-``BLOCK_CHARS`` characters. Each cut point gets a chained hash (the hash of everything before it), so
-two prompts share their first k hashes exactly when they share that much text. The index remembers,
-per worker and bounded, the hashes of what was routed to it; a worker's depth for a new request is how
-many of its leading hashes that worker has seen. Pure bookkeeping: no I/O.
+A prompt is cut and hashed as :mod:`rbee.prefix` says; a worker's depth for a new request is how many
+of its leading hashes that worker holds. Two sources say what it holds:
+
+- **its own report**: a worker asked for one (``rbee.prefix.REPORT_HEADER``) says in each done event
+  what its slots and its host-RAM cache hold now, versioned. The newest report replaces the last, so a
+  prefix the worker evicted stops attracting its conversation there;
+- **routing history**, for workers that never reported (an older worker, or none answered yet): the
+  hashes of what was routed to it, per worker, bounded.
+
+A request routed to a worker counts as held there from the moment it is routed until it ends (its own
+done event's report then says whether it stayed): two turns of one conversation sent close together
+go to the same worker. Pure bookkeeping: no I/O.
 
 :class:`PrefillRate` says what losing a cached prefix costs: how long the model's workers take to
 prefill a prompt character they hold no KV for, learnt from the TTFTs of requests that were mostly
@@ -15,81 +21,86 @@ that knows what it saves).
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from rbee.protocol import InferenceRequest
-
-BLOCK_CHARS = 256
-PER_WORKER = 8192  # hashes remembered per worker (LRU): many conversations' worth
+PER_WORKER = 8192  # hashes of routing history remembered per worker (LRU): many conversations' worth
+MAX_REPORTED = 65536  # hashes kept of one worker's report (a report beyond it is cut, not trusted whole)
 
 
-@dataclass(frozen=True)
-class Prefix:
-    """A request's prompt as the queen cuts it: a chained hash per cut, and where each cut ends."""
+@dataclass
+class _Worker:
+    history: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
+    version: int | None = None  # of the newest report applied (None: it never reported)
+    held: frozenset[bytes] = frozenset()
+    routed: Counter[bytes] = field(default_factory=Counter)  # hashes of its requests under way
 
-    hashes: list[bytes]
-    ends: list[int]  # characters of the prompt up to the end of each block
-
-    def chars(self, depth: int | None = None) -> int:
-        """Characters in the first ``depth`` blocks (all of them when None)."""
-        depth = len(self.ends) if depth is None else min(depth, len(self.ends))
-        return self.ends[depth - 1] if depth > 0 else 0
-
-
-def _chain(pieces: Iterable[str]) -> Prefix:
-    hashes, ends, h, end = [], [], b"", 0
-    for piece in pieces:
-        h = hashlib.blake2b(h + piece.encode(), digest_size=8).digest()
-        end += len(piece)
-        hashes.append(h)
-        ends.append(end)
-    return Prefix(hashes, ends)
-
-
-def prefix_of(job: InferenceRequest) -> Prefix:
-    if job.messages is not None:
-        return _chain(json.dumps([m.role, m.content], ensure_ascii=False) for m in job.messages)
-    text = job.prompt or ""
-    return _chain(text[i:i + BLOCK_CHARS] for i in range(0, len(text), BLOCK_CHARS))
-
-
-def prefix_hashes(job: InferenceRequest) -> list[bytes]:
-    return prefix_of(job).hashes
+    def has(self, h: bytes) -> bool:
+        if h in self.routed:
+            return True
+        return h in self.held if self.version is not None else h in self.history
 
 
 class PrefixIndex:
     def __init__(self, per_worker: int = PER_WORKER) -> None:
         self.per_worker = per_worker
-        self._seen: dict[str, OrderedDict[bytes, None]] = {}
+        self._workers: dict[str, _Worker] = {}
+        self._under_way: dict[str, tuple[str, list[bytes]]] = {}  # request id -> (worker id, hashes)
 
     def depth(self, worker_id: str, hashes: list[bytes]) -> int:
-        """How many leading prefix blocks of the request ``worker_id`` has been sent before."""
-        seen = self._seen.get(worker_id)
-        if not seen or not hashes:
+        """How many leading prefix blocks of the request ``worker_id`` holds (as far as the queen knows)."""
+        known = self._workers.get(worker_id)
+        if known is None or not hashes:
             return 0
         lo, hi = 0, len(hashes)  # chained hashes: holding block k implies holding every block before it
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if hashes[mid - 1] in seen:
+            if known.has(hashes[mid - 1]):
                 lo = mid
             else:
                 hi = mid - 1
         return lo
 
-    def record(self, worker_id: str, hashes: list[bytes]) -> None:
-        seen = self._seen.setdefault(worker_id, OrderedDict())
+    def record(self, worker_id: str, hashes: list[bytes], request_id: str | None = None) -> None:
+        """``hashes`` were routed to ``worker_id``; with a ``request_id``, held there until :meth:`settle`."""
+        known = self._workers.setdefault(worker_id, _Worker())
+        seen = known.history
         for h in hashes:
             seen[h] = None
             seen.move_to_end(h)
         while len(seen) > self.per_worker:
             seen.popitem(last=False)
+        if request_id is not None:
+            self.settle(request_id)
+            self._under_way[request_id] = (worker_id, hashes)
+            known.routed.update(hashes)
+
+    def settle(self, request_id: str) -> None:
+        """The request has ended: what it left behind is for its worker's report to say."""
+        entry = self._under_way.pop(request_id, None)
+        if entry is None:
+            return
+        known = self._workers.get(entry[0])
+        if known is not None:
+            known.routed.subtract(entry[1])
+            known.routed = +known.routed  # drop the hashes no request under way carries any more
+
+    def report(self, worker_id: str, version: int, held: Iterable[list[bytes]]) -> bool:
+        """What ``worker_id`` holds now, as of ``version``; False (ignored) when a newer one was applied."""
+        known = self._workers.setdefault(worker_id, _Worker())
+        if known.version is not None and version <= known.version:
+            return False
+        hashes: set[bytes] = set()
+        for prompt in held:
+            hashes.update(prompt[:MAX_REPORTED - len(hashes)])
+        known.version, known.held = version, frozenset(hashes)
+        return True
 
     def forget(self, worker_id: str) -> None:
-        self._seen.pop(worker_id, None)
+        self._workers.pop(worker_id, None)
+        for request_id in [r for r, (w, _) in self._under_way.items() if w == worker_id]:
+            del self._under_way[request_id]
 
 
 class PrefillRate:

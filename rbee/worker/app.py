@@ -18,6 +18,7 @@ from rbee import deadline as deadlines
 from rbee.auth import cluster_key_middleware, control_or_metrics
 from rbee.errors import ErrorCode, RbeeError
 from rbee.events import Done, Prefilling, Token
+from rbee.prefix import REPORT_HEADER
 from rbee.protocol import (
     Capability,
     EmbeddingRequest,
@@ -144,7 +145,8 @@ async def inference(request: web.Request) -> web.StreamResponse:
     deadline = deadlines.of_request(request.headers, req.timeout)
     _refuse_unless_serving(app)
     engine, pool = app[ENGINE], app[POOL]
-    work = await prompting.prepare(req, request_id, engine, engine.config.ctx_size)
+    work = await prompting.prepare(req, request_id, engine, engine.config.ctx_size,
+                                   report_cache=request.headers.get(REPORT_HEADER) == "1")
     _refuse_unless_serving(app)  # preparing may have awaited
     if deadline is not None:
         if deadline.expired():

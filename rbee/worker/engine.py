@@ -147,6 +147,7 @@ class Engine:
         self._cells: list[list[int]] = [[] for _ in range(config.slots)]
         self._held: list[prompt_cache.Held] = [prompt_cache.Held()] * config.slots
         self._releases = 0
+        self._holdings = prompt_cache.Holdings(config.slots, time.time_ns())
         self._n_swa = 0
         self._ram = ram_cache.RamCache(config.cache_ram_mb * 2**20) if config.cache_ram_mb else None
         self.batch_invariant = False  # the CPU backend runs ggml's reference kernels (see load)
@@ -429,6 +430,7 @@ class Engine:
         if self._ram is not None:
             keep = self._swap_with_ram(job.slot, prompt, keep, work.cache_prompt)
         keep = self._keep_prefix(job.slot, keep)
+        self._holdings.tag(job.slot, work.prefix or ())
         now = time.perf_counter()
         s = work.sampling
         greedy = direct_sampling.Greedy.of(s, self._eog) if direct_sampling.applies(s) else None
@@ -469,7 +471,7 @@ class Engine:
             return
         state = (ctypes.c_uint8 * size)()
         if lc.llama_state_seq_get_data(self._ctx, state, size, slot) == size:
-            ram.put(self._cells[slot], state)
+            ram.put(self._cells[slot], state, self._holdings.of(slot))
 
     def _keep_prefix(self, slot: int, keep: int) -> int:
         """Drop the slot's cells from position ``keep`` on; returns how many it kept (0 where llama.cpp
@@ -611,6 +613,8 @@ class Engine:
                     prompt_tokens=len(job.work.prompt_tokens) - job.work.resumed, cached_tokens=seq.cached,
                     max_tokens_clipped=job.work.max_tokens_clipped)
         self._release(seq)
+        if job.work.prefix is not None:
+            done.cache_version, done.cache_held = self._holdings.report(self._ram.tags() if self._ram else ())
         job.emit(done)
 
     def _fail(self, seq: _Sequence, message: str) -> None:
@@ -622,6 +626,8 @@ class Engine:
             return
         slot = seq.job.slot
         del self._active[slot]
+        if seq.n_past < len(seq.job.work.prompt_tokens):  # ended before its prompt was decoded whole
+            self._holdings.tag(slot, ())
         # The cells stay for the prompt cache; published before on_finish, which frees the slot on the loop.
         self._releases += 1
         self._held[slot] = prompt_cache.Held(tuple(self._cells[slot]), self._releases)

@@ -74,6 +74,9 @@ class Work:
     token_ids: bool = False  # each token event carries the ids of the tokens it completes
     resumed: int = 0  # the last this many of prompt_tokens are answer tokens already sent (a resumption)
     first_index: int = 0  # the index of the first token event
+    # The queen's hashes of the prompt (rbee.prefix), when the queen asked for reports of what is cached:
+    # the slot is tagged with them, and the done event says what the worker holds.
+    prefix: tuple[bytes, ...] | None = None
 
 
 @dataclass(frozen=True)

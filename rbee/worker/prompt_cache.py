@@ -11,8 +11,10 @@ prompt (``MIN_SIMILARITY``); otherwise the least recently used free slot, so tha
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+
+from rbee.prefix import to_wire
 
 # llama-server's --slot-prompt-similarity default: below this share of the prompt, a slot's match
 # is not worth evicting what the slot holds for.
@@ -75,3 +77,32 @@ def rank_slots(prompt: Sequence[int], free: Mapping[int, Held], use_cache: bool 
     similar.sort(key=lambda slot: (-shared[slot], *least_recent(slot)))
     others = sorted((slot for slot in free if slot not in similar), key=least_recent)
     return similar + others
+
+
+class Holdings:
+    """Which queen-cut prompt (:mod:`rbee.prefix` hashes) each slot's KV holds, for the worker's report
+    to the queen. Decode thread only; :meth:`report` is called there too, so each report is one state.
+
+    A slot is tagged with its request's hashes when the request takes it, and untagged when the
+    request ends before its prompt was decoded whole. States kept in host RAM carry the tags of the
+    slot they came from (``RamCache``). The version grows with every report, across restarts as well
+    (it starts from the clock), so the newest report wins however they arrive."""
+
+    def __init__(self, slots: int, clock: int = 0) -> None:
+        self._tags: list[tuple[bytes, ...]] = [()] * slots
+        self._version = clock
+        self._wire: dict[tuple[bytes, ...], str] = {}  # tags -> their wire string (reports repeat them)
+
+    def of(self, slot: int) -> tuple[bytes, ...]:
+        return self._tags[slot]
+
+    def tag(self, slot: int, tags: tuple[bytes, ...]) -> None:
+        self._tags[slot] = tags
+
+    def report(self, kept: Iterable[tuple[bytes, ...]] = ()) -> tuple[int, list[str]]:
+        """(version, one wire string per distinct held prompt): the slots' and ``kept`` (RAM)."""
+        self._version += 1
+        held = {tags for tags in (*self._tags, *kept) if tags}
+        wire = {tags: self._wire.get(tags) or to_wire(tags) for tags in held}
+        self._wire = wire
+        return self._version, sorted(wire.values())

@@ -4,9 +4,11 @@ template, tokenized, and fitted to the context (checked once, here)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 from rbee import chat
 from rbee.errors import ErrorCode, RbeeError
+from rbee.prefix import prefix_hashes
 from rbee.protocol import InferenceRequest
 from rbee.worker.engine_api import Sampling, Work
 
@@ -62,7 +64,10 @@ def fit(req: InferenceRequest, request_id: str, prompt_tokens: list[int], ctx_si
                 first_index=req.resume_index)
 
 
-async def prepare(req: InferenceRequest, request_id: str, engine: Tokenizer, ctx_size: int) -> Work:
+async def prepare(req: InferenceRequest, request_id: str, engine: Tokenizer, ctx_size: int,
+                  report_cache: bool = False) -> Work:
+    """The work for ``req``; with ``report_cache`` (the queen asked), tagged with the queen's hashes of
+    its prompt, so that its done event can say what this worker's cache holds (:mod:`rbee.prefix`)."""
     text = req.prompt if req.messages is None else chat.render(
         [m.model_dump(exclude_none=True) for m in req.messages], engine.chat_template())
     assert text is not None  # the request model holds exactly one of prompt and messages
@@ -72,4 +77,6 @@ async def prepare(req: InferenceRequest, request_id: str, engine: Tokenizer, ctx
         tokens = await asyncio.get_running_loop().run_in_executor(None, engine.tokenize, text)
     work = fit(req, request_id, tokens, ctx_size)
     check_sampling(work.sampling, engine)
+    if report_cache:
+        work = dataclasses.replace(work, prefix=tuple(prefix_hashes(req)))
     return work

@@ -26,6 +26,7 @@ class Entry:
     tokens: tuple[int, ...]
     state: Any  # the saved bytes (a ctypes array as llama.cpp filled it, or bytes): anything with a len()
     used: int  # a counter: larger = used more recently
+    tags: tuple[bytes, ...] = ()  # the queen's hashes of the prompt it holds (prompt_cache.Holdings)
 
 
 class RamCache:
@@ -45,7 +46,7 @@ class RamCache:
     def fits(self, nbytes: int) -> bool:
         return 0 < nbytes <= self.budget
 
-    def put(self, tokens: Sequence[int], state: Any) -> bool:
+    def put(self, tokens: Sequence[int], state: Any, tags: tuple[bytes, ...] = ()) -> bool:
         """Keep ``state`` (the KV of ``tokens``); False when it can never fit or adds nothing."""
         key = tuple(tokens)
         if not self.fits(len(state)):
@@ -54,7 +55,7 @@ class RamCache:
             return False  # an entry holds all of this already
         self._clock += 1
         self._entries = [e for e in self._entries if common_prefix(e.tokens, key) < len(e.tokens)]
-        self._entries.append(Entry(key, state, self._clock))
+        self._entries.append(Entry(key, state, self._clock, tags))
         while self.size > self.budget:
             self._entries.remove(min(self._entries, key=lambda e: e.used))
         self._publish()
@@ -75,6 +76,10 @@ class RamCache:
         entry = self._entries.pop(index)
         self._publish()
         return entry
+
+    def tags(self) -> list[tuple[bytes, ...]]:
+        """The tags of every entry (for the worker's report of what it holds)."""
+        return [e.tags for e in self._entries]
 
     def _publish(self) -> None:
         self.published = tuple(e.tokens for e in self._entries)
