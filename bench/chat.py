@@ -5,7 +5,7 @@ an nginx or LiteLLM in front of llama.cpp does), each server of a pair with half
 
 Every chat opens with a document of about 700 tokens and asks about it turn after turn; each turn
 sends the whole history again, as chat clients do. The chats run a few at a time, each turn a
-moment (``--think``, the person reading) after the previous answer. Greedy, a fixed answer length (``ignore_eos``) so every system decodes the same
+moment (``--think``, the person reading) after the previous answer. Greedy (or ``--temperature T``), a fixed answer length (``ignore_eos``) so every system decodes the same
 number of tokens. Prints TTFT per turn, the ratios on turns ≥ 3, and how many prompt tokens each
 system reused instead of decoding.
 
@@ -119,9 +119,10 @@ class System:
     wall: list[float] = field(default_factory=list)
 
 
-def rbee_asker(queen: str, cache: bool) -> Ask:
+def rbee_asker(queen: str, cache: bool, temperature: float = 0.0) -> Ask:
     async def ask(session: aiohttp.ClientSession, prompt: str, n: int) -> TurnResult:
-        body = {"prompt": prompt, "max_tokens": n, "temperature": 0, "ignore_eos": True, "cache_prompt": cache}
+        body = {"prompt": prompt, "max_tokens": n, "temperature": temperature, "ignore_eos": True,
+                "cache_prompt": cache}
         start, first, parts = time.perf_counter(), None, []
         done: Done | None = None
         finish = "?"
@@ -144,11 +145,11 @@ def rbee_asker(queen: str, cache: bool) -> Ask:
     return ask
 
 
-def llama_server_asker(base: str) -> Ask:
+def llama_server_asker(base: str, temperature: float = 0.0) -> Ask:
     async def ask(session: aiohttp.ClientSession, prompt: str, n: int) -> TurnResult:
-        # Its defaults, cache_prompt (on) included; repeat_penalty 1.0 and greedy, as ours.
-        body = {"prompt": prompt, "n_predict": n, "temperature": 0, "ignore_eos": True, "repeat_penalty": 1.0,
-                "stream": True}
+        # Its defaults, cache_prompt (on) included; repeat_penalty 1.0 and the temperature, as ours.
+        body = {"prompt": prompt, "n_predict": n, "temperature": temperature, "ignore_eos": True,
+                "repeat_penalty": 1.0, "stream": True}
         start, first, parts = time.perf_counter(), None, []
         last: dict = {}
         async with session.post(f"{base}/completion", json=body) as resp:
@@ -372,20 +373,20 @@ def build_systems(servers: chat_servers.Servers, args: argparse.Namespace, model
                                   logdir)
     servers.start(args.ready_timeout)
     chat_servers.register(servers, "queen", "worker", model, args.slots)
-    urls, pgids = servers.urls, servers.pgids
+    urls, pgids, t = servers.urls, servers.pgids, args.temperature
     ours = [pgids["queen"], pgids["worker"]]
-    systems = [System(RBEE, rbee_asker(urls["queen"], True), ours)]
+    systems = [System(RBEE, rbee_asker(urls["queen"], True, t), ours)]
     if llama_server is not None:
-        systems.append(System(LLAMA_SERVER, llama_server_asker(urls[LLAMA_SERVER]), [pgids[LLAMA_SERVER]]))
+        systems.append(System(LLAMA_SERVER, llama_server_asker(urls[LLAMA_SERVER], t), [pgids[LLAMA_SERVER]]))
     if not args.skip_cache_off:
-        systems.append(System(RBEE_NO_CACHE, rbee_asker(urls["queen"], False), ours))
+        systems.append(System(RBEE_NO_CACHE, rbee_asker(urls["queen"], False, t), ours))
     if args.fleet:
         chat_servers.register_fleets(servers, model, args.slots)
         for name, kind in ((FLEET_CACHE, "cache"), (FLEET_LOAD, "load")):
-            systems.append(System(name, rbee_asker(urls[f"queen-{kind}"], True),
+            systems.append(System(name, rbee_asker(urls[f"queen-{kind}"], True, t),
                                   [pgids[f"queen-{kind}"], pgids[f"{kind}-w1"], pgids[f"{kind}-w2"]]))
         if llama_server is not None:
-            systems.append(System(LLAMA_PAIR, round_robin([llama_server_asker(urls[f"llama-{n}"]) for n in (1, 2)]),
+            systems.append(System(LLAMA_PAIR, round_robin([llama_server_asker(urls[f"llama-{n}"], t) for n in (1, 2)]),
                                   [pgids["llama-1"], pgids["llama-2"]]))
     return systems
 
@@ -399,6 +400,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--think", type=float, default=1.0, help="seconds a person reads an answer before asking "
                    "again (mean; 0.5x-1.5x, seeded, the same for every system); 0 = ask at once")
     p.add_argument("--answer-tokens", type=int, default=32, help="tokens each answer decodes (ignore_eos)")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of every answer (0: "
+                   "greedy, computed by rbee on the batch-invariant kernels; above 0, unseeded, on the fast ones "
+                   "as chat clients' requests are)")
     p.add_argument("--slots", type=int, default=8, help="rbee worker slots = llama-server --parallel (a fleet's "
                    "servers get half each)")
     p.add_argument("--fleet", action="store_true", help="also the fleets: queen + 2 workers routing by cache, "
@@ -430,7 +434,7 @@ def main(argv: list[str] | None = None) -> None:
     print("environment")
     print_table(["what", "value"], environment(
         {"rbee commit": rbee_revision(), "model": f"{model.name} ({model.stat().st_size / 2**20:.1f} MiB)",
-         "threads": str(args.threads), "slots / --parallel": str(args.slots),
+         "threads": str(args.threads), "slots / --parallel": str(args.slots), "temperature": str(args.temperature),
          "llama-server": llama_server_version(llama_server) if llama_server else "—"},
         dists=("rbee", "llama-cpp-python", "aiohttp", "uvloop"),
     ))

@@ -19,7 +19,7 @@ from rbee.protocol import InferenceRequest
 from rbee.worker import engine as engine_module
 from rbee.worker.engine import Engine, EngineConfig, Job, Sampling, Work
 from rbee.worker.metrics import WorkerMetrics
-from rbee.worker.prompt_cache import Held, common_prefix, rank_slots, reusable
+from rbee.worker.prompt_cache import Exactness, Held, common_prefix, rank_slots, reusable
 from rbee.worker.ram_cache import RamCache, best_published
 from rbee.worker.slots import SlotPool, SlotTable
 
@@ -107,6 +107,30 @@ def test_host_ram_keeps_one_entry_for_a_history_and_its_continuation():
     assert ram.put((1, 2, 3, 4, 5), b"t" * 10)  # holds all the first one did: it replaces it
     assert not ram.put((1, 2), b"u" * 10)  # adds nothing
     assert ram.published == ((1, 2, 3, 4, 5),)
+
+
+def test_exactness_counts_the_leading_cells_computed_on_the_reference_kernels():
+    ex = Exactness(2, tracking=True)
+    ex.wrote(0, 0, 10, exact=True)
+    ex.wrote(0, 10, 5, exact=False)  # a sampled answer on the fast kernels
+    assert ex.of(0, 15) == 10
+    ex.wrote(0, 15, 5, exact=True)  # exact again, but after a fast gap: still 10
+    assert ex.of(0, 20) == 10 and ex.of(0, 8) == 8  # cut back to 8 cells: all exact
+    ex.wrote(0, 8, 4, exact=True)  # rewritten exactly from there on
+    assert ex.of(0, 12) == 12
+    ex.restored(1, 3)
+    assert ex.of(1, 50) == 3
+    assert Exactness(1, tracking=False).of(0, 50) == 50  # no switch: no guarantee to keep, all counts
+
+
+def test_a_reproducible_request_reuses_only_the_exactly_computed_part_of_a_slot_or_a_saved_state():
+    held = Held((1, 2, 3, 4, 5), released=1, exact=3)
+    assert held.for_request(True).tokens == (1, 2, 3) and held.for_request(False) is held
+    assert rank_slots([1, 2, 3, 4, 5, 6], {0: held.for_request(True), 1: Held((1, 2, 3, 4), 2, 4)}) == [1, 0]
+    ram = RamCache(budget_bytes=1000)
+    ram.put((1, 2, 3, 4, 5), b"s" * 10, exact=2)
+    assert ram.best([1, 2, 3, 4, 5, 6]) == (0, 5) and ram.best([1, 2, 3, 4, 5, 6], reproducible=True) == (0, 2)
+    assert ram.published_exact == ((1, 2),) and ram.published == ((1, 2, 3, 4, 5),)
 
 
 def test_the_slot_table_takes_the_first_slot_the_ranking_names():
@@ -403,6 +427,21 @@ def test_done_events_report_what_the_slots_hold_when_the_queen_asks(engine):
     engine.cancel(run.request_id, lambda found: None)
     cancelled = run.result().done
     assert cancelled.finish_reason == "cancelled" and to_wire(a) not in cancelled.cache_held, cancelled
+
+
+def test_a_greedy_turn_after_a_sampled_one_reuses_only_what_the_reference_kernels_computed(engine):
+    """Sampled answers run on the fast kernels; a greedy turn after one keeps only the cells computed
+    exactly (the greedy turn before), decodes the rest again, and answers as a fresh decode does."""
+    prompt = opening(engine, "Name three animals that live in rivers.")
+    first = submit(engine, 3, prompt, 16).result()  # greedy: on the reference kernels
+    prompt = turn(engine, prompt, first.text, "And in the sea?")
+    sampled = submit(engine, 3, prompt, 16, temperature=0.9).result()  # unseeded: on the fast ones
+    assert sampled.done.cached_tokens > len(prompt) // 2  # a sampled request reuses what the slot holds
+    prompt = turn(engine, prompt, sampled.text, "Which of them is the largest?")
+    greedy = submit(engine, 3, prompt, 16).result()
+    assert greedy.done.cached_tokens == sampled.done.cached_tokens  # the first turn's exact cells, no more
+    fresh = submit(engine, 2, prompt, 16, cache=False).result()
+    assert greedy.text == fresh.text
 
 
 @pytest.mark.parametrize("cache", [True, False])

@@ -1,5 +1,5 @@
-"""ggml's reference CPU kernels for a llama.cpp context, so that a token's logits do not depend on
-what else is in its batch.
+"""ggml's reference CPU kernels for a llama.cpp context, switched on for the steps that need them, so
+that a token's logits do not depend on what else is in its batch.
 
 Why: the prompt cache promises that a cached answer equals the uncached one token for token. With
 its fast paths ggml computes attention differently by shape: a tiled kernel for 64 or more query
@@ -9,12 +9,18 @@ other sequences gets slightly different KV and logits, and at temperature 0 a ne
 flip a token. (llama-server's documentation warns of exactly this for its ``cache_prompt``.) The
 CPU backend's ``use_ref`` switch (``ggml_backend_cpu_set_use_ref``, made for test-backend-ops) keeps
 every such op on the one kernel whose result for a row depends only on that row and its KV; the
-weight matmuls already are, and prompt speed on these cores stays the same (bench/chat.py).
+weight matmuls already are.
+
+The reference kernels are not free: they read the KV again for every query row, so a prompt
+decoded against a long history runs at about half the speed (bench/prefill_kernels.py). The switch
+is read on every graph the backend computes, so the engine throws it per step: on for the steps
+that carry a request whose answer must be reproducible (temperature 0, or a seed), off otherwise,
+and it remembers which cells were computed exactly (``prompt_cache.Exactness``).
 
 llama.cpp creates its CPU backend inside ``llama_init_from_model`` and hands out no handle to it,
-so the switch is thrown as the backend is made: for the duration of :func:`reference_kernels`,
-the CPU device's ``init_backend`` entry (``struct ggml_backend_device_i`` in ggml-backend-impl.h)
-points at a wrapper that calls the original and then sets ``use_ref`` on what it made. The layout
+so the backend is caught as it is made: for the duration of :func:`reference_kernels`, the CPU
+device's ``init_backend`` entry (``struct ggml_backend_device_i`` in ggml-backend-impl.h) points at
+a wrapper that calls the original and keeps what it made for :meth:`Outcome.use`. The layout
 is checked through the entries before it (the name and type this device reports) and the switch
 is only reported as applied when the wrapper really ran; otherwise the context works as ever,
 without the guarantee. This module imports no ``llama_cpp``; the engine hands over libggml.
@@ -25,8 +31,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 from rbee.worker.devices import bind_registry
 
@@ -43,13 +49,28 @@ _SetUseRef = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_bool)
 
 @dataclass
 class Outcome:
-    applied: int = 0  # CPU backends created with the reference kernels
-    reason: str = ""  # why not, when not
+    reason: str = ""  # why the switch is not there, when it is not
+    backends: list[int] = field(default_factory=list)  # the CPU backends caught as they were made
+    setter: Callable[[int, bool], None] | None = None
+    on: bool = False  # the reference kernels are in use
+
+    @property
+    def applied(self) -> int:
+        """CPU backends whose kernels can be switched."""
+        return len(self.backends)
+
+    def use(self, on: bool) -> None:
+        """Compute the next graphs with the reference kernels (``on``) or the fast ones."""
+        if on != self.on and self.setter is not None:
+            for backend in self.backends:
+                self.setter(backend, on)
+            self.on = on
 
 
 @contextlib.contextmanager
 def reference_kernels(ggml: ctypes.CDLL, enabled: bool = True) -> Iterator[Outcome]:
-    """CPU backends created inside this block compute with ggml's reference kernels."""
+    """CPU backends created inside this block can be switched to ggml's reference kernels
+    (:meth:`Outcome.use`); they start on the fast ones."""
     outcome = Outcome()
     if not enabled:
         outcome.reason = "switched off"
@@ -66,9 +87,10 @@ def reference_kernels(ggml: ctypes.CDLL, enabled: bool = True) -> Iterator[Outco
     def init_backend(dev: int, params: bytes | None) -> int:
         backend = original(dev, params)
         if backend:
-            set_use_ref(backend, True)
-            outcome.applied += 1
+            outcome.backends.append(backend)
         return backend or 0
+
+    outcome.setter = set_use_ref
 
     wrapper = _InitBackend(init_backend)
     saved = entry.value

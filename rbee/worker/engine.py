@@ -70,6 +70,7 @@ class _Sequence:
     noted: float = 0.0  # when progress through the prompt was last told (Prefilling)
     ids: list[int] | None = None  # sampled tokens not yet sent with text, when the job asks for ids
     greedy: direct_sampling.Greedy | None = None
+    exact: bool = False  # computed on the reference kernels (a reproducible answer, cpu_reference)
 
 _backend_ready = threading.Lock()
 _backend_initialised = False
@@ -150,7 +151,9 @@ class Engine:
         self._holdings = prompt_cache.Holdings(config.slots, time.time_ns())
         self._n_swa = 0
         self._ram = ram_cache.RamCache(config.cache_ram_mb * 2**20) if config.cache_ram_mb else None
-        self.batch_invariant = False  # the CPU backend runs ggml's reference kernels (see load)
+        self.batch_invariant = False  # reproducible requests run on ggml's reference kernels (see load)
+        self._kernels = cpu_reference.Outcome("not loaded")
+        self._exactness = prompt_cache.Exactness(config.slots, tracking=False)
         self._thread: threading.Thread | None = None
         self._alive = False  # the decode loop takes new work
         self._stopping = threading.Lock()
@@ -198,7 +201,9 @@ class Engine:
             self.pooling = cfg.pooling or self._model_pooling()
         with cpu_reference.reference_kernels(_libggml(), cfg.batch_invariant) as reference:
             ctx = lc.llama_init_from_model(model, self._context_params())
+        self._kernels = reference
         self.batch_invariant = reference.applied > 0
+        self._exactness = prompt_cache.Exactness(cfg.slots, tracking=self.batch_invariant)
         if not ctx:
             raise EngineError("llama.cpp could not create a context; lower --ctx-size or --slots")
         self._ctx = ctx
@@ -332,9 +337,15 @@ class Engine:
         """The free slots in the order ``work`` should take them (best cached prefix first). Called on
         the event loop: it reads only what the decode thread published when those slots were released."""
         held, ram = self._held, self._ram
-        elsewhere = ram_cache.best_published(ram.published, work.prompt_tokens) if ram and work.cache_prompt else 0
-        return prompt_cache.rank_slots(work.prompt_tokens, {slot: held[slot] for slot in free}, work.cache_prompt,
-                                       elsewhere=elsewhere)
+        exact = self._exact(work)
+        saved = (ram.published_exact if exact else ram.published) if ram and work.cache_prompt else ()
+        elsewhere = ram_cache.best_published(saved, work.prompt_tokens) if saved else 0
+        return prompt_cache.rank_slots(work.prompt_tokens, {slot: held[slot].for_request(exact) for slot in free},
+                                       work.cache_prompt, elsewhere=elsewhere)
+
+    def _exact(self, work: Work) -> bool:
+        """Whether ``work`` runs on the reference kernels (and reuses only cells computed on them)."""
+        return self.batch_invariant and work.sampling.reproducible
 
     @property
     def graphs_reused(self) -> int:
@@ -425,11 +436,13 @@ class Engine:
 
     def _admit(self, job: Job) -> None:
         work = job.work
-        prompt = work.prompt_tokens
-        keep = prompt_cache.reusable(self._cells[job.slot], prompt) if work.cache_prompt else 0
+        prompt, slot, exact = work.prompt_tokens, job.slot, self._exact(work)
+        keep = prompt_cache.reusable(self._cells[slot], prompt) if work.cache_prompt else 0
+        if exact:
+            keep = min(keep, self._exactness.of(slot, len(self._cells[slot])))
         if self._ram is not None:
-            keep = self._swap_with_ram(job.slot, prompt, keep, work.cache_prompt)
-        keep = self._keep_prefix(job.slot, keep)
+            keep = self._swap_with_ram(slot, prompt, keep, work.cache_prompt, exact)
+        keep = self._keep_prefix(slot, keep)
         self._holdings.tag(job.slot, work.prefix or ())
         now = time.perf_counter()
         s = work.sampling
@@ -437,18 +450,18 @@ class Engine:
         seq = _Sequence(job=job, sampler=None if greedy else self._make_sampler(s), pending=prompt[keep:],
                         started=now, text=TextStream(work.stop), n_past=keep, cached=keep, noted=now,
                         generated=work.resumed, events=work.first_index, ids=[] if work.token_ids else None,
-                        greedy=greedy)
+                        greedy=greedy, exact=exact)
         if seq.sampler is not None:
             for token in prompt[len(prompt) - work.resumed:]:  # a resumption: the penalties see the answer so far
                 lc.llama_sampler_accept(seq.sampler, token)
         self._active[job.slot] = seq
 
-    def _swap_with_ram(self, slot: int, prompt: list[int], keep: int, use_cache: bool) -> int:
+    def _swap_with_ram(self, slot: int, prompt: list[int], keep: int, use_cache: bool, exact: bool) -> int:
         """Save to host RAM what the slot is about to lose, and restore into it a saved state that
         gives more of ``prompt`` than the slot holds; returns how many of its tokens the slot has."""
         ram, cells = self._ram, self._cells[slot]
         assert ram is not None
-        index, shared = ram.best(prompt) if use_cache else (-1, 0)
+        index, shared = ram.best(prompt, exact) if use_cache else (-1, 0)
         entry = ram.take(index) if index >= 0 and shared >= keep + RAM_MIN_GAIN else None
         if (len(cells) if entry else len(cells) - keep) >= RAM_MIN_SAVE:
             self._save_state(slot)
@@ -461,6 +474,7 @@ class Engine:
             lc.llama_memory_seq_rm(self._mem, slot, -1, -1)
             return 0
         cells.extend(entry.tokens)
+        self._exactness.restored(slot, entry.exact)
         return shared
 
     def _save_state(self, slot: int) -> None:
@@ -471,7 +485,8 @@ class Engine:
             return
         state = (ctypes.c_uint8 * size)()
         if lc.llama_state_seq_get_data(self._ctx, state, size, slot) == size:
-            ram.put(self._cells[slot], state, self._holdings.of(slot))
+            cells = self._cells[slot]
+            ram.put(cells, state, self._holdings.of(slot), self._exactness.of(slot, len(cells)))
 
     def _keep_prefix(self, slot: int, keep: int) -> int:
         """Drop the slot's cells from position ``keep`` on; returns how many it kept (0 where llama.cpp
@@ -516,9 +531,12 @@ class Engine:
         n = 0
         members: list[_Sequence] = []
         rows: list[tuple[_Sequence, int]] = []
+        exact = any(seq.exact for seq, _ in takes)  # one reproducible sequence: the whole step on them
+        wrote = self._exactness.wrote
         for seq, take in takes:
             pending = seq.pending
             slot, pos = seq.job.slot, seq.n_past
+            wrote(slot, pos, take, exact)
             for i in range(take):
                 tokens[n] = pending[i]
                 positions[n] = pos + i
@@ -535,6 +553,7 @@ class Engine:
                 self._cells[slot].extend(pending[:take])
                 del pending[:take]
         batch.n_tokens = n
+        self._kernels.use(exact)
         self._flush()  # the last step's tokens go out while this one computes
         rc = lc.llama_decode(self._ctx, batch)
         for _, row in rows:
@@ -630,7 +649,8 @@ class Engine:
             self._holdings.tag(slot, ())
         # The cells stay for the prompt cache; published before on_finish, which frees the slot on the loop.
         self._releases += 1
-        self._held[slot] = prompt_cache.Held(tuple(self._cells[slot]), self._releases)
+        cells = self._cells[slot]
+        self._held[slot] = prompt_cache.Held(tuple(cells), self._releases, self._exactness.of(slot, len(cells)))
         if seq.sampler is not None:
             lc.llama_sampler_free(seq.sampler)
         seq.job.on_finish()

@@ -58,6 +58,12 @@ class Sampling:
         """Sampled on the engine's guided path (grammar, logprobs) rather than in one llama.cpp call."""
         return self.grammar is not None or self.logprobs is not None
 
+    @property
+    def reproducible(self) -> bool:
+        """The answer must not depend on what else is in the batch or the cache: greedy, seeded, or with
+        logprobs (numbers people compare). Computed on the reference kernels (cpu_reference)."""
+        return self.temperature <= 0 or self.seed is not None or self.logprobs is not None
+
 
 @dataclass(frozen=True)
 class Work:

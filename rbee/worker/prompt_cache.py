@@ -28,6 +28,13 @@ class Held:
 
     tokens: tuple[int, ...] = ()
     released: int = 0  # when the slot was last released, as a counter (0: never used)
+    exact: int = 0  # how many leading tokens' cells were computed on the reference kernels (Exactness)
+
+    def for_request(self, reproducible: bool) -> Held:
+        """What a request may reuse of it: a reproducible one only the exactly computed cells."""
+        if not reproducible or self.exact >= len(self.tokens):
+            return self
+        return Held(self.tokens[:self.exact], self.released, self.exact)
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -77,6 +84,37 @@ def rank_slots(prompt: Sequence[int], free: Mapping[int, Held], use_cache: bool 
     similar.sort(key=lambda slot: (-shared[slot], *least_recent(slot)))
     others = sorted((slot for slot in free if slot not in similar), key=least_recent)
     return similar + others
+
+
+class Exactness:
+    """Per slot, how many leading cells were computed on ggml's reference kernels (cpu_reference), whose
+    result for a token depends on nothing else in its batch. A reproducible request (greedy, seeded)
+    reuses no more of a slot than that, so its answer equals the one decoded from scratch; the rest of
+    the traffic runs on the fast kernels and reuses everything. Without ``tracking`` (the switch is not
+    there, or it is turned off) every cell counts, as there is no guarantee to keep. Decode thread only.
+
+    Cells are only ever appended at the end of what a slot holds (or cut back), so one count per slot
+    says it all: a step on the reference kernels extends it when it was whole up to where the step
+    writes; a step on the fast kernels ends it there."""
+
+    def __init__(self, slots: int, tracking: bool) -> None:
+        self.tracking = tracking
+        self._exact = [0] * slots
+
+    def of(self, slot: int, cells: int) -> int:
+        """Of the slot's ``cells`` leading cells, how many were computed exactly."""
+        return min(self._exact[slot], cells) if self.tracking else cells
+
+    def wrote(self, slot: int, pos: int, n: int, exact: bool) -> None:
+        """A step wrote cells ``pos`` … ``pos + n - 1`` of the slot (``pos``: all it held before)."""
+        if not exact:
+            self._exact[slot] = min(self._exact[slot], pos)
+        elif self._exact[slot] >= pos:
+            self._exact[slot] = pos + n
+
+    def restored(self, slot: int, exact: int) -> None:
+        """The slot's cells were replaced by a saved state of which ``exact`` leading cells were exact."""
+        self._exact[slot] = exact
 
 
 class Holdings:

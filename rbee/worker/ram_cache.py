@@ -27,6 +27,10 @@ class Entry:
     state: Any  # the saved bytes (a ctypes array as llama.cpp filled it, or bytes): anything with a len()
     used: int  # a counter: larger = used more recently
     tags: tuple[bytes, ...] = ()  # the queen's hashes of the prompt it holds (prompt_cache.Holdings)
+    exact: int = 0  # leading tokens whose cells were computed on the reference kernels (prompt_cache.Exactness)
+
+    def reusable_by(self, reproducible: bool) -> tuple[int, ...]:
+        return self.tokens[:self.exact] if reproducible and self.exact < len(self.tokens) else self.tokens
 
 
 class RamCache:
@@ -35,6 +39,7 @@ class RamCache:
         self._entries: list[Entry] = []
         self._clock = 0
         self.published: tuple[tuple[int, ...], ...] = ()
+        self.published_exact: tuple[tuple[int, ...], ...] = ()  # what reproducible requests may reuse of each
 
     @property
     def size(self) -> int:
@@ -46,7 +51,7 @@ class RamCache:
     def fits(self, nbytes: int) -> bool:
         return 0 < nbytes <= self.budget
 
-    def put(self, tokens: Sequence[int], state: Any, tags: tuple[bytes, ...] = ()) -> bool:
+    def put(self, tokens: Sequence[int], state: Any, tags: tuple[bytes, ...] = (), exact: int | None = None) -> bool:
         """Keep ``state`` (the KV of ``tokens``); False when it can never fit or adds nothing."""
         key = tuple(tokens)
         if not self.fits(len(state)):
@@ -55,18 +60,18 @@ class RamCache:
             return False  # an entry holds all of this already
         self._clock += 1
         self._entries = [e for e in self._entries if common_prefix(e.tokens, key) < len(e.tokens)]
-        self._entries.append(Entry(key, state, self._clock, tags))
+        self._entries.append(Entry(key, state, self._clock, tags, len(key) if exact is None else min(exact, len(key))))
         while self.size > self.budget:
             self._entries.remove(min(self._entries, key=lambda e: e.used))
         self._publish()
         return True
 
-    def best(self, prompt: Sequence[int]) -> tuple[int, int]:
+    def best(self, prompt: Sequence[int], reproducible: bool = False) -> tuple[int, int]:
         """(index, tokens of ``prompt`` it would let a slot reuse) of the best entry; (-1, 0) if none."""
         key = tuple(prompt)
         best, shared = -1, 0
         for i, entry in enumerate(self._entries):
-            n = reusable(entry.tokens, key)
+            n = reusable(entry.reusable_by(reproducible), key)
             if n > shared:
                 best, shared = i, n
         return best, shared
@@ -83,6 +88,7 @@ class RamCache:
 
     def _publish(self) -> None:
         self.published = tuple(e.tokens for e in self._entries)
+        self.published_exact = tuple(e.reusable_by(True) for e in self._entries)
 
 
 def best_published(published: tuple[tuple[int, ...], ...], prompt: Sequence[int]) -> int:

@@ -42,10 +42,12 @@ class WorkerSettings(ServerSettings):
                               "(default: all with a GPU --backend, none with cpu).")
     poll: int = Field(50, ge=-1, le=100, description="How hard llama.cpp's threads spin-wait for work, 0-100 "
                       "(llama-server's --poll); -1 = no threadpool.")
-    batch_invariant: bool = Field(True, description="Compute on ggml's reference CPU kernels, whose result for a "
-                                  "token does not depend on the rest of its batch: a cached answer then equals "
-                                  "the uncached one token for token (--no-batch-invariant: ggml's faster "
-                                  "shape-dependent kernels; GPU kernels are never batch-invariant).")
+    batch_invariant: bool = Field(True, description="Compute the steps of reproducible requests (temperature 0, a "
+                                  "seed, logprobs) on ggml's reference CPU kernels, whose result for a token does "
+                                  "not depend on the rest of its batch: such an answer from the cache then equals "
+                                  "the uncached one token for token; other requests run on the fast kernels "
+                                  "(--no-batch-invariant: all on the fast ones; GPU kernels are never "
+                                  "batch-invariant).")
     cache_ram_mb: int = Field(0, ge=0, le=1024 * 1024, description="Host RAM (MiB) for the KV of slots a new "
                               "prompt took over, restored when a later prompt matches it better (0 = none).")
     embeddings: bool = Field(False, description="Load the model for embeddings: serve POST /v1/embeddings (pooled, "
