@@ -266,8 +266,9 @@ def step_table_lists_worker(context):
 
 @then("rbee-keeper says the cluster is up")
 def step_up_ready(context):
-    wait_until(lambda: "rbee is up" in context.up.stdout or context.up.proc.poll() is not None,
-               120 * _k(context), what="rbee-keeper up to say it is up")
+    # "rbee is up" comes first and the table of what runs where after it: wait for the queen's row.
+    wait_until(lambda: ("rbee is up" in context.up.stdout and context.up_queen_url in context.up.stdout)
+               or context.up.proc.poll() is not None, 120 * _k(context), what="rbee-keeper up to say it is up")
     assert "rbee is up" in context.up.stdout, context.up.stderr[-2000:]
     assert context.up_queen_url in context.up.stdout, context.up.stdout
 
