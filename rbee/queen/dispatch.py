@@ -23,13 +23,13 @@ from typing import Any
 
 import aiohttp
 
-from rbee import prefix as prefixes_wire
 from rbee import sse
 from rbee.deadline import Deadline
 from rbee.errors import ErrorCode, RbeeError
 from rbee.events import Done, Event, Failed, Provisioning, from_wire
 from rbee.peer import Peers, error_of
-from rbee.prefix import Prefix, prefix_of
+from rbee.prefix import REPORT_HEADER, Prefix, prefix_of
+from rbee.prefix import from_wire as held_from_wire
 from rbee.protocol import InferenceRequest
 from rbee.queen.admission import AdmissionQueue, OnWait
 from rbee.queen.prefix_index import PrefillRate, PrefixIndex
@@ -100,7 +100,7 @@ class Dispatcher:
         self.registry = registry
         self.prefixes = PrefixIndex() if cache_routing else None  # which worker holds which prompt prefixes
         # Workers are asked to report what their caches hold when the queen routes by it.
-        self._report_header = {prefixes_wire.REPORT_HEADER: "1"} if cache_routing else {}
+        self._report_header = {REPORT_HEADER: "1"} if cache_routing else {}
         self.prefill = PrefillRate()  # what computing a prefix again costs: how long waiting for a cache may be
         self.peers = peers
         self.queue = queue
@@ -432,7 +432,7 @@ class Dispatcher:
         """A worker's report of what its cache holds (a done event's ``cache_held``, ``cache_version``)."""
         if self.prefixes is None or not isinstance(held, list) or not isinstance(version, int):
             return
-        prompts = [hashes for hashes in map(prefixes_wire.from_wire, held) if hashes is not None]
+        prompts = [hashes for hashes in map(held_from_wire, held) if hashes is not None]
         self.prefixes.report(worker_id, version, prompts)
 
     def _first_token(self, upstream: Upstream) -> None:

@@ -443,7 +443,7 @@ class Engine:
         if self._ram is not None:
             keep = self._swap_with_ram(slot, prompt, keep, work.cache_prompt, exact)
         keep = self._keep_prefix(slot, keep)
-        self._holdings.tag(job.slot, work.prefix or ())
+        self._holdings.tag(slot, work.prefix or ())
         now = time.perf_counter()
         s = work.sampling
         greedy = direct_sampling.Greedy.of(s, self._eog) if direct_sampling.applies(s) else None

@@ -32,9 +32,14 @@ class Held:
 
     def for_request(self, reproducible: bool) -> Held:
         """What a request may reuse of it: a reproducible one only the exactly computed cells."""
-        if not reproducible or self.exact >= len(self.tokens):
-            return self
-        return Held(self.tokens[:self.exact], self.released, self.exact)
+        tokens = reusable_part(self.tokens, self.exact, reproducible)
+        return self if tokens is self.tokens else Held(tokens, self.released, self.exact)
+
+
+def reusable_part(tokens: tuple[int, ...], exact: int, reproducible: bool) -> tuple[int, ...]:
+    """The tokens whose cells a request may reuse: a reproducible one only the first ``exact``
+    (computed on the reference kernels, :class:`Exactness`), any other all of them."""
+    return tokens[:exact] if reproducible and exact < len(tokens) else tokens
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

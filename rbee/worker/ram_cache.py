@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rbee.worker.prompt_cache import common_prefix, reusable
+from rbee.worker.prompt_cache import common_prefix, reusable, reusable_part
 
 
 @dataclass(slots=True)
@@ -30,7 +30,7 @@ class Entry:
     exact: int = 0  # leading tokens whose cells were computed on the reference kernels (prompt_cache.Exactness)
 
     def reusable_by(self, reproducible: bool) -> tuple[int, ...]:
-        return self.tokens[:self.exact] if reproducible and self.exact < len(self.tokens) else self.tokens
+        return reusable_part(self.tokens, self.exact, reproducible)
 
 
 class RamCache:
