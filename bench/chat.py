@@ -100,6 +100,10 @@ class TurnResult:
     text: str
     worker: str = ""  # the worker that answered (rbee's done event); "" where the server does not say
     route: str = ""  # the queen's reason: "cache" or "load"
+    # Where the TTFT went: waiting for a slot, then the server's own time to the first token (rbee: the
+    # queen's queued_ms and ttft_ms, dispatch included; llama-server: the rest and its timings.prompt_ms).
+    waited: float | None = None
+    served: float | None = None
 
 
 Ask = Callable[[aiohttp.ClientSession, str, int], Awaitable[TurnResult]]
@@ -138,9 +142,12 @@ def rbee_asker(queen: str, cache: bool, temperature: float = 0.0) -> Ask:
                     done, finish = event, event.finish_reason
                 elif isinstance(event, Failed):
                     finish = event.code
-        return TurnResult(0, 0, None if first is None else first - start, done.prompt_tokens or 0 if done else 0,
+        ttft = None if first is None else first - start
+        return TurnResult(0, 0, ttft, done.prompt_tokens or 0 if done else 0,
                           done.cached_tokens or 0 if done else 0, done.total_tokens if done else 0, finish,
-                          "".join(parts), (done.worker_id or "") if done else "", (done.route or "") if done else "")
+                          "".join(parts), (done.worker_id or "") if done else "", (done.route or "") if done else "",
+                          *queue_split(ttft, None if done is None or done.queued_ms is None else done.queued_ms / 1000,
+                                       None if done is None or done.ttft_ms is None else done.ttft_ms / 1000))
 
     return ask
 
@@ -166,11 +173,25 @@ def llama_server_asker(base: str, temperature: float = 0.0) -> Ask:
                     last = event  # and read on to the end of the stream: the connection is reused
         timings = last.get("timings", {})
         cached = timings.get("cache_n", last.get("tokens_cached", 0))
-        return TurnResult(0, 0, None if first is None else first - start, cached + timings.get("prompt_n", 0),
+        ttft = None if first is None else first - start
+        prompt_ms = timings.get("prompt_ms")
+        return TurnResult(0, 0, ttft, cached + timings.get("prompt_n", 0),
                           cached, last.get("tokens_predicted", timings.get("predicted_n", 0)),
-                          last.get("stop_type", "?"), "".join(parts))
+                          last.get("stop_type", "?"), "".join(parts), "", "",
+                          *queue_split(ttft, None, None if prompt_ms is None else prompt_ms / 1000))
 
     return ask
+
+
+def queue_split(ttft: float | None, waited: float | None, served: float | None) -> tuple[float | None, float | None]:
+    """(waited, served) for a turn: whichever the server did not report is the rest of the TTFT."""
+    if ttft is None:
+        return None, None
+    if waited is None and served is not None:
+        waited = max(0.0, ttft - served)
+    elif served is None and waited is not None:
+        served = max(0.0, ttft - waited)
+    return waited, served
 
 
 def round_robin(askers: list[Ask]) -> Ask:
@@ -320,6 +341,19 @@ def report(systems: list[System], args: argparse.Namespace, gate: QuietGate) -> 
                      f"{sum(first) / len(first):.0f}" if first else "—", f"{sum(last) / len(last):.0f}" if last else "—",
                      f"{median(s.wall):.1f} s"])
     print_table(["system", "reused / prompt tokens", "turn 1 prompt", f"turn {args.turns} prompt", "round"], rows)
+
+    print()
+    print("where TTFT went on turns ≥ 3, p50 / sum over every round (s): waiting for a slot, then the server's "
+          "own time to the first token; prompt tokens decoded (not reused) per second of that own time")
+    rows = []
+    for s in systems:
+        results = [r for rnd in s.rounds for r in rnd if r.turn >= 3 and r.waited is not None]
+        waited, served = [r.waited for r in results], [r.served for r in results]
+        fresh = sum(r.prompt_tokens - r.cached_tokens for r in results)
+        rows.append([s.name, f"{ms(percentile(waited, 50))} ms / {sum(waited):.1f}",
+                     f"{ms(percentile(served, 50))} ms / {sum(served):.1f}",
+                     f"{fresh / sum(served):.0f}" if results and sum(served) else "—"])
+    print_table(["system", "waiting", "own time to first token", "decoded prompt tok/s"], rows)
 
     by_name = {s.name: s for s in systems}
     ours, peer, off = (percentile(late.get(n, []), 50) for n in (RBEE, LLAMA_SERVER, RBEE_NO_CACHE))
