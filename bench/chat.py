@@ -146,8 +146,7 @@ def rbee_asker(queen: str, cache: bool, temperature: float = 0.0) -> Ask:
         return TurnResult(0, 0, ttft, done.prompt_tokens or 0 if done else 0,
                           done.cached_tokens or 0 if done else 0, done.total_tokens if done else 0, finish,
                           "".join(parts), (done.worker_id or "") if done else "", (done.route or "") if done else "",
-                          *queue_split(ttft, None if done is None or done.queued_ms is None else done.queued_ms / 1000,
-                                       None if done is None or done.ttft_ms is None else done.ttft_ms / 1000))
+                          *queue_split(ttft, done.queued_ms if done else None, done.ttft_ms if done else None))
 
     return ask
 
@@ -174,19 +173,21 @@ def llama_server_asker(base: str, temperature: float = 0.0) -> Ask:
         timings = last.get("timings", {})
         cached = timings.get("cache_n", last.get("tokens_cached", 0))
         ttft = None if first is None else first - start
-        prompt_ms = timings.get("prompt_ms")
         return TurnResult(0, 0, ttft, cached + timings.get("prompt_n", 0),
                           cached, last.get("tokens_predicted", timings.get("predicted_n", 0)),
                           last.get("stop_type", "?"), "".join(parts), "", "",
-                          *queue_split(ttft, None, None if prompt_ms is None else prompt_ms / 1000))
+                          *queue_split(ttft, None, timings.get("prompt_ms")))
 
     return ask
 
 
-def queue_split(ttft: float | None, waited: float | None, served: float | None) -> tuple[float | None, float | None]:
-    """(waited, served) for a turn: whichever the server did not report is the rest of the TTFT."""
+def queue_split(ttft: float | None, waited_ms: float | None, served_ms: float | None) -> tuple[float | None, float | None]:
+    """(waited, served) in seconds for a turn, from what the server reported in milliseconds: whichever
+    it did not report is the rest of the TTFT."""
     if ttft is None:
         return None, None
+    waited = None if waited_ms is None else waited_ms / 1000
+    served = None if served_ms is None else served_ms / 1000
     if waited is None and served is not None:
         waited = max(0.0, ttft - served)
     elif served is None and waited is not None:
