@@ -2,8 +2,12 @@
 
 A scripted SSE token source (no model; a tiny aiohttp server this script starts as a child of its
 own) is reached (1) directly, (2) through queen-rbee, with the source registered as a worker, and
-(3) through nginx as a reverse proxy with ``proxy_buffering off``. Prints the TTFT each relay adds
-at 1 stream and the aggregate events/s at 1, 16 and 64 concurrent streams, with ratios.
+(3) through nginx as a reverse proxy with ``proxy_buffering off``, and (4) through the least relay
+that can be written on aiohttp (``aiohttp floor``: read the body, post it on with one pooled
+ClientSession, copy the bytes back; no auth, admission, routing or records): what aiohttp's server and
+client cost a hop on this machine, so the queen's own share of its added TTFT shows apart from its
+framework's. Prints the TTFT each relay adds at 1 stream and the aggregate events/s at 1, 16 and 64
+concurrent streams, with ratios.
 
 With ``--dashboard``, also (4) through a queen that has a dashboard subscribed to its
 ``GET /v2/events`` (a child process reading and parsing every event, as the page does), measured
@@ -15,7 +19,7 @@ queen+dashboard in alternating order, give the paired ratios of events/s and of 
 event with a bootstrap 95 % interval of their median: the machine's drift between pairs (large on a
 shared 2-core host) lands on both halves of a pair, and the interval says how sure the number is.
 
-    python bench/relay.py [--ttft-samples 300] [--concurrency 1,16,64] [--skip-nginx] [--dashboard]
+    python bench/relay.py [--ttft-samples 300] [--concurrency 1,16,64] [--skip-nginx] [--skip-floor] [--dashboard]
 
 See bench/README.md. This is a script, not a test: nothing under tests/ or features/ runs it.
 """
@@ -30,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,6 +118,49 @@ def source_app(rate: float) -> web.Application:
 
 def serve_source(port: int, rate: float) -> None:
     web.run_app(source_app(rate), host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+FLOOR = "aiohttp floor"
+
+
+def floor_app(source_url: str) -> web.Application:
+    """The least a relay on aiohttp does: the body posted on as it came, the answer's bytes copied back
+    as they come (on uvloop, as the queen runs)."""
+    sse_headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    session: list[aiohttp.ClientSession] = []
+
+    async def inference(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        async with session[0].post(f"{source_url}/v1/inference", data=body,
+                                   headers={"Content-Type": "application/json"}) as upstream:
+            first = await upstream.content.readany()
+            response = web.StreamResponse(headers=sse_headers)
+            await response.prepare(request)
+            await response.write(first)
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+        await response.write_eof()
+        return response
+
+    async def health(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def client(_app: web.Application) -> AsyncIterator[None]:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+            session.append(s)
+            yield
+
+    app = web.Application()
+    app.cleanup_ctx.append(client)
+    app.add_routes([web.post("/v1/inference", inference), web.get("/health", health)])
+    return app
+
+
+def serve_floor(port: int, source_url: str) -> None:
+    import uvloop
+
+    uvloop.install()
+    web.run_app(floor_app(source_url), host="127.0.0.1", port=port, print=None, access_log=None)
 
 
 def subscribe(queen_url: str) -> None:
@@ -257,6 +305,15 @@ def start_paths(args: argparse.Namespace, tmp: Path, nginx: str | None) -> Paths
                 for name in ("queen", "queen+dashboard"):
                     register_source(name, paths.urls[name], PACED_ID, f"http://127.0.0.1:{paced_port}", PACED_MODEL)
             paths.subscribe_dashboard()
+
+        if not args.skip_floor:
+            port = free_port()
+            floor = ServiceProcess(FLOOR, [sys.executable, str(Path(__file__).resolve()), "--serve-floor", str(port),
+                                           "--floor-source", source_url], tmp / "floor.log",
+                                   f"http://127.0.0.1:{port}/health")
+            paths.children.append(floor.start())
+            floor.wait_ready(30)
+            paths.urls[FLOOR], paths.relay_pgids[FLOOR] = f"http://127.0.0.1:{port}", floor.pid
 
         if nginx is not None:
             nginx_port = free_port()
@@ -442,7 +499,8 @@ def report(args: argparse.Namespace, ttft: dict[str, list[float]], tput: dict[tu
         rows.append([name, f"{p50 * 1000:.3f}", f"{p99 * 1000:.3f}",
                      f"{(p50 - base50) * 1000:+.3f}" if added else "—", f"{(p99 - base99) * 1000:+.3f}" if added else "—"]
                     + [f"{median(tput[(name, c)]):,.0f}" for c in args.concurrency_levels])
-    pairs = [("queen", "direct"), ("nginx", "direct"), ("queen", "nginx"), ("queen+dashboard", "queen")]
+    pairs = [("queen", "direct"), ("nginx", "direct"), ("queen", "nginx"), (FLOOR, "direct"), ("queen", FLOOR),
+             ("queen+dashboard", "queen")]
     for a, b in pairs:
         if a in names and b in names:
             rows.append([f"{a} / {b}", ratio(percentile(ttft[a], 50), percentile(ttft[b], 50)),
@@ -474,6 +532,11 @@ def report(args: argparse.Namespace, ttft: dict[str, list[float]], tput: dict[tu
         return median([x / y for x, y in zip(tput[(a, c)], tput[(b, c)], strict=True)])
 
     added50 = (percentile(ttft["queen"], 50) - base50) * 1000
+    if FLOOR in names:
+        floor50 = (percentile(ttft[FLOOR], 50) - base50) * 1000
+        print(f"of the queen's +{added50:.3f} ms p50, +{floor50:.3f} ms is what the least relay on aiohttp adds "
+              f"(its server and client, one hop); the queen's own work on the way to the first token is the "
+              f"other {added50 - floor50:+.3f} ms")
     print(f"target queen adds ≤ 0.5 ms p50 TTFT: +{added50:.3f} ms → {'met' if added50 <= 0.5 else 'NOT met'}")
     top = max(args.concurrency_levels)
     rel = paired("queen", "direct", top)
@@ -585,6 +648,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--nginx-workers", type=int, default=1, help="nginx worker_processes (the queen is one process)")
     add_gate_args(p, "measurement")
     p.add_argument("--skip-nginx", action="store_true", help="do not run nginx")
+    p.add_argument("--skip-floor", action="store_true", help="do not run the least relay on aiohttp (aiohttp floor)")
     p.add_argument("--dashboard", action="store_true",
                    help="also measure a second queen with a dashboard subscribed to its /v2/events")
     p.add_argument("--dashboard-pairs", type=int, default=40, help="with --dashboard: back-to-back pairs of waves "
@@ -596,6 +660,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "so the subscriber's cost shows as relay CPU per event at equal load")
     p.add_argument("--serve-source", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the child's own mode
     p.add_argument("--subscribe", metavar="QUEEN_URL", help=argparse.SUPPRESS)  # the subscriber child's mode
+    p.add_argument("--serve-floor", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the floor child's mode
+    p.add_argument("--floor-source", metavar="URL", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.concurrency_levels = sorted({int(c) for c in args.concurrency.split(",") if c.strip()})
     return args
@@ -608,6 +674,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.subscribe:
         subscribe(args.subscribe)
+        return
+    if args.serve_floor:
+        serve_floor(args.serve_floor, args.floor_source)
         return
     exit_on_sigterm()
     nginx = None if args.skip_nginx else find_nginx()
